@@ -1,0 +1,23 @@
+"""Mona, VPT and MiMi as PEFT methods for transformers' Swin and ViT family.
+
+``import mona_peft`` registers the methods with PEFT; do it before any PEFT load path
+(``PeftModel.from_pretrained``, ``PeftConfig.from_pretrained``, ``AutoPeftModel...``).
+"""
+
+from .architectures import SUPPORTED_ARCHITECTURES, ArchitectureSpec, UnsupportedArchitectureError, supported_model_types
+from .mona import MonaConfig, MonaLayer, MonaModel
+from .registration import register_all
+
+register_all()
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SUPPORTED_ARCHITECTURES",
+    "ArchitectureSpec",
+    "MonaConfig",
+    "MonaLayer",
+    "MonaModel",
+    "UnsupportedArchitectureError",
+    "supported_model_types",
+]

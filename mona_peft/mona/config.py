@@ -1,0 +1,99 @@
+"""Configuration of Mona (multi-cognitive visual adapter)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+from peft.config import PeftConfig
+
+from ..registration import add_peft_type
+
+MONA = add_peft_type("mona")
+
+InitWeights = Literal["official", "identity"]
+PrefixTokenMode = Literal["adapt", "skip"]
+
+
+@dataclass
+class MonaConfig(PeftConfig):
+    """Configuration for [`MonaModel`]: two Monas per transformer block, on the residual stream.
+
+    Mona (Yin et al., "5%>100%: Breaking Performance Shackles of Full Fine-Tuning on Visual
+    Recognition Tasks") adapts a frozen backbone with a small module placed right after the
+    attention residual add and right after the MLP residual add of every block.
+
+    Args:
+        target_modules: transformer blocks to adapt, as a regex or a list of name suffixes. Defaults
+            to every block of the backbone (from ``mona_peft.architectures``); restrict it to adapt
+            only some stages, e.g. ``r".*layers\\.[23]\\.blocks\\.\\d+"`` for Swin's last two stages.
+        exclude_modules: blocks not to adapt (same syntax as PEFT's).
+        inner_dim: width of Mona's bottleneck (64 in the paper).
+        kernel_sizes: depthwise kernels of the multi-cognitive filter, odd and positive ((3, 5, 7)).
+        dropout: dropout before the up projection (0.1 in the paper).
+        init_weights: ``"official"`` initialises both projections trunc-normal(std=0.02) with zero
+            bias, as the official code; ``"identity"`` additionally zeroes the up projection so the
+            adapted model starts exactly as the base model.
+        prefix_tokens: what Mona does with tokens that have no place on the patch grid (CLS,
+            distillation, register tokens of plain ViTs). ``"adapt"`` (default) sends them along
+            Mona's path without the depthwise spatial filter (scaled norm, down projection, the
+            per-token 1x1 projection, GELU, up projection), so the token the classifier reads is
+            adapted too; ``"skip"`` leaves them unchanged.
+        modules_to_save: modules trained and saved in full, e.g. ``["classifier"]``.
+
+    Example:
+
+        ```py
+        >>> import mona_peft
+        >>> from peft import get_peft_model
+        >>> from transformers import SwinConfig, SwinForImageClassification
+        >>> model = SwinForImageClassification(SwinConfig(num_labels=10))
+        >>> model = get_peft_model(model, mona_peft.MonaConfig(modules_to_save=["classifier"]))
+        >>> model.print_trainable_parameters()  # doctest: +SKIP
+        ```
+    """
+
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={"help": "Blocks to adapt (regex or name suffixes); default: every block of the backbone."},
+    )
+    exclude_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Blocks not to adapt (regex or name suffixes)."}
+    )
+    inner_dim: int = field(default=64, metadata={"help": "Width of Mona's bottleneck."})
+    kernel_sizes: tuple[int, ...] = field(
+        default=(3, 5, 7), metadata={"help": "Odd depthwise kernel sizes of the multi-cognitive filter."}
+    )
+    dropout: float = field(default=0.1, metadata={"help": "Dropout before the up projection."})
+    init_weights: InitWeights = field(
+        default="official", metadata={"help": "'official' (trunc-normal 0.02) or 'identity' (zero up projection)."}
+    )
+    prefix_tokens: PrefixTokenMode = field(
+        default="adapt",
+        metadata={"help": "'adapt': prefix tokens take Mona's path without the spatial filter; 'skip': unchanged."},
+    )
+    modules_to_save: Optional[list[str]] = field(
+        default=None, metadata={"help": "Modules trained and saved in full, e.g. ['classifier']."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = MONA
+        self.kernel_sizes = tuple(self.kernel_sizes)
+        if isinstance(self.target_modules, list):
+            self.target_modules = list(self.target_modules)
+        if not isinstance(self.inner_dim, int) or self.inner_dim < 1:
+            raise ValueError(f"MonaConfig.inner_dim must be a positive integer, got {self.inner_dim!r}.")
+        if not self.kernel_sizes:
+            raise ValueError("MonaConfig.kernel_sizes must name at least one kernel size.")
+        bad = [k for k in self.kernel_sizes if not isinstance(k, int) or k < 1 or k % 2 == 0]
+        if bad:
+            raise ValueError(
+                f"MonaConfig.kernel_sizes must be positive odd integers (so 'same' padding keeps the grid), got {bad}."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"MonaConfig.dropout must be in [0, 1), got {self.dropout!r}.")
+        if self.init_weights not in ("official", "identity"):
+            raise ValueError(f"MonaConfig.init_weights must be 'official' or 'identity', got {self.init_weights!r}.")
+        if self.prefix_tokens not in ("adapt", "skip"):
+            raise ValueError(f"MonaConfig.prefix_tokens must be 'adapt' or 'skip', got {self.prefix_tokens!r}.")

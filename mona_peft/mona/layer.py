@@ -1,0 +1,335 @@
+"""Mona's building blocks and the tuner layer that places two Monas in a transformer block."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from functools import partial
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from ..architectures import ResolvedArchitecture
+
+BASE_ADAPTER_NAME = "__base__"
+#: The two insertion points of a block: after the attention residual add, after the MLP residual add.
+SITES = ("attn", "mlp")
+PIECES = ("norm", "down", "filter", "up")
+
+
+class ScaledLayerNorm(nn.Module):
+    """``LayerNorm(x) * gamma + x * gammax`` with per-channel ``gamma`` (init 1e-6) and ``gammax`` (init 1)."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.gamma = nn.Parameter(torch.full((channels,), 1e-6))
+        self.gammax = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+        return normed * self.gamma + x * self.gammax
+
+
+class MultiCognitiveFilter(nn.Module):
+    """Mona's filter on the patch grid: ``z1 = mean_k(dwconv_k(z)) + z``, then ``z2 = z1 + conv1x1(z1)``.
+
+    The parameters are the paper's (one depthwise kernel per size, a 1x1 projection), so
+    checkpoints match its parameterisation. The forward pass is fused: the averaged depthwise
+    convolutions plus identity equal one depthwise convolution with the zero-padded average kernel
+    plus a centre delta, and the 1x1 convolution plus identity is one linear map ``W + I``. That is
+    one depthwise kernel launch instead of three, and no identity additions. Tokens are viewed as
+    a channels-last image, so neither direction copies memory for a permute.
+    """
+
+    def __init__(self, channels: int, kernel_sizes: tuple[int, ...] = (3, 5, 7)) -> None:
+        super().__init__()
+        self.channels = channels
+        self.kernel_sizes = tuple(kernel_sizes)
+        self.fused = True
+        for k in self.kernel_sizes:
+            self.register_parameter(f"dw{k}_weight", nn.Parameter(torch.empty(channels, 1, k, k)))
+            self.register_parameter(f"dw{k}_bias", nn.Parameter(torch.empty(channels)))
+        self.pw_weight = nn.Parameter(torch.empty(channels, channels, 1, 1))
+        self.pw_bias = nn.Parameter(torch.empty(channels))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default ``Conv2d`` initialisation, as the official code uses."""
+        for weight, bias in self.conv_parameters():
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+            fan_in = weight.shape[1] * weight.shape[2] * weight.shape[3]
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(bias, -bound, bound)
+
+    def conv_parameters(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        """(weight, bias) of each depthwise convolution, then of the 1x1 projection."""
+        pairs = [(getattr(self, f"dw{k}_weight"), getattr(self, f"dw{k}_bias")) for k in self.kernel_sizes]
+        return pairs + [(self.pw_weight, self.pw_bias)]
+
+    def fused_depthwise(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One depthwise kernel and bias equal to the average of the kernels plus identity."""
+        size = max(self.kernel_sizes)
+        kernel = None
+        for k in self.kernel_sizes:
+            pad = (size - k) // 2
+            padded = F.pad(getattr(self, f"dw{k}_weight"), (pad, pad, pad, pad))
+            kernel = padded if kernel is None else kernel + padded
+        kernel = kernel / len(self.kernel_sizes)
+        centre = size // 2
+        identity = torch.zeros(size, size, dtype=kernel.dtype, device=kernel.device)
+        identity[centre, centre] = 1.0
+        kernel = kernel + identity
+        bias = torch.stack([getattr(self, f"dw{k}_bias") for k in self.kernel_sizes]).mean(0)
+        return kernel, bias
+
+    def spatial(self, z: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """``z + mean_k(dwconv_k(z))`` on tokens ``(B, H*W, C)`` laid out row-major on ``grid``."""
+        batch, tokens, channels = z.shape
+        height, width = grid
+        image = z.reshape(batch, height, width, channels).permute(0, 3, 1, 2)  # channels-last view
+        if self.fused:
+            kernel, bias = self.fused_depthwise()
+            out = F.conv2d(image, kernel, bias, padding=kernel.shape[-1] // 2, groups=channels)
+        else:
+            convs = [
+                F.conv2d(image, getattr(self, f"dw{k}_weight"), getattr(self, f"dw{k}_bias"), padding=k // 2, groups=channels)
+                for k in self.kernel_sizes
+            ]
+            out = torch.stack(convs).mean(0) + image
+        return out.permute(0, 2, 3, 1).reshape(batch, tokens, channels)
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """``z + conv1x1(z)``, per token."""
+        weight = self.pw_weight.view(self.channels, self.channels)
+        if self.fused:
+            eye = torch.eye(self.channels, dtype=weight.dtype, device=weight.device)
+            return F.linear(z, weight + eye, self.pw_bias)
+        return z + F.linear(z, weight, self.pw_bias)
+
+
+def _trunc_normal_linear(in_features: int, out_features: int, zero: bool = False) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features)
+    if zero:
+        nn.init.zeros_(layer.weight)
+    else:
+        nn.init.trunc_normal_(layer.weight, std=0.02)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _select_rows(routing: list[str], name: str, device: torch.device) -> torch.Tensor:
+    return torch.tensor([i for i, routed in enumerate(routing) if routed == name], device=device, dtype=torch.long)
+
+
+class MonaLayer(nn.Module, BaseTunerLayer):
+    """Wraps one transformer block and applies Mona at the paper's two insertion points.
+
+    ``x = x + attn(x)``, then ``x = mona_attn(x)``: this happens *inside* the block's forward, so a
+    forward pre-hook on the module that consumes the post-attention residual stream (e.g.
+    ``layernorm_after``) applies Mona there and remembers Mona's contribution ``d``; the MLP branch
+    therefore sees ``x + d``. The block adds its MLP output to the un-adapted residual ``x``, so this
+    layer adds ``d`` back to the block's output, which makes the residual ``x + d`` as in the paper,
+    then applies ``mona_mlp``. When gradient checkpointing is on, this layer checkpoints the whole
+    adapted block (the block's own checkpointing would recompute the hook but not the addition).
+
+    Per-adapter state is flat, one ``ModuleDict`` per piece (``mona_attn_down[adapter]``...), as
+    PEFT's save/load and adapter renaming expect.
+    """
+
+    adapter_layer_names = tuple(f"mona_{site}_{piece}" for site in SITES for piece in PIECES)
+    other_param_names = ("mona_dropout", "mona_prefix_tokens")
+
+    def __init__(
+        self, base_layer: nn.Module, adapter_name: str, config: Any, architecture: ResolvedArchitecture, token_grid: "TokenGrid"
+    ) -> None:
+        nn.Module.__init__(self)
+        self.base_layer = base_layer
+        for name in self.adapter_layer_names + ("mona_dropout",):
+            setattr(self, name, nn.ModuleDict())
+        self.mona_prefix_tokens: dict[str, str] = {}
+        self._disable_adapters = False
+        self.merged_adapters = []
+        self.architecture = architecture
+        self.token_grid = token_grid
+        self.channels = self._block_width(base_layer)
+        self._pending: Optional[dict[str, Any]] = None
+        consumer = base_layer.get_submodule(architecture.spec.post_attention_input)
+        self._consumer_hook = consumer.register_forward_pre_hook(self._post_attention_hook)
+        self.update_layer(adapter_name, config)
+        self._active_adapter = adapter_name
+
+    @staticmethod
+    def _block_width(block: nn.Module) -> int:
+        for module in block.modules():
+            if isinstance(module, nn.LayerNorm):
+                return module.normalized_shape[0]
+        raise ValueError(f"Cannot find the width of {type(block).__name__}: it has no LayerNorm.")
+
+    def update_layer(self, adapter_name: str, config: Any) -> None:
+        """Create the two Monas of ``adapter_name``."""
+        for site in SITES:
+            getattr(self, f"mona_{site}_norm")[adapter_name] = ScaledLayerNorm(self.channels)
+            getattr(self, f"mona_{site}_down")[adapter_name] = _trunc_normal_linear(self.channels, config.inner_dim)
+            getattr(self, f"mona_{site}_filter")[adapter_name] = MultiCognitiveFilter(config.inner_dim, config.kernel_sizes)
+            getattr(self, f"mona_{site}_up")[adapter_name] = _trunc_normal_linear(
+                config.inner_dim, self.channels, zero=config.init_weights == "identity"
+            )
+        self.mona_dropout[adapter_name] = nn.Dropout(config.dropout)
+        self.mona_prefix_tokens[adapter_name] = config.prefix_tokens
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters)
+
+    def _get_base_layer_device_and_dtype(self, base_layer: nn.Module):
+        # A block has no `.weight`; its first parameter tells where it lives.
+        parameter = next(base_layer.parameters(), None)
+        return (None, None) if parameter is None else (parameter.device, parameter.dtype)
+
+    # -- merging is impossible: Mona is non-linear (GELU) and reads a spatial neighbourhood -----------------
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        raise NotImplementedError(
+            "Mona adapters cannot be merged into the base weights: Mona is a non-linear module on the residual "
+            "stream (LayerNorm, depthwise convolutions, GELU). Keep the adapter, or use `unload()` to drop it."
+        )
+
+    def unmerge(self) -> None:
+        raise NotImplementedError("Mona adapters are never merged, so there is nothing to unmerge.")
+
+    def unload_and_optionally_merge_module(self, merge: bool, safe_merge: bool, adapter_names: Optional[list[str]]) -> nn.Module:
+        """Detach from the block and return it untouched (PEFT calls this from ``unload()``)."""
+        if merge:
+            self.merge(safe_merge, adapter_names)
+        self._consumer_hook.remove()
+        return self.base_layer
+
+    # -- forward ------------------------------------------------------------------------------------------
+    def _adapters_to_apply(self) -> list[str]:
+        if self.disable_adapters:
+            return []
+        return [name for name in self.active_adapters if name in self.mona_attn_down]
+
+    def _grid(self, args: tuple, kwargs: dict) -> tuple[int, int]:
+        if self.architecture.spec.grid_source == "input_dimensions":
+            height, width = args[1] if len(args) > 1 else kwargs["input_dimensions"]
+            return int(height), int(width)
+        if self.token_grid.size is None:
+            raise RuntimeError("Mona has not seen the patch embedding yet: call the model on pixel_values.")
+        return self.token_grid.size
+
+    def _mona_delta(self, site: str, adapter: str, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Mona's contribution ``mona(x) - x`` for one adapter at one site."""
+        norm = getattr(self, f"mona_{site}_norm")[adapter]
+        down = getattr(self, f"mona_{site}_down")[adapter]
+        conv = getattr(self, f"mona_{site}_filter")[adapter]
+        up = getattr(self, f"mona_{site}_up")[adapter]
+        x = self._cast_input_dtype(x, down.weight.dtype)
+        num_prefix = self.architecture.num_prefix_tokens
+        height, width = grid
+        if x.shape[1] != num_prefix + height * width:
+            raise ValueError(
+                f"Mona expected {num_prefix} prefix tokens + a {height}x{width} patch grid = "
+                f"{num_prefix + height * width} tokens, but the block's hidden states have shape {tuple(x.shape)}."
+            )
+        z = down(norm(x))
+        skip_prefix = num_prefix and self.mona_prefix_tokens[adapter] == "skip"
+        if num_prefix:
+            prefix, patches = z[:, :num_prefix], z[:, num_prefix:]
+            patches = conv.spatial(patches, grid)
+            z = patches if skip_prefix else torch.cat([prefix, patches], dim=1)
+        else:
+            z = conv.spatial(z, grid)
+        z = up(self.mona_dropout[adapter](F.gelu(conv.project(z))))
+        if skip_prefix:
+            z = F.pad(z, (0, 0, num_prefix, 0))
+        return z
+
+    def _site_delta(self, site: str, x: torch.Tensor, grid: tuple[int, int], routing: Optional[list[str]]) -> torch.Tensor:
+        """Total contribution of the active adapters (applied one after another), or per-sample routing."""
+        if routing is not None:
+            delta = torch.zeros_like(x)
+            for adapter in dict.fromkeys(routing):
+                if adapter == BASE_ADAPTER_NAME:
+                    continue
+                rows = _select_rows(routing, adapter, x.device)
+                delta[rows] = self._mona_delta(site, adapter, x[rows], grid).to(x.dtype)
+            return delta
+        delta = None
+        for adapter in self._adapters_to_apply():
+            step = self._mona_delta(site, adapter, x if delta is None else x + delta, grid).to(x.dtype)
+            delta = step if delta is None else delta + step
+        return delta
+
+    def _post_attention_hook(self, module: nn.Module, args: tuple):
+        pending = self._pending
+        if pending is None:  # the block was called directly (adapters disabled)
+            return None
+        hidden = args[0]
+        delta = self._site_delta("attn", hidden, pending["grid"], pending["routing"])
+        pending["delta"] = delta
+        return (hidden + delta,) + tuple(args[1:])
+
+    def _adapted_forward(self, *args: Any, routing: Optional[list[str]] = None, checkpointed: bool = False, **kwargs: Any):
+        grid = self._grid(args, kwargs)
+        self._pending = {"grid": grid, "routing": routing, "delta": None}
+        try:
+            if checkpointed:  # call the block's own forward, not its checkpointing wrapper
+                out = inspect.unwrap(type(self.base_layer).forward)(self.base_layer, *args, **kwargs)
+            else:
+                out = self.base_layer(*args, **kwargs)
+            attn_delta = self._pending["delta"]
+        finally:
+            self._pending = None
+        if attn_delta is None:
+            raise RuntimeError(
+                f"Mona's post-attention hook on '{self.architecture.spec.post_attention_input}' did not run; "
+                f"the {type(self.base_layer).__name__} forward no longer matches mona_peft.architectures."
+            )
+        hidden = out[0] if isinstance(out, tuple) else out
+        hidden = hidden + attn_delta
+        hidden = hidden + self._site_delta("mlp", hidden, grid, routing)
+        return (hidden,) + tuple(out[1:]) if isinstance(out, tuple) else hidden
+
+    def forward(self, *args: Any, **kwargs: Any):
+        routing = kwargs.pop("adapter_names", None)
+        if routing is None and not self._adapters_to_apply():
+            return self.base_layer(*args, **kwargs)
+        if routing is not None and all(name == BASE_ADAPTER_NAME for name in routing):
+            return self.base_layer(*args, **kwargs)
+        block = self.base_layer
+        if getattr(block, "gradient_checkpointing", False) and self.training:
+            function = partial(self._adapted_forward, routing=routing, checkpointed=True, **kwargs)
+            return block._gradient_checkpointing_func(function, *args)
+        return self._adapted_forward(*args, routing=routing, **kwargs)
+
+    def __repr__(self) -> str:
+        return "mona." + super().__repr__()
+
+
+class TokenGrid:
+    """The patch grid of the current forward pass, read off the patch projection's output.
+
+    Plain ViTs run every block on the same grid, which only the input image determines (so
+    non-square inputs with interpolated position embeddings work); a forward hook on the
+    patch-embedding convolution records it for all of the model's Mona layers.
+    """
+
+    def __init__(self) -> None:
+        self.size: Optional[tuple[int, int]] = None
+        self.hook = None
+
+    def attach(self, projection: nn.Module) -> None:
+        if self.hook is None:
+            self.hook = projection.register_forward_hook(self._record)
+
+    def detach(self) -> None:
+        if self.hook is not None:
+            self.hook.remove()
+            self.hook = None
+
+    def _record(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self.size = (int(output.shape[-2]), int(output.shape[-1]))
