@@ -4,7 +4,12 @@
 (``PeftModel.from_pretrained``, ``PeftConfig.from_pretrained``, ``AutoPeftModel...``).
 """
 
-from .architectures import SUPPORTED_ARCHITECTURES, ArchitectureSpec, UnsupportedArchitectureError, supported_model_types
+from .architectures import (
+    SUPPORTED_ARCHITECTURES,
+    ArchitectureSpec,
+    UnsupportedArchitectureError,
+    supported_model_types,
+)
 from .mona import MonaConfig, MonaLayer, MonaModel
 from .registration import register_all
 

@@ -9,8 +9,9 @@ or register tokens). Supporting a new architecture means adding one ``Architectu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from torch import nn
 
@@ -43,8 +44,8 @@ class ArchitectureSpec:
     num_prefix_tokens: Callable[[Any], int] = lambda config: 0
 
 
-_VIT_BLOCKS = r".*\.layers?\.\d+"
-_SWIN_BLOCKS = r".*\.layers\.\d+\.blocks\.\d+"
+_VIT_BLOCKS = r"(.*\.)?layers?\.\d+"
+_SWIN_BLOCKS = r"(.*\.)?layers\.\d+\.blocks\.\d+"
 
 SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
     spec.model_type: spec
@@ -52,10 +53,16 @@ SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
         ArchitectureSpec("swin", "SwinLayer", _SWIN_BLOCKS, "layernorm_after", "input_dimensions"),
         # Swin v2 uses post-norm residuals: the stream after the attention add feeds the MLP directly.
         ArchitectureSpec("swinv2", "Swinv2Layer", _SWIN_BLOCKS, "intermediate", "input_dimensions"),
-        ArchitectureSpec("vit", "ViTLayer", _VIT_BLOCKS, "layernorm_after", "patch_embedding", num_prefix_tokens=lambda c: 1),
+        ArchitectureSpec(
+            "vit", "ViTLayer", _VIT_BLOCKS, "layernorm_after", "patch_embedding", num_prefix_tokens=lambda c: 1
+        ),
         # DeiT prepends a CLS and a distillation token.
-        ArchitectureSpec("deit", "DeiTLayer", _VIT_BLOCKS, "layernorm_after", "patch_embedding", num_prefix_tokens=lambda c: 2),
-        ArchitectureSpec("dinov2", "Dinov2Layer", _VIT_BLOCKS, "norm2", "patch_embedding", num_prefix_tokens=lambda c: 1),
+        ArchitectureSpec(
+            "deit", "DeiTLayer", _VIT_BLOCKS, "layernorm_after", "patch_embedding", num_prefix_tokens=lambda c: 2
+        ),
+        ArchitectureSpec(
+            "dinov2", "Dinov2Layer", _VIT_BLOCKS, "norm2", "patch_embedding", num_prefix_tokens=lambda c: 1
+        ),
         ArchitectureSpec(
             "dinov2_with_registers",
             "Dinov2WithRegistersLayer",
@@ -95,7 +102,7 @@ def resolve_architecture(model: nn.Module) -> ResolvedArchitecture:
     ``config.model_type`` is supported and which contains that architecture's blocks wins.
     """
     seen_types = []
-    for module_name, module in model.named_modules():
+    for module in model.modules():
         config = getattr(module, "config", None)
         model_type = getattr(config, "model_type", None)
         if model_type is None or model_type in seen_types:
@@ -113,7 +120,8 @@ def resolve_architecture(model: nn.Module) -> ResolvedArchitecture:
             )
             if projection is None:
                 raise UnsupportedArchitectureError(
-                    f"{type(module).__name__} has no patch projection '{spec.patch_projection}' to read the token grid from."
+                    f"{type(module).__name__} has no patch projection '{spec.patch_projection}' "
+                    "to read the token grid from."
                 )
         return ResolvedArchitecture(spec, config, spec.num_prefix_tokens(config), projection)
     found = ", ".join(seen_types) if seen_types else "no transformers config at all"

@@ -57,11 +57,11 @@ def add_peft_type(name: str) -> PeftType:
 
 def register_method(name: str, config_cls: type, model_cls: type) -> None:
     """Register one method with PEFT under ``name`` and the prefix ``name + "_"``, idempotently."""
-    peft_type = add_peft_type(name)
     prefix = f"{name}_"
     for other_type, other_prefix in PEFT_TYPE_TO_PREFIX_MAPPING.items():
-        if other_prefix == prefix and other_type != peft_type:
+        if other_prefix == prefix and other_type != name.upper():
             raise RuntimeError(f"PEFT method {other_type} already uses the prefix {prefix!r}; mona_peft cannot use it.")
+    peft_type = add_peft_type(name)
     registered = PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type)
     if registered is not None:
         if registered.__module__ != config_cls.__module__ or registered.__qualname__ != config_cls.__qualname__:

@@ -1,6 +1,6 @@
 """Offline quickstart: a small Swin with Mona, trained briefly on scikit-learn's digits, adapter saved.
 
-    python scripts/quickstart.py [--output_dir outputs/quickstart] [--steps 300]
+python scripts/quickstart.py [--output_dir outputs/quickstart] [--steps 300]
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def main() -> None:
     model = get_peft_model(build_base(args.seed), mona_peft.MonaConfig(modules_to_save=["classifier"]))
     model.print_trainable_parameters()
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=0.05)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=0.05
+    )
     model.train()
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(args.seed)

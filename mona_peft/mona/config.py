@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Literal
 
 from peft.config import PeftConfig
 
@@ -53,11 +53,11 @@ class MonaConfig(PeftConfig):
         ```
     """
 
-    target_modules: Optional[Union[list[str], str]] = field(
+    target_modules: list[str] | str | None = field(
         default=None,
         metadata={"help": "Blocks to adapt (regex or name suffixes); default: every block of the backbone."},
     )
-    exclude_modules: Optional[Union[list[str], str]] = field(
+    exclude_modules: list[str] | str | None = field(
         default=None, metadata={"help": "Blocks not to adapt (regex or name suffixes)."}
     )
     inner_dim: int = field(default=64, metadata={"help": "Width of Mona's bottleneck."})
@@ -72,7 +72,7 @@ class MonaConfig(PeftConfig):
         default="adapt",
         metadata={"help": "'adapt': prefix tokens take Mona's path without the spatial filter; 'skip': unchanged."},
     )
-    modules_to_save: Optional[list[str]] = field(
+    modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Modules trained and saved in full, e.g. ['classifier']."}
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 from functools import partial
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -98,7 +98,9 @@ class MultiCognitiveFilter(nn.Module):
             out = F.conv2d(image, kernel, bias, padding=kernel.shape[-1] // 2, groups=channels)
         else:
             convs = [
-                F.conv2d(image, getattr(self, f"dw{k}_weight"), getattr(self, f"dw{k}_bias"), padding=k // 2, groups=channels)
+                F.conv2d(
+                    image, getattr(self, f"dw{k}_weight"), getattr(self, f"dw{k}_bias"), padding=k // 2, groups=channels
+                )
                 for k in self.kernel_sizes
             ]
             out = torch.stack(convs).mean(0) + image
@@ -146,7 +148,12 @@ class MonaLayer(nn.Module, BaseTunerLayer):
     other_param_names = ("mona_dropout", "mona_prefix_tokens")
 
     def __init__(
-        self, base_layer: nn.Module, adapter_name: str, config: Any, architecture: ResolvedArchitecture, token_grid: "TokenGrid"
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        config: Any,
+        architecture: ResolvedArchitecture,
+        token_grid: TokenGrid,
     ) -> None:
         nn.Module.__init__(self)
         self.base_layer = base_layer
@@ -158,7 +165,7 @@ class MonaLayer(nn.Module, BaseTunerLayer):
         self.architecture = architecture
         self.token_grid = token_grid
         self.channels = self._block_width(base_layer)
-        self._pending: Optional[dict[str, Any]] = None
+        self._pending: dict[str, Any] | None = None
         consumer = base_layer.get_submodule(architecture.spec.post_attention_input)
         self._consumer_hook = consumer.register_forward_pre_hook(self._post_attention_hook)
         self.update_layer(adapter_name, config)
@@ -176,7 +183,9 @@ class MonaLayer(nn.Module, BaseTunerLayer):
         for site in SITES:
             getattr(self, f"mona_{site}_norm")[adapter_name] = ScaledLayerNorm(self.channels)
             getattr(self, f"mona_{site}_down")[adapter_name] = _trunc_normal_linear(self.channels, config.inner_dim)
-            getattr(self, f"mona_{site}_filter")[adapter_name] = MultiCognitiveFilter(config.inner_dim, config.kernel_sizes)
+            getattr(self, f"mona_{site}_filter")[adapter_name] = MultiCognitiveFilter(
+                config.inner_dim, config.kernel_sizes
+            )
             getattr(self, f"mona_{site}_up")[adapter_name] = _trunc_normal_linear(
                 config.inner_dim, self.channels, zero=config.init_weights == "identity"
             )
@@ -191,7 +200,7 @@ class MonaLayer(nn.Module, BaseTunerLayer):
         return (None, None) if parameter is None else (parameter.device, parameter.dtype)
 
     # -- merging is impossible: Mona is non-linear (GELU) and reads a spatial neighbourhood -----------------
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         raise NotImplementedError(
             "Mona adapters cannot be merged into the base weights: Mona is a non-linear module on the residual "
             "stream (LayerNorm, depthwise convolutions, GELU). Keep the adapter, or use `unload()` to drop it."
@@ -200,7 +209,9 @@ class MonaLayer(nn.Module, BaseTunerLayer):
     def unmerge(self) -> None:
         raise NotImplementedError("Mona adapters are never merged, so there is nothing to unmerge.")
 
-    def unload_and_optionally_merge_module(self, merge: bool, safe_merge: bool, adapter_names: Optional[list[str]]) -> nn.Module:
+    def unload_and_optionally_merge_module(
+        self, merge: bool, safe_merge: bool, adapter_names: list[str] | None
+    ) -> nn.Module:
         """Detach from the block and return it untouched (PEFT calls this from ``unload()``)."""
         if merge:
             self.merge(safe_merge, adapter_names)
@@ -248,7 +259,7 @@ class MonaLayer(nn.Module, BaseTunerLayer):
             z = F.pad(z, (0, 0, num_prefix, 0))
         return z
 
-    def _site_delta(self, site: str, x: torch.Tensor, grid: tuple[int, int], routing: Optional[list[str]]) -> torch.Tensor:
+    def _site_delta(self, site: str, x: torch.Tensor, grid: tuple[int, int], routing: list[str] | None) -> torch.Tensor:
         """Total contribution of the active adapters (applied one after another), or per-sample routing."""
         if routing is not None:
             delta = torch.zeros_like(x)
@@ -273,7 +284,7 @@ class MonaLayer(nn.Module, BaseTunerLayer):
         pending["delta"] = delta
         return (hidden + delta,) + tuple(args[1:])
 
-    def _adapted_forward(self, *args: Any, routing: Optional[list[str]] = None, checkpointed: bool = False, **kwargs: Any):
+    def _adapted_forward(self, *args: Any, routing: list[str] | None = None, checkpointed: bool = False, **kwargs: Any):
         grid = self._grid(args, kwargs)
         self._pending = {"grid": grid, "routing": routing, "delta": None}
         try:
@@ -302,6 +313,13 @@ class MonaLayer(nn.Module, BaseTunerLayer):
             return self.base_layer(*args, **kwargs)
         block = self.base_layer
         if getattr(block, "gradient_checkpointing", False) and self.training:
+            hidden = args[0]
+            if torch.is_grad_enabled() and not hidden.requires_grad and any(p.requires_grad for p in self.parameters()):
+                # Reentrant checkpointing gives no gradient to the parameters inside unless an input requires grad,
+                # and the first block's input comes from frozen embeddings (transformers' enable_input_require_grads
+                # cannot fix that for Swin, whose patch embedding returns a tuple). A grad-requiring alias of it makes
+                # both checkpointing modes train Mona.
+                args = (hidden.detach().requires_grad_(),) + tuple(args[1:])
             function = partial(self._adapted_forward, routing=routing, checkpointed=True, **kwargs)
             return block._gradient_checkpointing_func(function, *args)
         return self._adapted_forward(*args, routing=routing, **kwargs)
@@ -319,7 +337,7 @@ class TokenGrid:
     """
 
     def __init__(self) -> None:
-        self.size: Optional[tuple[int, int]] = None
+        self.size: tuple[int, int] | None = None
         self.hook = None
 
     def attach(self, projection: nn.Module) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from functools import partial
-from typing import Any, Optional
+from typing import Any
 
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
@@ -79,7 +79,13 @@ class MonaModel(BaseTuner):
             "Use `unload()` to get the base model back, or keep the adapter."
         )
 
-    def _unload_and_optionally_merge(self, merge: bool = True, progressbar: bool = False, safe_merge: bool = False, adapter_names: Optional[list[str]] = None):
+    def _unload_and_optionally_merge(
+        self,
+        merge: bool = True,
+        progressbar: bool = False,
+        safe_merge: bool = False,
+        adapter_names: list[str] | None = None,
+    ):
         model = super()._unload_and_optionally_merge(merge, progressbar, safe_merge, adapter_names)
         self.token_grid.detach()
         return model

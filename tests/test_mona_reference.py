@@ -1,0 +1,67 @@
+"""Mona's module and placement equal an independent reference written from the paper."""
+
+import pytest
+import torch
+from mona_reference import reference_monas, reference_swin_block, reference_vit_block
+from peft import get_peft_model
+from transformers import SwinConfig, SwinModel, ViTConfig, ViTModel
+
+import mona_peft
+from mona_peft.mona.layer import MonaLayer
+
+
+def _close(actual, expected, rtol=1e-5):
+    scale = expected.abs().max().clamp_min(1e-6)
+    assert (actual - expected).abs().max() / scale < rtol, (actual - expected).abs().max()
+
+
+@pytest.mark.parametrize("init_weights", ["official", "identity"])
+def test_swin_block_matches_official_placement(init_weights):
+    torch.manual_seed(0)
+    config = SwinConfig(image_size=32, patch_size=4, embed_dim=32, depths=[2], num_heads=[2], window_size=4)
+    model = get_peft_model(SwinModel(config), mona_peft.MonaConfig(init_weights=init_weights)).eval()
+    layers = [m for m in model.modules() if isinstance(m, MonaLayer)]
+    assert len(layers) == 2
+    for layer in layers:  # perturb every parameter so no piece is accidentally inert (zero up, tiny gamma)
+        for name, p in layer.named_parameters():
+            if "mona_" in name:
+                p.data.normal_(0, 0.2)
+    hw = (8, 8)
+    hidden = torch.randn(3, 64, 32)
+    for layer in layers:  # the second block is shifted: both window modes are covered
+        mona_attn, mona_mlp = reference_monas(layer)
+        with torch.no_grad():
+            expected = reference_swin_block(layer.base_layer, hidden, hw, mona_attn, mona_mlp)
+            actual = layer(hidden, hw)[0]
+        _close(actual, expected)
+        # mona_attn really feeds the MLP: dropping it changes the result
+        mona_attn.project2.bias.data += 1.0
+        with torch.no_grad():
+            changed = reference_swin_block(layer.base_layer, hidden, hw, mona_attn, mona_mlp)
+        assert not torch.allclose(changed, actual, atol=1e-3)
+
+
+@pytest.mark.parametrize("prefix_mode", ["adapt", "skip"])
+def test_vit_block_matches_reference(prefix_mode):
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
+    model = get_peft_model(ViTModel(config), mona_peft.MonaConfig(prefix_tokens=prefix_mode)).eval()
+    (layer,) = [m for m in model.modules() if isinstance(m, MonaLayer)]
+    for name, p in layer.named_parameters():
+        if "mona_" in name:
+            p.data.normal_(0, 0.2)
+    hw = (3, 5)  # non-square grid
+    hidden = torch.randn(2, 1 + 15, 32)
+    layer.token_grid.size = hw
+    mona_attn, mona_mlp = reference_monas(layer, num_prefix=1, prefix_mode=prefix_mode)
+    with torch.no_grad():
+        expected = reference_vit_block(layer.base_layer, hidden, hw, mona_attn, mona_mlp)
+        actual = layer(hidden)
+    _close(actual, expected)
+    # In one block, a skipped CLS token sees only the base block (attention reads the block input);
+    # an adapted one does not.
+    with torch.no_grad():
+        base_cls = layer.base_layer(hidden)[:, 0]
+    assert torch.allclose(actual[:, 0], base_cls, atol=1e-6) == (prefix_mode == "skip")
