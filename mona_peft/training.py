@@ -30,8 +30,15 @@ from .metrics import metric_path
 
 ADAPTER_FILE = "adapter_model.safetensors"
 RUN_ARGS_FILE = "run_args.json"
-# Flags that may change between an interrupted run and its resumption without making it another run.
-RESUMABLE_FLAGS = {"resume_from_checkpoint", "overwrite_output_dir", "push_to_hub", "hub_token", "report_to"}
+# Flags that may differ between an interrupted run and its resumption (or a moved run dir): still the same run.
+RESUMABLE_FLAGS = {
+    "output_dir",
+    "resume_from_checkpoint",
+    "overwrite_output_dir",
+    "push_to_hub",
+    "hub_token",
+    "report_to",
+}
 
 
 def default_model() -> str:
@@ -204,6 +211,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         collate_fn=collate,
         batch_size=args.per_device_train_batch_size,
         num_workers=args.dataloader_num_workers,
+        # Its own generator: creating the iterator must not draw from the global RNG, or a resumed run
+        # (which restores that RNG, then creates the iterator) would see other dropout masks.
+        generator=torch.Generator().manual_seed(args.seed),
     )
     eval_loader = DataLoader(
         data["validation"].with_transform(transform), collate_fn=collate, batch_size=args.per_device_eval_batch_size
