@@ -1,0 +1,98 @@
+"""Push a saved adapter folder (weights, PEFT config, model card, results) to the Hugging Face Hub.
+
+``PeftModel.push_to_hub`` is not used: it re-runs ``save_pretrained``, which rewrites README.md into PEFT's thin
+placeholder card. ``push_adapter_to_hub`` uploads the folder as it is on disk, with ``huggingface_hub.HfApi``, so the
+card written by ``mona_peft.model_card.write_model_card`` is the one the Hub shows. Training leftovers in the folder
+(checkpoints, tracker logs, run arguments) are not uploaded.
+
+The Hub address comes from ``HF_ENDPOINT`` (read by huggingface_hub at import time) and the token from ``token=``,
+``HF_TOKEN`` or ``hf auth login``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+CARD_FILE = "README.md"
+
+# Top-level files only: a pattern is matched against the path relative to the folder, and "*" also matches "/",
+# hence the ignore pattern for everything in a subfolder (checkpoints/, runs/, logs/, ...).
+ALLOW_PATTERNS = [CONFIG_FILE, *WEIGHT_FILES, CARD_FILE, "all_results.json", "*results.json"]
+IGNORE_PATTERNS = ["*/*", "checkpoint*", "*.log", "events.out.tfevents*"]
+
+
+def push_adapter_to_hub(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    commit_message: str = "Upload Mona adapter",
+    revision: str | None = None,
+) -> str:
+    """Create ``repo_id`` (if needed) and upload the adapter in ``folder`` to it in one commit.
+
+    Uploaded: ``adapter_config.json``, ``adapter_model.safetensors`` (or ``.bin``), ``README.md`` and the
+    ``*results.json`` files at the top of ``folder``; subfolders (checkpoints, logs) and everything else stay local.
+    ``revision`` names a branch, created from the default branch when missing. ``private`` only applies when the
+    repository is created.
+
+    Returns the URL of the commit (or of the latest commit when nothing changed).
+
+    Raises:
+        FileNotFoundError: ``folder`` is not a directory, or lacks ``adapter_config.json`` or the adapter weights.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    _check_adapter_folder(folder)
+
+    api = HfApi(token=token)
+    repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    repo_id = repo_url.repo_id  # namespaced by the server when repo_id had no namespace
+    if revision is not None:
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        repo_type="model",
+        revision=revision,
+        commit_message=commit_message,
+        allow_patterns=ALLOW_PATTERNS,
+        ignore_patterns=list(IGNORE_PATTERNS),
+    )
+    return str(commit.commit_url)
+
+
+def _check_adapter_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Adapter folder {folder} does not exist or is not a directory.")
+    missing = []
+    if not (folder / CONFIG_FILE).is_file():
+        missing.append(CONFIG_FILE)
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        missing.append(WEIGHT_FILES[0])
+    if missing:
+        raise FileNotFoundError(
+            f"{folder} is not a saved adapter: missing {' and '.join(missing)}. "
+            "Save it with `model.save_pretrained(folder)` (a PeftModel) before pushing."
+        )
+    card = folder / CARD_FILE
+    if not card.is_file():
+        warnings.warn(
+            f"{folder} has no README.md: the repository gets no model card. "
+            "Write one with mona_peft.model_card.write_model_card(folder, ...).",
+            stacklevel=3,
+        )
+        return
+    from .model_card import is_mona_peft_card
+
+    if not is_mona_peft_card(card.read_text(encoding="utf-8", errors="replace")):
+        warnings.warn(
+            f"{card} is not a mona_peft model card (PEFT's save_pretrained writes a placeholder one); it is uploaded "
+            "as is. Write the real card with mona_peft.model_card.write_model_card(folder, ...) after saving.",
+            stacklevel=3,
+        )

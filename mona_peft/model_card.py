@@ -1,0 +1,324 @@
+"""Model cards for image-classification adapters trained with mona_peft.
+
+``render_model_card(...)`` returns a Hub README (YAML metadata + Markdown body) rendered from the Jinja2 template
+``model_cards/image_classification.md`` at the repository root; ``write_model_card(output_dir, ...)`` writes it to
+``output_dir/README.md``, replacing the placeholder card PEFT's ``save_pretrained`` writes there.
+
+The metadata is built with ``huggingface_hub.ModelCardData`` (``library_name: peft``, ``base_model``,
+``pipeline_tag: image-classification``, tags, ``datasets``, and a ``model-index`` with top-1/top-5 accuracy), so
+``huggingface_hub.ModelCard``/``metadata_load`` parse it back and the Hub shows the results as evaluation results.
+Write the card *after* ``save_pretrained``: PEFT rewrites the tags and ``base_model`` of an existing README.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+TEMPLATE_NAME = "image_classification.md"
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+CARD_MARKER = "<!-- mona_peft model card"
+LIBRARY_TAG = "mona_peft"
+
+# metric key (lower case, "eval_" prefix removed) -> canonical key
+_TOP1_KEYS = ("top1", "top1_accuracy", "top_1_accuracy", "top-1", "accuracy", "acc", "acc1")
+_TOP5_KEYS = ("top5", "top5_accuracy", "top_5_accuracy", "top-5", "acc5")
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    display: str
+    summary: str
+
+
+METHODS: dict[str, MethodInfo] = {
+    "mona": MethodInfo(
+        "Mona",
+        "Mona (multi-cognitive visual adapter) adds a small adapter to every transformer block, on the residual "
+        "stream after attention and after the MLP: a scaled LayerNorm, a down projection, depthwise 3x3/5x5/7x7 "
+        "convolutions over the patch grid, GELU and an up projection.",
+    ),
+    "vpt": MethodInfo(
+        "VPT",
+        "VPT (visual prompt tuning) prepends learnable prompt tokens to the sequence of a frozen vision transformer.",
+    ),
+    "mimi": MethodInfo(
+        "MiMi",
+        "MiMi trains small bottleneck adapters in a frozen vision transformer and iteratively shrinks their width.",
+    ),
+}
+
+
+def render_model_card(
+    *,
+    base_model: str,
+    method: str,
+    dataset: str,
+    metrics: dict[str, float],
+    hyperparameters: dict[str, object],
+    trainable_params: int,
+    total_params: int,
+    adapter_bytes: int | None = None,
+    repo_id: str | None = None,
+    num_labels: int | None = None,
+    extra_tags: list[str] | None = None,
+) -> str:
+    """The README.md (YAML metadata + Markdown) of an image-classification adapter.
+
+    Args:
+        base_model: Hub id (or local path) of the backbone the adapter was trained on. A local path is shown in the
+            body but left out of the ``base_model`` metadata, which the Hub only accepts as a model id.
+        method: ``"mona"`` (later ``"vpt"``, ``"mimi"``); becomes a tag and the card's wording.
+        dataset: dataset name or Hub id; becomes a tag, ``datasets`` (when it is a valid id) and the model-index.
+        metrics: e.g. ``{"top1": 0.93, "top5": 0.99}`` (``eval_`` prefixes and ``accuracy`` are understood). Top-1
+            and top-5 accuracy go into the ``model-index``; every metric goes into the results table.
+        hyperparameters: shown as a table, in the given order.
+        trainable_params / total_params: parameter budget (trainable share = trainable / total).
+        adapter_bytes: size of ``adapter_model.safetensors``.
+        repo_id: the repository the card is for (used in the loading snippet and as the model name).
+        num_labels: classes of the trained head (added to the loading snippet).
+        extra_tags: more metadata tags.
+    """
+    if trainable_params < 0 or total_params <= 0 or trainable_params > total_params:
+        raise ValueError(
+            f"Need 0 <= trainable_params <= total_params and total_params > 0, got {trainable_params=}, "
+            f"{total_params=}."
+        )
+    from huggingface_hub import EvalResult, ModelCardData
+
+    method_key = method.lower()
+    info = METHODS.get(method_key, MethodInfo(method, ""))
+    base_is_id = _is_hub_id(base_model)
+    dataset_is_id = _is_hub_id(dataset)
+    model_name = repo_id.split("/")[-1] if repo_id else f"{method_key}-{_short_name(base_model)}-{_short_name(dataset)}"
+
+    dataset_label = dataset if dataset_is_id else _short_name(dataset)  # no local paths in the metadata
+    tags = _unique([method_key, "peft", "image-classification", dataset_label, LIBRARY_TAG, *(extra_tags or [])])
+    accuracy = _accuracy_metrics(metrics)
+    eval_results = [
+        EvalResult(
+            task_type="image-classification",
+            task_name="Image Classification",
+            dataset_type=dataset_label,
+            dataset_name=dataset_label,
+            metric_type=metric_type,
+            metric_name=metric_name,
+            metric_value=value,
+            metric_args=args,
+        )
+        for metric_type, metric_name, value, args in accuracy
+    ]
+    card_data = ModelCardData(
+        library_name="peft",
+        base_model=base_model if base_is_id else None,
+        pipeline_tag="image-classification",
+        tags=tags,
+        datasets=[dataset] if dataset_is_id else None,
+        model_name=model_name if eval_results else None,
+        eval_results=eval_results or None,
+    )
+
+    context = {
+        "card_data": card_data.to_yaml(),
+        "model_name": model_name,
+        "method": info,
+        "base_model": base_model,
+        "base_model_is_hub_id": base_is_id,
+        "dataset": dataset,
+        "num_labels": num_labels,
+        "adapter_ref": repo_id or "path/to/this/adapter",
+        "hyperparameters": [(str(k), _format_value(v)) for k, v in hyperparameters.items()],
+        "trainable_params": int(trainable_params),
+        "total_params": int(total_params),
+        "trainable_percent": _format_percent(100.0 * trainable_params / total_params),
+        "adapter_size": _format_bytes(adapter_bytes) if adapter_bytes is not None else None,
+        "adapter_size_short": _format_bytes(adapter_bytes, short=True) if adapter_bytes is not None else None,
+        "results": [(_metric_label(k), _format_value(v)) for k, v in metrics.items()],
+        "versions": _framework_versions(),
+    }
+    return _render_template(context)
+
+
+def write_model_card(output_dir: str | os.PathLike, **kwargs) -> Path:
+    """Render the card (same keyword arguments as ``render_model_card``) into ``output_dir/README.md``."""
+    path = Path(output_dir) / "README.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_model_card(**kwargs), encoding="utf-8")
+    return path
+
+
+def is_mona_peft_card(text: str) -> bool:
+    """Whether ``text`` is a card rendered by this module (and not, e.g., PEFT's placeholder card)."""
+    return CARD_MARKER in text
+
+
+# --------------------------------------------------------------------------------------------------- template
+
+
+def _render_template(context: dict) -> str:
+    try:
+        import jinja2
+    except ImportError as err:  # pragma: no cover - jinja2 comes with the test extras / transformers chat templates
+        raise ImportError("Rendering model cards needs jinja2: pip install jinja2") from err
+
+    template_path = TEMPLATE_DIR / TEMPLATE_NAME
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # Markdown, not HTML
+    )
+    env.filters["md_cell"] = _md_cell
+    if template_path.is_file():
+        source = template_path.read_text(encoding="utf-8")
+    else:
+        warnings.warn(
+            f"Model card template {template_path} not found (model_cards/ sits at the root of the mona_peft "
+            "repository and is not part of a wheel install); using the minimal built-in card instead.",
+            stacklevel=3,
+        )
+        source = _FALLBACK_TEMPLATE
+    return env.from_string(source).render(**context)
+
+
+_FALLBACK_TEMPLATE = """---
+{{ card_data }}
+---
+
+<!-- mona_peft model card: built-in fallback (model_cards/image_classification.md was not found) -->
+
+# {{ model_name }}
+
+A {{ method.display }} adapter for image classification of {{ dataset }}, on top of `{{ base_model }}`.
+
+```python
+import mona_peft  # registers {{ method.display }} with PEFT: import it first
+from peft import PeftModel
+from transformers import AutoModelForImageClassification
+
+base = AutoModelForImageClassification.from_pretrained("{{ base_model }}"\
+{% if num_labels %}, num_labels={{ num_labels }}, ignore_mismatched_sizes=True{% endif %})
+model = PeftModel.from_pretrained(base, "{{ adapter_ref }}")
+```
+
+Trainable parameters: {{ "{:,}".format(trainable_params) }} of {{ "{:,}".format(total_params) }} \
+({{ trainable_percent }} %){% if adapter_size %}; adapter file {{ adapter_size }}{% endif %}.
+
+{% for name, value in results %}
+- {{ name }}: {{ value }}
+{% endfor %}
+"""
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def _is_hub_id(name: str) -> bool:
+    """A valid Hub repo id that is not an existing local path."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not name or os.path.exists(name) or name.startswith((".", "~", "/")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _short_name(name: str) -> str:
+    return Path(str(name).rstrip("/\\")).name or str(name)
+
+
+def _unique(items) -> list[str]:
+    seen: list[str] = []
+    for item in items:
+        if item and item not in seen:
+            seen.append(item)
+    return seen
+
+
+def _normalise_metric_key(key: str) -> str:
+    key = key.lower()
+    return key.removeprefix("eval_").removeprefix("test_").removeprefix("validation_")
+
+
+def _accuracy_metrics(metrics: Mapping[str, float]) -> list[tuple[str, str, float, dict | None]]:
+    """(type, name, value, args) of top-1 then top-5 accuracy, for the model-index."""
+    top1 = top5 = None
+    for key, value in metrics.items():
+        normalised = _normalise_metric_key(key)
+        if top1 is None and normalised in _TOP1_KEYS:
+            top1 = float(value)
+        elif top5 is None and normalised in _TOP5_KEYS:
+            top5 = float(value)
+    found = []
+    if top1 is not None:
+        found.append(("accuracy", "Top-1 Accuracy", top1, None))
+    if top5 is not None:
+        found.append(("top_k_accuracy", "Top-5 Accuracy", top5, {"k": 5}))
+    return found
+
+
+def _metric_label(key: str) -> str:
+    normalised = _normalise_metric_key(key)
+    if normalised in _TOP1_KEYS:
+        return "top-1 accuracy"
+    if normalised in _TOP5_KEYS:
+        return "top-5 accuracy"
+    return key
+
+
+def _format_value(value: object) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.6g}" if math.isfinite(value) else str(value)
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_format_value(v) for v in value)
+    return str(value)
+
+
+def _format_percent(percent: float) -> str:
+    return f"{percent:.2f}" if percent >= 1 else f"{percent:.3g}"
+
+
+def _format_bytes(size: int, short: bool = False) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            break
+        value /= 1024
+    if unit == "B":
+        return f"{size:,} bytes"
+    return f"{value:.1f} {unit}" if short else f"{value:.1f} {unit} ({size:,} bytes)"
+
+
+def _md_cell(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _framework_versions() -> list[tuple[str, str]]:
+    versions = []
+    for label, distribution in (
+        ("mona_peft", "mona-peft"),
+        ("PEFT", "peft"),
+        ("Transformers", "transformers"),
+        ("PyTorch", "torch"),
+    ):
+        try:
+            versions.append((label, importlib.metadata.version(distribution)))
+        except importlib.metadata.PackageNotFoundError:
+            if label == "mona_peft":
+                from . import __version__
+
+                versions.append((label, __version__))
+    return versions
