@@ -154,3 +154,22 @@ def test_accelerate_launch_with_two_cpu_processes(tiny_swin, tmp_path):
     assert len(list(out.glob("adapter_model.safetensors"))) == 1
     loaded = load_file(out / "adapter_model.safetensors")
     assert all(torch.isfinite(t).all() for t in loaded.values())
+
+
+def test_push_to_hub_uploads_adapter_and_our_card(tiny_swin, tmp_path, monkeypatch):
+    from hub_server import HubServer, isolate_hf_home, patch_endpoint
+    from huggingface_hub import HfApi, hf_hub_download
+
+    from mona_peft.model_card import is_mona_peft_card
+
+    with HubServer(tokens={"hf_test": "test-user"}) as server:
+        patch_endpoint(monkeypatch, server.url)
+        isolate_hf_home(monkeypatch, tmp_path / "hf_home")
+        repo_id = "test-user/mona-digits"
+        push = ["--push_to_hub", "--hub_model_id", repo_id, "--hub_token", "hf_test", "--max_train_steps", "1"]
+        main(_args(tiny_swin, tmp_path / "out", *push))
+        files = set(HfApi(endpoint=server.url, token="hf_test").list_repo_files(repo_id))
+        assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "all_results.json"} <= files
+        assert not any(name.startswith("checkpoint-") or name == "run_args.json" for name in files)
+        card = Path(hf_hub_download(repo_id, "README.md", token="hf_test")).read_text()
+        assert is_mona_peft_card(card) and "import mona_peft" in card
