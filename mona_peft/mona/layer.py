@@ -14,6 +14,11 @@ from torch import nn
 
 from ..architectures import ResolvedArchitecture
 
+try:  # transformers >= 5 records `output_hidden_states` with forward hooks on the block classes
+    from transformers.utils import output_capturing as _output_capturing
+except ImportError:  # pragma: no cover
+    _output_capturing = None
+
 BASE_ADAPTER_NAME = "__base__"
 #: The two insertion points of a block: after the attention residual add, after the MLP residual add.
 SITES = ("attn", "mlp")
@@ -129,6 +134,36 @@ def _select_rows(routing: list[str], name: str, device: torch.device) -> torch.T
     return torch.tensor([i for i, routed in enumerate(routing) if routed == name], device=device, dtype=torch.long)
 
 
+def require_grad_for_checkpointing(region: nn.Module, args: tuple) -> tuple:
+    """``args`` with the hidden states (``args[0]``) requiring grad, when ``region`` is about to be checkpointed.
+
+    Reentrant checkpointing gives no gradient to the parameters inside a checkpointed region unless one of its
+    inputs requires grad, and the first region's input comes from frozen embeddings. transformers'
+    ``enable_input_require_grads`` cannot fix that for Swin (its patch embedding returns a tuple), so Mona makes
+    the input of each checkpointed region that holds trainable parameters a grad-requiring alias of the frozen
+    hidden states (the caller's tensor is not modified). Non-reentrant checkpointing does not need it; it only costs
+    the gradient of that region's input.
+    """
+    hidden = args[0] if args else None
+    if (
+        isinstance(hidden, torch.Tensor)
+        and hidden.is_floating_point()
+        and not hidden.requires_grad
+        and torch.is_grad_enabled()
+        and any(p.requires_grad for p in region.parameters())
+    ):
+        return (hidden.detach().requires_grad_(),) + tuple(args[1:])
+    return args
+
+
+def _recorded_hidden_states() -> list | None:
+    """The list that transformers' ``output_hidden_states`` capture is appending to right now, if any."""
+    collector = getattr(_output_capturing, "_active_collector", None)
+    collected = collector.get() if collector is not None else None
+    states = collected.get("hidden_states") if isinstance(collected, dict) else None
+    return states if isinstance(states, list) else None
+
+
 class MonaLayer(nn.Module, BaseTunerLayer):
     """Wraps one transformer block and applies Mona at the paper's two insertion points.
 
@@ -192,6 +227,8 @@ class MonaLayer(nn.Module, BaseTunerLayer):
         self.mona_dropout[adapter_name] = nn.Dropout(config.dropout)
         self.mona_prefix_tokens[adapter_name] = config.prefix_tokens
         self._move_adapter_to_device_of_base_layer(adapter_name)
+        # New modules start in training mode; follow the block, so adding Mona to an eval-mode model runs no dropout.
+        self.train(self.base_layer.training)
         self.set_adapter(self.active_adapters)
 
     def _get_base_layer_device_and_dtype(self, base_layer: nn.Module):
@@ -311,18 +348,23 @@ class MonaLayer(nn.Module, BaseTunerLayer):
             return self.base_layer(*args, **kwargs)
         if routing is not None and all(name == BASE_ADAPTER_NAME for name in routing):
             return self.base_layer(*args, **kwargs)
+        recorded = _recorded_hidden_states()
+        num_recorded = None if recorded is None else len(recorded)
         block = self.base_layer
         if getattr(block, "gradient_checkpointing", False) and self.training:
-            hidden = args[0]
-            if torch.is_grad_enabled() and not hidden.requires_grad and any(p.requires_grad for p in self.parameters()):
-                # Reentrant checkpointing gives no gradient to the parameters inside unless an input requires grad,
-                # and the first block's input comes from frozen embeddings (transformers' enable_input_require_grads
-                # cannot fix that for Swin, whose patch embedding returns a tuple). A grad-requiring alias of it makes
-                # both checkpointing modes train Mona.
-                args = (hidden.detach().requires_grad_(),) + tuple(args[1:])
-            function = partial(self._adapted_forward, routing=routing, checkpointed=True, **kwargs)
-            return block._gradient_checkpointing_func(function, *args)
-        return self._adapted_forward(*args, routing=routing, **kwargs)
+            if not torch.is_grad_enabled():  # e.g. the first pass of a reentrant checkpoint of Swin's whole stage
+                out = self._adapted_forward(*args, routing=routing, checkpointed=True, **kwargs)
+            else:
+                args = require_grad_for_checkpointing(self, args)
+                function = partial(self._adapted_forward, routing=routing, checkpointed=True, **kwargs)
+                out = block._gradient_checkpointing_func(function, *args)
+        else:
+            out = self._adapted_forward(*args, routing=routing, **kwargs)
+        if recorded is not None and len(recorded) > num_recorded and recorded[-1] is not None:
+            # transformers recorded the block's own output (a hook on ViTLayer, Dinov2Layer...), which lacks Mona's
+            # additions; hidden states (and backbones' feature maps built from them) must be the adapted stream.
+            recorded[-1] = out[0] if isinstance(out, tuple) else out
+        return out
 
     def __repr__(self) -> str:
         return "mona." + super().__repr__()
