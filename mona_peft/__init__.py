@@ -4,12 +4,14 @@
 (``PeftModel.from_pretrained``, ``PeftConfig.from_pretrained``, ``AutoPeftModel...``).
 """
 
+from .adaptformer import AdaptFormerConfig, AdaptFormerLayer, AdaptFormerModel
 from .architectures import (
     SUPPORTED_ARCHITECTURES,
     ArchitectureSpec,
     UnsupportedArchitectureError,
     supported_model_types,
 )
+from .houlsby import HoulsbyConfig, HoulsbyLayer, HoulsbyModel
 from .mona import MonaConfig, MonaLayer, MonaModel
 from .registration import register_all
 
@@ -19,7 +21,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SUPPORTED_ARCHITECTURES",
+    "AdaptFormerConfig",
+    "AdaptFormerLayer",
+    "AdaptFormerModel",
     "ArchitectureSpec",
+    "HoulsbyConfig",
+    "HoulsbyLayer",
+    "HoulsbyModel",
     "MonaConfig",
     "MonaLayer",
     "MonaModel",

@@ -9,6 +9,7 @@ or register tokens). Supporting a new architecture means adding one ``Architectu
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -16,6 +17,25 @@ from typing import Any, Literal
 from torch import nn
 
 GridSource = Literal["input_dimensions", "patch_embedding"]
+PromptLayout = Literal["sequence", "windows"]
+
+
+@dataclass(frozen=True)
+class WindowModules:
+    """Where VPT's windowed variant (Swin) finds what it runs the prompt tokens through.
+
+    Names are relative to one block, except ``downsample``, which is relative to the block's stage (the
+    module holding the ``ModuleList`` of blocks): the patch merging after the stage's last block, or None.
+    """
+
+    attention: str = "attention"
+    relative_position_bias: str = "attention.relative_position_bias"
+    norm_before: str = "layernorm_before"
+    norm_after: str = "layernorm_after"
+    mlp: str = "mlp"
+    dropout: str = "dropout"
+    drop_path: str = "drop_path"
+    downsample: str = "downsample"
 
 
 @dataclass(frozen=True)
@@ -33,6 +53,21 @@ class ArchitectureSpec:
             output (plain ViTs, where every block sees the same grid).
         patch_projection: name suffix of the patch-embedding convolution (for ``"patch_embedding"``).
         num_prefix_tokens: tokens before the patch tokens (CLS, distillation, registers), from the config.
+        prompt_layout: how VPT's prompt tokens join a block's tokens: ``"sequence"`` (inserted after the
+            prefix tokens of the one token sequence: plain ViTs), ``"windows"`` (shared by every attention
+            window: Swin), or ``None`` where VPT is not supported.
+        embedding_width: width of the patch embedding, from the config (VPT's prompt initialisation).
+        window_modules: module names of the ``"windows"`` layout.
+
+    Module names inside one block, for the baseline methods (``mona_peft.methods``):
+
+        attention_projections: the query, key and value projections, in that order (LoRA).
+        attention_output: the attention's output projection (Houlsby adapter after the MSA).
+        mlp_input: the module whose input is the MLP's input (AdaptFormer reads it).
+        mlp_output: the module whose output is the MLP's output (AdaptFormer wraps it); the same module as
+            ``mlp_input`` when the MLP is one module.
+        mlp_output_projection: the MLP's last Linear (Houlsby adapter after the MLP).
+        layer_norms: name suffixes of every LayerNorm of the backbone, blocks and outside them (LayerNorm tuning).
     """
 
     model_type: str
@@ -42,17 +77,59 @@ class ArchitectureSpec:
     grid_source: GridSource
     patch_projection: str = "embeddings.patch_embeddings.projection"
     num_prefix_tokens: Callable[[Any], int] = lambda config: 0
+    prompt_layout: PromptLayout | None = "sequence"
+    embedding_width: Callable[[Any], int] = lambda config: config.hidden_size
+    window_modules: WindowModules | None = None
+    attention_projections: tuple[str, str, str] = ("attention.q_proj", "attention.k_proj", "attention.v_proj")
+    attention_output: str = "attention.o_proj"
+    mlp_input: str = "mlp"
+    mlp_output: str = "mlp"
+    mlp_output_projection: str = "mlp.fc2"
+    layer_norms: tuple[str, ...] = ("layernorm_before", "layernorm_after", "layernorm")
+
+    def pattern_in_blocks(self, *names: str) -> str:
+        """A PEFT ``target_modules`` regex matching the modules ``names`` (relative to a block) in every block."""
+        return rf"{self.block_pattern}\.(?:{'|'.join(re.escape(name) for name in names)})"
 
 
 _VIT_BLOCKS = r"(.*\.)?layers?\.\d+"
 _SWIN_BLOCKS = r"(.*\.)?layers\.\d+\.blocks\.\d+"
+# Swin also normalises the patch embedding and each patch merging; ViT/DeiT's names are the dataclass default.
+_SWIN_LAYER_NORMS = ("embeddings.norm", "layernorm_before", "layernorm_after", "downsample.norm", "layernorm")
+_DINOV2_LAYER_NORMS = ("norm1", "norm2", "layernorm")
 
 SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
     spec.model_type: spec
     for spec in (
-        ArchitectureSpec("swin", "SwinLayer", _SWIN_BLOCKS, "layernorm_after", "input_dimensions"),
-        # Swin v2 uses post-norm residuals: the stream after the attention add feeds the MLP directly.
-        ArchitectureSpec("swinv2", "Swinv2Layer", _SWIN_BLOCKS, "intermediate", "input_dimensions"),
+        ArchitectureSpec(
+            "swin",
+            "SwinLayer",
+            _SWIN_BLOCKS,
+            "layernorm_after",
+            "input_dimensions",
+            layer_norms=_SWIN_LAYER_NORMS,
+            prompt_layout="windows",
+            embedding_width=lambda c: c.embed_dim,
+            window_modules=WindowModules(),
+        ),
+        # VPT: Swin v2's attention computes its continuous position bias inside the attention, with no module
+        # output to pad for prompt tokens, so the windowed prompt variant does not apply (prompt_layout=None).
+        # Swin v2 uses post-norm residuals: the stream after the attention add feeds the MLP directly. Its modules keep
+        # the BERT-style names, and its MLP is two sibling modules (`intermediate`, then `output`).
+        ArchitectureSpec(
+            "swinv2",
+            "Swinv2Layer",
+            _SWIN_BLOCKS,
+            "intermediate",
+            "input_dimensions",
+            attention_projections=("attention.self.query", "attention.self.key", "attention.self.value"),
+            attention_output="attention.output.dense",
+            mlp_input="intermediate",
+            mlp_output="output",
+            mlp_output_projection="output.dense",
+            layer_norms=_SWIN_LAYER_NORMS,
+            prompt_layout=None,
+        ),
         ArchitectureSpec(
             "vit", "ViTLayer", _VIT_BLOCKS, "layernorm_after", "patch_embedding", num_prefix_tokens=lambda c: 1
         ),
@@ -61,7 +138,13 @@ SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
             "deit", "DeiTLayer", _VIT_BLOCKS, "layernorm_after", "patch_embedding", num_prefix_tokens=lambda c: 2
         ),
         ArchitectureSpec(
-            "dinov2", "Dinov2Layer", _VIT_BLOCKS, "norm2", "patch_embedding", num_prefix_tokens=lambda c: 1
+            "dinov2",
+            "Dinov2Layer",
+            _VIT_BLOCKS,
+            "norm2",
+            "patch_embedding",
+            num_prefix_tokens=lambda c: 1,
+            layer_norms=_DINOV2_LAYER_NORMS,
         ),
         ArchitectureSpec(
             "dinov2_with_registers",
@@ -70,6 +153,7 @@ SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
             "norm2",
             "patch_embedding",
             num_prefix_tokens=lambda c: 1 + c.num_register_tokens,
+            layer_norms=_DINOV2_LAYER_NORMS,
         ),
     )
 }
@@ -92,6 +176,16 @@ class UnsupportedArchitectureError(ValueError):
 def supported_model_types() -> list[str]:
     """The ``config.model_type`` values mona_peft can adapt."""
     return sorted(SUPPORTED_ARCHITECTURES)
+
+
+def find_blocks(model: nn.Module, spec: ArchitectureSpec | None = None) -> list[tuple[str, nn.Module]]:
+    """``(name, block)`` of every transformer block of ``model``'s backbone, in forward order."""
+    spec = spec or resolve_architecture(model).spec
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if type(module).__name__ == spec.block_class and re.fullmatch(spec.block_pattern, name)
+    ]
 
 
 def resolve_architecture(model: nn.Module) -> ResolvedArchitecture:

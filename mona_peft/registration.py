@@ -78,3 +78,9 @@ def register_all() -> None:
     from .mona import MonaConfig, MonaModel
 
     register_method("mona", MonaConfig, MonaModel)
+
+    from .adaptformer import AdaptFormerConfig, AdaptFormerModel
+    from .houlsby import HoulsbyConfig, HoulsbyModel
+
+    register_method("houlsby", HoulsbyConfig, HoulsbyModel)
+    register_method("adaptformer", AdaptFormerConfig, AdaptFormerModel)

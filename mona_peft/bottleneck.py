@@ -1,0 +1,254 @@
+"""Machinery shared by the bottleneck adapters that PEFT lacks: Houlsby's adapter and AdaptFormer.
+
+Both put a small ``up(act(down(.)))`` module next to one module of every transformer block; they differ only in
+where its input comes from and where its output goes. ``BottleneckLayer`` keeps each adapter's pieces in flat
+``ModuleDict``s named with the method's prefix (``houlsby_down[adapter]``, ``houlsby_up[adapter]``) as PEFT's
+save/load and adapter renaming expect, with the down and up projections as plain ``nn.Linear`` (MiMi prunes their
+hidden neurons). ``BottleneckModel`` finds the target modules through ``mona_peft.architectures``, refuses to merge
+(the adapters are non-linear), gives ``unload()`` the untouched base modules back, and routes mixed-adapter batches
+(``adapter_names=[...]``).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from functools import partial
+from typing import Any
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils.other import AuxiliaryTrainingWrapper, get_pattern_key
+from torch import nn
+
+from .architectures import ArchitectureSpec, resolve_architecture
+
+#: In ``adapter_names=[...]``, the rows that run the base model without any adapter (PEFT's convention).
+BASE_ADAPTER_NAME = "__base__"
+
+
+def inner_dim_for(config: Any, module_name: str) -> int:
+    """The bottleneck width of the adapter at ``module_name``: ``config.inner_dim_pattern`` first, then ``inner_dim``.
+
+    Keys of ``inner_dim_pattern`` are regexes matched against the end of the module name, as LoRA's ``rank_pattern``.
+    """
+    pattern = config.inner_dim_pattern or {}
+    key = get_pattern_key(list(pattern), module_name)
+    return int(pattern.get(key, config.inner_dim))
+
+
+def validate_inner_dims(name: str, inner_dim: Any, inner_dim_pattern: Any) -> None:
+    """Raise ``ValueError`` unless the bottleneck widths are positive integers."""
+    if not isinstance(inner_dim, int) or isinstance(inner_dim, bool) or inner_dim < 1:
+        raise ValueError(f"{name}.inner_dim must be a positive integer, got {inner_dim!r}.")
+    if inner_dim_pattern is not None:
+        if not isinstance(inner_dim_pattern, dict):
+            raise ValueError(f"{name}.inner_dim_pattern must be a dict of regex -> width, got {inner_dim_pattern!r}.")
+        bad = {k: v for k, v in inner_dim_pattern.items() if not isinstance(v, int) or isinstance(v, bool) or v < 1}
+        if bad:
+            raise ValueError(f"{name}.inner_dim_pattern widths must be positive integers, got {bad}.")
+
+
+def kaiming_uniform_linear(layer: nn.Linear) -> nn.Linear:
+    """PyTorch's default Linear weight init (kaiming-uniform, ``a=sqrt(5)``) with a zero bias."""
+    nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class BottleneckLayer(nn.Module, BaseTunerLayer):
+    """A tuner layer holding one bottleneck ``up(act(down(.)))`` per adapter next to ``base_layer``.
+
+    Subclasses set ``method`` (the prefix without ``_``), ``adapter_layer_names`` (``("<method>_down",
+    "<method>_up")``), ``other_param_names``, and implement ``update_layer`` and ``forward``.
+    """
+
+    method: str = ""
+    adapter_layer_names: tuple[str, ...] = ()
+    other_param_names: tuple[str, ...] = ()
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: Any, module_name: str, **kwargs: Any) -> None:
+        nn.Module.__init__(self)
+        self.base_layer = base_layer
+        for name in self.adapter_layer_names:
+            setattr(self, name, nn.ModuleDict())
+        self._disable_adapters = False
+        self.merged_adapters = []
+        self.module_name = module_name
+        self.in_features, self.out_features = self._features(base_layer)
+        self._setup(**kwargs)
+        self.update_layer(adapter_name, config)
+        self._active_adapter = adapter_name
+
+    def _setup(self, **kwargs: Any) -> None:
+        """Per-method state created before the first adapter (``kwargs`` come from the tuner's ``_layer_kwargs``)."""
+
+    @staticmethod
+    def _features(module: nn.Module) -> tuple[int, int]:
+        if isinstance(module, nn.Linear):
+            return module.in_features, module.out_features
+        linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError(f"Cannot find the width of {type(module).__name__}: it has no Linear layer.")
+        return linears[0].in_features, linears[-1].out_features
+
+    @property
+    def down(self) -> nn.ModuleDict:
+        return getattr(self, f"{self.method}_down")
+
+    @property
+    def up(self) -> nn.ModuleDict:
+        return getattr(self, f"{self.method}_up")
+
+    def _add_projections(self, adapter_name: str, in_features: int, inner_dim: int, out_features: int) -> None:
+        self.down[adapter_name] = nn.Linear(in_features, inner_dim)
+        self.up[adapter_name] = nn.Linear(inner_dim, out_features)
+
+    def _finish_update(self, adapter_name: str) -> None:
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        # New modules start in training mode; follow the wrapped module, so an eval-mode model runs no dropout.
+        self.train(self.base_layer.training)
+        self.set_adapter(self.active_adapters)
+
+    def inner_dim(self, adapter_name: str) -> int:
+        """The bottleneck width (hidden neurons) of ``adapter_name`` here."""
+        return self.down[adapter_name].out_features
+
+    def _get_base_layer_device_and_dtype(self, base_layer: nn.Module):
+        parameter = next(base_layer.parameters(), None)
+        return (None, None) if parameter is None else (parameter.device, parameter.dtype)
+
+    def _adapters_to_apply(self) -> list[str]:
+        if self.disable_adapters:
+            return []
+        return [name for name in self.active_adapters if name in self.down]
+
+    def _bottleneck(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
+        """``up(act(down(x)))`` of one adapter (subclasses add their activation, dropout and scale)."""
+        raise NotImplementedError
+
+    def _routed(self, routing: list[str], x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Per-sample adapter contributions: row ``i`` uses adapter ``routing[i]`` (zero for ``"__base__"``)."""
+        delta = torch.zeros_like(like)
+        for adapter in dict.fromkeys(routing):
+            if adapter == BASE_ADAPTER_NAME or adapter not in self.down:
+                continue
+            rows = torch.tensor([i for i, r in enumerate(routing) if r == adapter], device=x.device, dtype=torch.long)
+            delta[rows] = self._bottleneck(adapter, x[rows]).to(like.dtype)
+        return delta
+
+    # -- merging is impossible: the adapters are non-linear -------------------------------------------------
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        raise NotImplementedError(
+            f"{self.method} adapters cannot be merged into the base weights: the bottleneck has a non-linearity. "
+            "Keep the adapter, or use `unload()` to drop it."
+        )
+
+    def unmerge(self) -> None:
+        raise NotImplementedError(f"{self.method} adapters are never merged, so there is nothing to unmerge.")
+
+    def unload_and_optionally_merge_module(
+        self, merge: bool, safe_merge: bool, adapter_names: list[str] | None
+    ) -> nn.Module:
+        """Detach and return the wrapped module untouched (PEFT calls this from ``unload()``)."""
+        if merge:
+            self.merge(safe_merge, adapter_names)
+        return self.base_layer
+
+    def __repr__(self) -> str:
+        return f"{self.method}." + super().__repr__()
+
+
+class BottleneckModel(BaseTuner):
+    """A PEFT tuner that wraps modules named by the architecture registry with a ``BottleneckLayer``.
+
+    Subclasses set ``prefix``, ``tuner_layer_cls``, ``display_name`` and ``default_target_names(spec)``.
+    """
+
+    display_name: str = ""
+    target_module_mapping: dict[str, list[str]] = {}
+
+    @staticmethod
+    def default_target_names(spec: ArchitectureSpec) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def _pre_injection_hook(self, model: nn.Module, config: Any, adapter_name: str) -> None:
+        self.architecture = resolve_architecture(model)
+
+    def _prepare_adapter_config(self, peft_config: Any, model_config: dict) -> Any:
+        # Runs for every adapter (add_adapter, load_adapter too), unlike _pre_injection_hook.
+        if peft_config.target_modules is None:
+            spec = self.architecture.spec
+            peft_config.target_modules = spec.pattern_in_blocks(*self.default_target_names(spec))
+        return peft_config
+
+    def _check_target(self, target: nn.Module, current_key: str) -> None:
+        """Raise a clear error when ``target`` cannot carry this adapter."""
+
+    def _layer_kwargs(self, peft_config: Any, current_key: str) -> dict[str, Any]:
+        return {}
+
+    def _create_and_replace(
+        self,
+        peft_config: Any,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+    ) -> None:
+        if isinstance(target, self.tuner_layer_cls):
+            target.update_layer(adapter_name, peft_config)
+            return
+        if isinstance(target, BaseTunerLayer):
+            raise ValueError(f"'{current_key}' already carries another PEFT method's layer ({type(target).__name__}).")
+        self._check_target(target, current_key)
+        new_module = self.tuner_layer_cls(
+            target, adapter_name, peft_config, current_key, **self._layer_kwargs(peft_config, current_key)
+        )
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        if isinstance(child, BottleneckLayer) and new_module is child.base_layer:
+            # unload(): put the untouched module back. PEFT's default copies `child.weight` onto it, which a wrapped
+            # MLP module does not have.
+            setattr(parent, child_name, new_module)
+            return
+        super()._replace_module(parent, child_name, new_module, child)
+
+    def _check_merge_allowed(self) -> None:
+        raise NotImplementedError(
+            f"{self.display_name} adapters cannot be merged into the base model: the bottleneck has a non-linearity. "
+            "Use `unload()` to get the base model back, or keep the adapter."
+        )
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any):
+        """Route ``adapter_names=[...]`` (one name per sample, or ``"__base__"``) to every adapter layer and head."""
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        if self.training:
+            raise ValueError("Mixed-adapter batches (`adapter_names=`) are for inference; call model.eval() first.")
+        known = set(self.peft_config) | {BASE_ADAPTER_NAME}
+        unknown = sorted(set(adapter_names) - known)
+        if unknown:
+            raise ValueError(f"Unknown adapter name(s) {unknown} in adapter_names; available: {sorted(known)}.")
+        handles = []
+        for module in self.model.modules():
+            if isinstance(module, (self.tuner_layer_cls, AuxiliaryTrainingWrapper)):
+                hook = partial(_inject_adapter_names, adapter_names=list(adapter_names))
+                handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def _inject_adapter_names(module: nn.Module, args: tuple, kwargs: dict, adapter_names: list[str]):
+    kwargs["adapter_names"] = adapter_names
+    return args, kwargs

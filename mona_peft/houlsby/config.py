@@ -1,0 +1,79 @@
+"""Configuration of Houlsby's bottleneck adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from peft.config import PeftConfig
+
+from ..bottleneck import validate_inner_dims
+from ..registration import add_peft_type
+
+HOULSBY = add_peft_type("houlsby")
+
+HoulsbyInit = Literal["houlsby", "identity"]
+
+
+@dataclass
+class HoulsbyConfig(PeftConfig):
+    """Configuration for [`HoulsbyModel`]: a bottleneck adapter after the attention and after the MLP of every block.
+
+    Houlsby et al., "Parameter-Efficient Transfer Learning for NLP" (2019), the "Adapter" baseline of the Mona, VPT
+    and MiMi papers: ``h -> h + up(act(down(h)))`` on the output of the attention's output projection and on the
+    output of the MLP's last Linear, before each residual add. ``2 * C * inner_dim + inner_dim + C`` parameters per
+    adapter for width ``C``, two adapters per block.
+
+    Args:
+        target_modules: Linear layers whose output is adapted, as a regex or a list of name suffixes. Defaults to the
+            attention output projection and the MLP's output projection of every block (names from
+            ``mona_peft.architectures``).
+        exclude_modules: modules not to adapt (same syntax as PEFT's).
+        inner_dim: bottleneck width (64 in the papers' baseline).
+        inner_dim_pattern: per-module widths overriding ``inner_dim``: ``{regex: width}``, matched against the end of
+            the module name as LoRA's ``rank_pattern`` (MiMi saves its shrunken sizes here).
+        activation: non-linearity between the projections (a ``transformers.activations`` name; GELU in Houlsby's
+            code).
+        init_weights: ``"houlsby"`` (default) initialises both projections truncated-normal with std 1e-3 (cut at two
+            std) and zero biases, as Houlsby's code, so the adapter starts near the identity; ``"identity"``
+            additionally zeroes the up projection so the adapted model starts exactly as the base model.
+        modules_to_save: modules trained and saved in full, e.g. ``["classifier"]``.
+
+    Example:
+
+        ```py
+        >>> import mona_peft
+        >>> from peft import get_peft_model
+        >>> from transformers import ViTConfig, ViTForImageClassification
+        >>> model = ViTForImageClassification(ViTConfig(num_labels=10))
+        >>> model = get_peft_model(model, mona_peft.HoulsbyConfig(modules_to_save=["classifier"]))
+        ```
+    """
+
+    target_modules: list[str] | str | None = field(
+        default=None,
+        metadata={"help": "Linear layers to adapt; default: attention and MLP output projections of each block."},
+    )
+    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules not to adapt."})
+    inner_dim: int = field(default=64, metadata={"help": "Bottleneck width."})
+    inner_dim_pattern: dict[str, int] | None = field(
+        default=None, metadata={"help": "Per-module bottleneck widths, {regex: width}, overriding inner_dim."}
+    )
+    activation: str = field(default="gelu", metadata={"help": "Activation between the projections."})
+    init_weights: HoulsbyInit = field(
+        default="houlsby", metadata={"help": "'houlsby' (trunc-normal std 1e-3) or 'identity' (zero up projection)."}
+    )
+    modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Modules trained and saved in full, e.g. ['classifier']."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = HOULSBY
+        validate_inner_dims("HoulsbyConfig", self.inner_dim, self.inner_dim_pattern)
+        if self.init_weights not in ("houlsby", "identity"):
+            raise ValueError(f"HoulsbyConfig.init_weights must be 'houlsby' or 'identity', got {self.init_weights!r}.")
+        from transformers.activations import ACT2FN
+
+        if self.activation not in ACT2FN:
+            raise ValueError(f"HoulsbyConfig.activation must be one of {sorted(ACT2FN)}, got {self.activation!r}.")
