@@ -14,6 +14,7 @@ from .architectures import (
 from .houlsby import HoulsbyConfig, HoulsbyLayer, HoulsbyModel
 from .mona import MonaConfig, MonaLayer, MonaModel
 from .registration import register_all
+from .vpt import VPTConfig, VPTLayer, VPTModel
 
 register_all()
 
@@ -32,5 +33,8 @@ __all__ = [
     "MonaLayer",
     "MonaModel",
     "UnsupportedArchitectureError",
+    "VPTConfig",
+    "VPTLayer",
+    "VPTModel",
     "supported_model_types",
 ]

@@ -36,6 +36,8 @@ class WindowModules:
     dropout: str = "dropout"
     drop_path: str = "drop_path"
     downsample: str = "downsample"
+    merge_norm: str = "norm"  # of the patch merging, on the 4 concatenated copies of a token
+    merge_reduction: str = "reduction"  # of the patch merging: 4C -> 2C
 
 
 @dataclass(frozen=True)

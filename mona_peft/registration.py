@@ -84,3 +84,7 @@ def register_all() -> None:
 
     register_method("houlsby", HoulsbyConfig, HoulsbyModel)
     register_method("adaptformer", AdaptFormerConfig, AdaptFormerModel)
+
+    from .vpt import VPTConfig, VPTModel
+
+    register_method("vpt", VPTConfig, VPTModel)

@@ -1,0 +1,93 @@
+"""Configuration of VPT (visual prompt tuning)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from peft.config import PeftConfig
+
+from ..registration import add_peft_type
+
+VPT = add_peft_type("vpt")
+
+
+@dataclass
+class VPTConfig(PeftConfig):
+    """Configuration for [`VPTModel`]: learnable prompt tokens in a frozen Swin/ViT-family backbone.
+
+    VPT (Jia et al., "Visual Prompt Tuning", ECCV 2022) adds ``num_prompts`` learnable tokens to the
+    token sequence of a frozen transformer, after the embeddings (so they get no position embedding),
+    and trains only them and the task head.
+
+    * **VPT-shallow** (``deep=False``): one set of prompts, inserted before the first adapted block and
+      carried through every later block.
+    * **VPT-deep** (``deep=True``): every adapted block has its own set; before each adapted block after
+      the first, the prompt outputs of the previous block are discarded and replaced by that block's set.
+
+    Plain ViTs (ViT, DeiT, DINOv2, DINOv2 with registers) get the prompts right after their prefix
+    tokens (CLS, distillation, registers). Swin gets the paper's windowed variant: the prompts join
+    every attention window (relative-position bias and shift mask padded with zeros for them), their
+    outputs are averaged over the windows, and patch merging merges them too (shallow) or the next
+    stage replaces them (deep). Either way the prompts are removed after the backbone's last block, so
+    the final norm, pooling and head see exactly the tokens they saw before.
+
+    Args:
+        num_prompts: prompt tokens per set (the paper searches 1 to 200; 10 is a common default).
+        deep: ``False`` for VPT-shallow, ``True`` for VPT-deep.
+        prompt_dropout: dropout on the prompt parameters each time they enter the sequence (0.0 in the paper's
+            default recipe).
+        target_modules: transformer blocks that get prompts, as a regex or a list of name suffixes. Defaults to every
+            block of the backbone (from ``mona_peft.architectures``). Shallow prompts enter before the first matched
+            block; deep prompts are held by every matched block. Prompts are carried through later unmatched blocks
+            and removed after the backbone's last block, as in the paper's prompt-depth ablations.
+        modules_to_save: modules trained and saved in full, e.g. ``["classifier"]``.
+
+    Prompts are initialised uniform(-b, b) with ``b = sqrt(6 / (3 * patch_h * patch_w + d))`` (the paper's
+    Xavier-uniform bound; ``d`` is the width of the patch embedding).
+
+    Example:
+
+        ```py
+        >>> import mona_peft
+        >>> from peft import get_peft_model
+        >>> from transformers import ViTConfig, ViTForImageClassification
+        >>> model = ViTForImageClassification(ViTConfig(num_labels=10))
+        >>> config = mona_peft.VPTConfig(num_prompts=10, deep=True, modules_to_save=["classifier"])
+        >>> model = get_peft_model(model, config)
+        >>> model.print_trainable_parameters()  # doctest: +SKIP
+        ```
+    """
+
+    num_prompts: int = field(default=10, metadata={"help": "Prompt tokens per set."})
+    deep: bool = field(
+        default=False, metadata={"help": "False: VPT-shallow (one set); True: VPT-deep (one set per block)."}
+    )
+    prompt_dropout: float = field(default=0.0, metadata={"help": "Dropout on the prompts as they enter the sequence."})
+    target_modules: list[str] | str | None = field(
+        default=None,
+        metadata={"help": "Blocks that get prompts (regex or name suffixes); default: every block of the backbone."},
+    )
+    modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Modules trained and saved in full, e.g. ['classifier']."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = VPT
+        if isinstance(self.target_modules, (list, tuple, set)):
+            self.target_modules = list(self.target_modules)
+        if isinstance(self.num_prompts, bool) or not isinstance(self.num_prompts, int) or self.num_prompts < 1:
+            raise ValueError(f"VPTConfig.num_prompts must be a positive integer, got {self.num_prompts!r}.")
+        if not isinstance(self.deep, bool):
+            raise ValueError(f"VPTConfig.deep must be True (VPT-deep) or False (VPT-shallow), got {self.deep!r}.")
+        if isinstance(self.prompt_dropout, bool) or not isinstance(self.prompt_dropout, (int, float)):
+            raise ValueError(f"VPTConfig.prompt_dropout must be a number in [0, 1), got {self.prompt_dropout!r}.")
+        if not 0.0 <= self.prompt_dropout < 1.0:
+            raise ValueError(f"VPTConfig.prompt_dropout must be in [0, 1), got {self.prompt_dropout!r}.")
+        self.prompt_dropout = float(self.prompt_dropout)
+        if self.target_modules is not None and not isinstance(self.target_modules, (str, list)):
+            raise ValueError(
+                f"VPTConfig.target_modules must be a regex, a list of block names or None, got {self.target_modules!r}."
+            )
+        if isinstance(self.target_modules, list) and not all(isinstance(t, str) for t in self.target_modules):
+            raise ValueError(f"VPTConfig.target_modules must hold strings, got {self.target_modules!r}.")
