@@ -128,7 +128,18 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         raise NotImplementedError
 
     def _routed(self, routing: list[str], x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Per-sample adapter contributions: row ``i`` uses adapter ``routing[i]`` (zero for ``"__base__"``)."""
+        """Per-sample adapter contributions: sample ``i`` uses adapter ``routing[i]`` (zero for ``"__base__"``).
+
+        Swin's attention runs on windows, ``num_windows`` consecutive rows per sample (sample-major), so a leading
+        dimension that is a multiple of the batch size is read as that many rows per sample.
+        """
+        rows_per_sample, remainder = divmod(x.shape[0], len(routing))
+        if remainder or not rows_per_sample:
+            raise ValueError(
+                f"adapter_names names {len(routing)} samples, but '{self.module_name}' sees {x.shape[0]} rows."
+            )
+        if rows_per_sample > 1:
+            routing = [name for name in routing for _ in range(rows_per_sample)]
         delta = torch.zeros_like(like)
         for adapter in dict.fromkeys(routing):
             if adapter == BASE_ADAPTER_NAME or adapter not in self.down:

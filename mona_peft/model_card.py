@@ -51,6 +51,18 @@ METHODS: dict[str, MethodInfo] = {
         "MiMi",
         "MiMi trains small bottleneck adapters in a frozen vision transformer and iteratively shrinks their width.",
     ),
+    "adapter": MethodInfo(
+        "Houlsby adapter",
+        "Houlsby's bottleneck adapter (down projection, GELU, up projection, plus a skip) on the output of the "
+        "attention and of the MLP of every transformer block.",
+    ),
+    "adaptformer": MethodInfo(
+        "AdaptFormer",
+        "AdaptFormer adds a scaled bottleneck (down projection, ReLU, up projection) in parallel to the MLP of every "
+        "transformer block.",
+    ),
+    "lora": MethodInfo("LoRA", "LoRA adds trainable low-rank updates to the attention's query and value projections."),
+    "ln_tuning": MethodInfo("LayerNorm tuning", "LayerNorm tuning trains only the LayerNorms of the backbone."),
 }
 
 

@@ -18,14 +18,20 @@ import evaluate
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from peft import set_peft_model_state_dict
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoModelForImageClassification, get_scheduler
 
 from .data import DIGITS_NAME, collate, image_transform, load_image_classification_data
-from .methods import METHODS, build_method, count_parameters, is_adapter_parameter
+from .methods import (
+    FULL_MODEL_METHODS,
+    METHODS,
+    build_method,
+    count_parameters,
+    is_adapter_parameter,
+    load_trainable,
+    save_trainable,
+)
 from .metrics import metric_path
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -60,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--output_dir", default="outputs/mona-digits")
     add("--overwrite_output_dir", action="store_true", help="Allow an output dir that holds a different run.")
     add("--method", default="mona", help=f"Fine-tuning method: {', '.join(sorted(METHODS))}.")
-    add("--inner_dim", type=int, default=64, help="Mona's bottleneck width.")
+    add("--inner_dim", type=int, default=64, help="Bottleneck width of mona, adapter and adaptformer.")
     add("--adapter_lr_scale", type=float, default=2.0, help="Adapter lr = this x --learning_rate (2 in the paper).")
     add("--num_train_epochs", type=int, default=3)
     add("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
@@ -88,6 +94,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.method not in METHODS:
         raise SystemExit(f"error: unknown --method {args.method!r}; available: {', '.join(sorted(METHODS))}.")
+    if args.push_to_hub and args.method in FULL_MODEL_METHODS:
+        raise SystemExit(
+            f"error: --push_to_hub uploads adapters, and --method {args.method} saves a whole model to --output_dir "
+            "(upload that folder with huggingface_hub instead)."
+        )
     if args.checkpointing_steps not in ("epoch", "no") and not str(args.checkpointing_steps).isdigit():
         raise SystemExit(
             f"error: --checkpointing_steps must be 'epoch', 'no' or a number, got {args.checkpointing_steps!r}."
@@ -141,17 +152,16 @@ def _head_modules(model) -> list[str]:
 
 
 def _register_adapter_only_checkpoints(accelerator: Accelerator) -> None:
-    """Checkpoints hold the trainable state (adapter + head), not the frozen backbone: a few MB."""
+    """Checkpoints hold the trainable state (adapter + head, or what a non-PEFT method trains), not the frozen rest."""
 
     def save_hook(models, weights, output_dir):
         for model in models:
-            accelerator.unwrap_model(model).save_pretrained(Path(output_dir) / "adapter")
+            save_trainable(accelerator.unwrap_model(model), Path(output_dir) / "adapter")
         weights.clear()
 
     def load_hook(models, input_dir):
         for _ in range(len(models)):
-            model = accelerator.unwrap_model(models.pop())
-            set_peft_model_state_dict(model, load_file(Path(input_dir) / "adapter" / ADAPTER_FILE))
+            load_trainable(accelerator.unwrap_model(models.pop()), Path(input_dir) / "adapter")
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
@@ -330,6 +340,11 @@ def _write_outputs(model, args: argparse.Namespace, output_dir: Path, final: dic
     from .model_card import write_model_card
 
     model.save_pretrained(output_dir)
+    if args.method in FULL_MODEL_METHODS:
+        # The whole model (config.json + model.safetensors), loadable with from_pretrained; no adapter card.
+        final["model_bytes"] = (output_dir / "model.safetensors").stat().st_size
+        (output_dir / "all_results.json").write_text(json.dumps(final, indent=2))
+        return
     final["adapter_bytes"] = (output_dir / ADAPTER_FILE).stat().st_size
     (output_dir / "all_results.json").write_text(json.dumps(final, indent=2))
     dataset = args.dataset_name or (Path(args.train_dir).name if args.train_dir else DIGITS_NAME)
