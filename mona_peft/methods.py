@@ -1,6 +1,7 @@
 """The fine-tuning methods the training script and benchmarks can select with ``--method``.
 
-Besides Mona (and the other methods of the papers), every baseline the papers compare against:
+Mona; VPT (``vpt_shallow``, ``vpt_deep``: visual prompt tuning with ``num_prompts`` prompt tokens, and the head);
+and every baseline the papers compare against:
 
 - ``full``: everything trains.
 - ``linear``: frozen backbone, only the head trains (linear probe).
@@ -32,12 +33,21 @@ from .adaptformer import AdaptFormerConfig
 from .architectures import find_blocks, resolve_architecture
 from .houlsby import HoulsbyConfig
 from .mona import MonaConfig
+from .vpt import VPTConfig
 
 MethodBuilder = Callable[..., nn.Module]
 
 
 def _mona(model: nn.Module, head: list[str], inner_dim: int = 64, **options) -> PeftModel:
     return get_peft_model(model, MonaConfig(inner_dim=inner_dim, modules_to_save=head))
+
+
+def _vpt_shallow(model: nn.Module, head: list[str], num_prompts: int = 10, **options) -> PeftModel:
+    return get_peft_model(model, VPTConfig(num_prompts=num_prompts, deep=False, modules_to_save=head))
+
+
+def _vpt_deep(model: nn.Module, head: list[str], num_prompts: int = 10, **options) -> PeftModel:
+    return get_peft_model(model, VPTConfig(num_prompts=num_prompts, deep=True, modules_to_save=head))
 
 
 def _in_modules(parameter_name: str, module_names: list[str]) -> bool:
@@ -103,7 +113,7 @@ def _adaptformer(model: nn.Module, head: list[str], inner_dim: int = 64, scale: 
     return get_peft_model(model, AdaptFormerConfig(inner_dim=inner_dim, scale=scale, modules_to_save=head))
 
 
-METHODS: dict[str, MethodBuilder] = {"mona": _mona}
+METHODS: dict[str, MethodBuilder] = {"mona": _mona, "vpt_shallow": _vpt_shallow, "vpt_deep": _vpt_deep}
 # The papers' baselines (see the module docstring).
 METHODS.update(
     full=_full,
@@ -130,7 +140,7 @@ def build_method(model: nn.Module, method: str, head: list[str], **options) -> n
 
 
 #: Name fragments of the parameters the PEFT methods add (LN tuning's trainable copies of the LayerNorms included).
-ADAPTER_PARAMETER_MARKERS = [".mona_", ".houlsby_", ".adaptformer_", ".lora_", ".ln_tuning_layers."]
+ADAPTER_PARAMETER_MARKERS = [".mona_", ".houlsby_", ".adaptformer_", ".lora_", ".ln_tuning_layers.", ".vpt_"]
 
 
 def is_adapter_parameter(name: str) -> bool:

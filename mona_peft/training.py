@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--overwrite_output_dir", action="store_true", help="Allow an output dir that holds a different run.")
     add("--method", default="mona", help=f"Fine-tuning method: {', '.join(sorted(METHODS))}.")
     add("--inner_dim", type=int, default=64, help="Bottleneck width of mona, adapter and adaptformer.")
+    add("--num_prompts", type=int, default=10, help="Prompt tokens per set of vpt_shallow and vpt_deep.")
     add("--adapter_lr_scale", type=float, default=2.0, help="Adapter lr = this x --learning_rate (2 in the paper).")
     add("--num_train_epochs", type=int, default=3)
     add("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
@@ -235,7 +236,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         label2id={label: i for i, label in enumerate(labels)},
         ignore_mismatched_sizes=True,
     )
-    model = build_method(base, args.method, _head_modules(base), inner_dim=args.inner_dim)
+    model = build_method(base, args.method, _head_modules(base), inner_dim=args.inner_dim, num_prompts=args.num_prompts)
     trainable, total = count_parameters(model)
     accelerator.print(
         f"{args.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)"

@@ -77,6 +77,13 @@ class VPTModel(BaseTuner):
             peft_config.target_modules = self.architecture.spec.block_pattern
         blocks = self._block_names(self.model)
         targets = [name for name in blocks if check_target_module_exists(peft_config, name)]
+        block_class = self.architecture.spec.block_class
+        for name, module in self.model.named_modules():
+            if name and name not in blocks and check_target_module_exists(peft_config, name):
+                raise ValueError(
+                    f"VPT attaches to whole transformer blocks ({block_class}), but target_modules matches '{name}', "
+                    f"a {type(module).__name__}. Leave target_modules unset or match only blocks."
+                )
         if not targets:
             raise ValueError(
                 f"VPTConfig.target_modules={peft_config.target_modules!r} matches none of the backbone's "
