@@ -20,8 +20,10 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper, get_pattern_key
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .architectures import ArchitectureSpec, resolve_architecture
+from .mona.layer import require_grad_for_checkpointing
 
 #: In ``adapter_names=[...]``, the rows that run the base model without any adapter (PEFT's convention).
 BASE_ADAPTER_NAME = "__base__"
@@ -186,6 +188,32 @@ class BottleneckModel(BaseTuner):
     def _pre_injection_hook(self, model: nn.Module, config: Any, adapter_name: str) -> None:
         self.architecture = resolve_architecture(model)
 
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
+        self._attach_checkpoint_input_hooks(model)
+
+    def _attach_checkpoint_input_hooks(self, model: nn.Module) -> None:
+        """Let reentrant gradient checkpointing train the adapters inside checkpointed blocks and stages.
+
+        A reentrant checkpoint gives no gradient to the parameters inside it unless one of its inputs requires grad,
+        and the hidden states coming from the frozen embeddings do not (transformers' ``enable_input_require_grads``
+        cannot fix that for Swin, whose patch embedding returns a tuple). A forward pre-hook on every checkpointed
+        layer holding adapters makes its input a grad-requiring alias of the hidden states.
+        """
+        hooks = self.__dict__.setdefault("_checkpoint_input_hooks", {})
+        layer_names = [name for name, module in model.named_modules() if isinstance(module, BottleneckLayer)]
+        for name, module in model.named_modules():
+            if id(module) in hooks or not isinstance(module, GradientCheckpointingLayer):
+                continue
+            if any(layer_name.startswith(f"{name}.") for layer_name in layer_names):
+                hooks[id(module)] = module.register_forward_pre_hook(_checkpoint_input_pre_hook)
+
+    def _unload_and_optionally_merge(self, merge: bool = True, *args: Any, **kwargs: Any) -> nn.Module:
+        model = super()._unload_and_optionally_merge(merge, *args, **kwargs)
+        for handle in self.__dict__.pop("_checkpoint_input_hooks", {}).values():
+            handle.remove()
+        return model
+
     def _prepare_adapter_config(self, peft_config: Any, model_config: dict) -> Any:
         # Runs for every adapter (add_adapter, load_adapter too), unlike _pre_injection_hook.
         if peft_config.target_modules is None:
@@ -258,6 +286,13 @@ class BottleneckModel(BaseTuner):
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def _checkpoint_input_pre_hook(module: nn.Module, args: tuple):
+    if not (module.training and getattr(module, "gradient_checkpointing", False)):
+        return None
+    new_args = require_grad_for_checkpointing(module, args)
+    return None if new_args is args else new_args
 
 
 def _inject_adapter_names(module: nn.Module, args: tuple, kwargs: dict, adapter_names: list[str]):

@@ -260,6 +260,25 @@ def test_several_adapters_and_mixed_batches(method, tiny_swin, tiny_pixel_values
     torch.testing.assert_close(logits(model, x), second)
 
 
+@pytest.mark.parametrize("use_reentrant", [True, False], ids=["reentrant", "non_reentrant"])
+def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant, tiny_model, tiny_pixel_values):
+    x, labels = tiny_pixel_values(batch=2), torch.tensor([0, 2])
+    for arch in ("swin", "vit"):
+        for method, (config_cls, _) in PEFT_ADAPTERS.items():
+            grads = []
+            for checkpointing in (False, True):
+                config = config_cls(modules_to_save=HEAD, **({"dropout": 0.0} if method == "adaptformer" else {}))
+                model = get_peft_model(tiny_model(arch), config).train()
+                randomize(model, method)  # AdaptFormer's zero up projection would give its down projection no gradient
+                if checkpointing:
+                    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+                model(pixel_values=x, labels=labels).loss.backward()
+                grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+            assert all(g is not None and g.abs().sum() > 0 for g in grads[1].values()), f"{arch} {method}"
+            for name, grad in grads[0].items():
+                torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=f"{arch} {method} {name}")
+
+
 def _every_architecture():
     vit = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32)
     swin = dict(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4)
