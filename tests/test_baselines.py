@@ -260,6 +260,21 @@ def test_several_adapters_and_mixed_batches(method, tiny_swin, tiny_pixel_values
     torch.testing.assert_close(logits(model, x), second)
 
 
+def test_low_cpu_mem_usage_and_bfloat16_base(tiny_swin, tiny_pixel_values, tmp_path):
+    x = tiny_pixel_values(batch=2)
+    for method, (config_cls, _) in PEFT_ADAPTERS.items():
+        model = get_peft_model(tiny_swin(), config_cls(modules_to_save=HEAD)).eval()
+        randomize(model, method)
+        model.save_pretrained(tmp_path / method)
+        reloaded = PeftModel.from_pretrained(tiny_swin(), tmp_path / method, low_cpu_mem_usage=True).eval()
+        assert not any(p.is_meta for p in reloaded.parameters())
+        assert torch.equal(logits(reloaded, x), logits(model, x))
+        # A bfloat16 backbone keeps float32 adapters (PEFT's autocast_adapter_dtype) and returns bfloat16.
+        half = get_peft_model(tiny_swin().to(torch.bfloat16), config_cls(modules_to_save=HEAD)).eval()
+        assert {p.dtype for n, p in half.named_parameters() if f".{method}_" in n} == {torch.float32}
+        assert logits(half, x.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("use_reentrant", [True, False], ids=["reentrant", "non_reentrant"])
 def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant, tiny_model, tiny_pixel_values):
     x, labels = tiny_pixel_values(batch=2), torch.tensor([0, 2])
