@@ -111,7 +111,7 @@ def test_corrupt_image_is_reported_by_name(tiny_swin, tmp_path):
 
 
 def test_unknown_method_lists_the_available_ones(tiny_swin, tmp_path):
-    with pytest.raises(SystemExit, match="unknown --method 'lora2'; available: adapter, adaptformer, bitfit, full, .*mona"):
+    with pytest.raises(SystemExit, match="unknown --method 'lora2'; available: adapter, adaptformer, bitfit, .*mona"):
         main(_args(tiny_swin, tmp_path / "out", "--method", "lora2"))
 
 
