@@ -236,11 +236,22 @@ def test_non_square_inputs(arch, adapted, tiny_model):
         torch.testing.assert_close(logits(model, x, **kwargs), plain, rtol=0, atol=0)
 
 
-def test_vit_attention_mask_is_extended_for_the_prompts(adapted):
-    _, model, x = adapted("vit")
-    # a user-given mask covers CLS + patches; VPT adds the prompt positions (attend everywhere)
-    mask = torch.ones(2, 17, dtype=torch.long)
-    torch.testing.assert_close(logits(model, x, attention_mask=mask), logits(model, x), rtol=0, atol=1e-6)
+@pytest.mark.parametrize("deep", [False, True], ids=["shallow", "deep"])
+def test_vit_attention_mask_is_extended_for_the_prompts(deep, adapted):
+    _, model, x = adapted("vit", deep=deep)
+    # a user-given mask covers CLS + patches; VPT adds the prompt positions (visible to all)
+    ones = torch.ones(2, 17, dtype=torch.long)
+    torch.testing.assert_close(logits(model, x, attention_mask=ones), logits(model, x), rtol=0, atol=1e-6)
+    # hiding patch 5 (pixels 8:16, 8:16) from every block: its content can no longer reach CLS. A mask misaligned
+    # with the prompts would hide a prompt or another patch instead, and let patch 5 leak.
+    hide = ones.clone()
+    hide[:, 1 + 5] = 0
+    changed = x.clone()
+    changed[:, :, 8:16, 8:16] += 3.0
+    hidden = logits(model, x, attention_mask=hide)
+    assert_differs(hidden, logits(model, x))
+    torch.testing.assert_close(logits(model, changed, attention_mask=hide), hidden, rtol=0, atol=1e-6)
+    assert_differs(logits(model, changed), logits(model, x))
 
 
 # --------------------------------------------------------------------------------------------------------------------

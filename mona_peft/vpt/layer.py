@@ -303,7 +303,11 @@ class VPTLayer(nn.Module, BaseTunerLayer):
         return torch.cat([x[:, :start], x[:, start + count :]], dim=1)
 
     def _sequence_mask(self, mask: torch.Tensor | None, plan: _Plan, hidden: torch.Tensor) -> torch.Tensor | None:
-        """The model's attention mask with the prompt positions added, and masked as keys for ``__base__`` rows."""
+        """The model's attention mask with the prompt positions added, and masked as keys for ``__base__`` rows.
+
+        Every token may attend to the prompts; the prompts attend to what the first token (CLS) may attend to (for
+        transformers' padding masks, which depend on the key only, that is the same mask as every token's).
+        """
         base_rows = plan.base_rows
         if mask is None and base_rows is None:
             return None
@@ -320,9 +324,9 @@ class VPTLayer(nn.Module, BaseTunerLayer):
             if mask.shape[-1] == length - count:  # built by the model for the sequence without prompts
                 pad = mask.new_zeros(*mask.shape[:-1], count)
                 mask = torch.cat([mask[..., :start], pad, mask[..., start:]], dim=-1)
-                if mask.shape[-2] == length - count:
-                    pad = mask.new_zeros(*mask.shape[:-2], count, mask.shape[-1])
-                    mask = torch.cat([mask[..., :start, :], pad, mask[..., start:, :]], dim=-2)
+                if mask.shape[-2] == length - count:  # prompts see what the first (CLS) token sees
+                    rows = mask[..., :1, :].expand(*mask.shape[:-2], count, mask.shape[-1])
+                    mask = torch.cat([mask[..., :start, :], rows, mask[..., start:, :]], dim=-2)
             mask = mask.expand(batch, mask.shape[1], length, length)
         if base_rows is not None:
             columns = torch.zeros(batch, length, dtype=torch.bool, device=mask.device)
