@@ -369,6 +369,8 @@ def _write_outputs(model, args: argparse.Namespace, output_dir: Path, final: dic
         )
     }
     hyperparameters["num_processes"] = final["num_processes"]
+    if args.method.startswith("vpt_"):
+        hyperparameters["num_prompts"] = args.num_prompts
     write_model_card(
         output_dir,
         base_model=args.model_name_or_path,
