@@ -20,8 +20,9 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoImageProcessor, AutoModelForImageClassification, get_scheduler
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, get_scheduler
 
+from .benchmarking.tasks import TASKS, load_task
 from .data import DIGITS_NAME, collate, image_transform, load_image_classification_data
 from .methods import (
     FULL_MODEL_METHODS,
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--train_dir", default=None, help="Image folder: <train_dir>/<class name>/<images>.")
     add("--validation_dir", default=None, help="Image folder with the same class folders.")
     add("--validation_fraction", type=float, default=0.15, help="Carved from train when there is no validation split.")
+    add("--task", default=None, choices=sorted(TASKS), help="An offline benchmark task (train/validation/test splits).")
+    add("--task_seed", type=int, default=None, help="Seed of the --task split (default 0), independent of --seed.")
     add("--output_dir", default="outputs/mona-digits")
     add("--overwrite_output_dir", action="store_true", help="Allow an output dir that holds a different run.")
     add("--method", default="mona", help=f"Fine-tuning method: {', '.join(sorted(METHODS))}.")
@@ -82,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
     add("--seed", type=int, default=42)
     add("--checkpointing_steps", default="epoch", help="'epoch', a number of steps, or 'no'.")
+    add("--eval_strategy", default="epoch", choices=["epoch", "end"], help="Evaluate after every epoch or at the end.")
     add("--resume_from_checkpoint", default=None, help="A checkpoint folder, or 'latest' in --output_dir.")
     add("--report_to", default="tensorboard", help="Accelerate tracker ('tensorboard', 'all', 'none').")
     add("--push_to_hub", action="store_true")
@@ -152,6 +156,23 @@ def _head_modules(model) -> list[str]:
     raise ValueError(f"{type(model).__name__} has no 'classifier' head to train.")
 
 
+def _fresh_head_for_new_labels(model, model_name_or_path: str, labels: list[str]) -> None:
+    """Re-initialise the head when the data has other classes than the checkpoint but as many of them.
+
+    ``ignore_mismatched_sizes`` only re-initialises a head of another shape; a 10-class checkpoint would otherwise
+    start a 10-class task of different classes from its old class weights.
+    """
+    pretrained = AutoConfig.from_pretrained(model_name_or_path)
+    old = [pretrained.id2label[i] for i in sorted(pretrained.id2label)] if pretrained.id2label else []
+    if len(old) != len(labels) or old == list(labels):
+        return
+    for module in model.get_submodule(_head_modules(model)[0]).modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=getattr(model.config, "initializer_range", 0.02))
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+
+
 def _register_adapter_only_checkpoints(accelerator: Accelerator) -> None:
     """Checkpoints hold the trainable state (adapter + head, or what a non-PEFT method trains), not the frozen rest."""
 
@@ -205,14 +226,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         (output_dir / RUN_ARGS_FILE).write_text(json.dumps(_run_identity(args), indent=2))
     accelerator.wait_for_everyone()
 
-    data = load_image_classification_data(
-        args.dataset_name,
-        args.dataset_config_name,
-        args.train_dir,
-        args.validation_dir,
-        args.validation_fraction,
-        args.seed,
-    )
+    if getattr(args, "task", None):
+        data = load_task(args.task, args.task_seed or 0)
+    else:
+        data = load_image_classification_data(
+            args.dataset_name,
+            args.dataset_config_name,
+            args.train_dir,
+            args.validation_dir,
+            args.validation_fraction,
+            args.seed,
+        )
     labels = data["train"].features["label"].names
     processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
     transform = image_transform(processor)
@@ -229,6 +253,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     eval_loader = DataLoader(
         data["validation"].with_transform(transform), collate_fn=collate, batch_size=args.per_device_eval_batch_size
     )
+    test_loader = None
+    if "test" in data:  # reported once, after training; never used to choose anything
+        test_loader = DataLoader(
+            data["test"].with_transform(transform), collate_fn=collate, batch_size=args.per_device_eval_batch_size
+        )
 
     base = AutoModelForImageClassification.from_pretrained(
         args.model_name_or_path,
@@ -236,6 +265,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         label2id={label: i for i, label in enumerate(labels)},
         ignore_mismatched_sizes=True,
     )
+    _fresh_head_for_new_labels(base, args.model_name_or_path, labels)
     model = build_method(base, args.method, _head_modules(base), inner_dim=args.inner_dim, num_prompts=args.num_prompts)
     trainable, total = count_parameters(model)
     accelerator.print(
@@ -260,6 +290,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, eval_loader, scheduler
     )
+    if test_loader is not None:
+        test_loader = accelerator.prepare(test_loader)
     _register_adapter_only_checkpoints(accelerator)
     if report_to:
         accelerator.init_trackers(
@@ -283,11 +315,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     progress = tqdm(range(max_steps), initial=completed_steps, disable=not accelerator.is_local_main_process)
     results: dict[str, float] = {}
     train_loss = float("nan")
+    train_loop_s, train_samples = 0.0, 0  # the training loop alone (no evaluation), for throughput
     for epoch in range(start_epoch, epochs):
         model.train()
         loader = accelerator.skip_first_batches(train_loader, skip_batches) if epoch == start_epoch else train_loader
         running, seen = 0.0, 0
+        loop_start = time.perf_counter()
         for batch in loader:
+            train_samples += len(batch["labels"])
             with accelerator.accumulate(model):
                 loss = model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
                 accelerator.backward(loss)
@@ -307,24 +342,30 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     save_checkpoint()
             if completed_steps >= max_steps:
                 break
+        train_loop_s += time.perf_counter() - loop_start
         train_loss = running / max(seen, 1)
-        results = evaluate_model(model, eval_loader, accelerator, len(labels))
-        accelerator.print(
-            f"epoch {epoch}: train loss {train_loss:.4f}, " + ", ".join(f"{k} {v:.4f}" for k, v in results.items())
-        )
-        if report_to:
-            accelerator.log({f"eval_{k}": v for k, v in results.items()} | {"epoch": epoch}, step=completed_steps)
+        last_epoch = epoch == epochs - 1 or completed_steps >= max_steps
+        if getattr(args, "eval_strategy", "epoch") == "epoch" or last_epoch:
+            results = evaluate_model(model, eval_loader, accelerator, len(labels))
+            accelerator.print(
+                f"epoch {epoch}: train loss {train_loss:.4f}, " + ", ".join(f"{k} {v:.4f}" for k, v in results.items())
+            )
+            if report_to:
+                accelerator.log({f"eval_{k}": v for k, v in results.items()} | {"epoch": epoch}, step=completed_steps)
         if args.checkpointing_steps == "epoch":
             save_checkpoint()
         if completed_steps >= max_steps:
             break
     if report_to:
         accelerator.end_training()
+    test_results = evaluate_model(model, test_loader, accelerator, len(labels)) if test_loader is not None else {}
 
     accelerator.wait_for_everyone()
     final = {
         **{f"eval_{k}": v for k, v in results.items()},
+        **{f"test_{k}": v for k, v in test_results.items()},
         "train_loss": train_loss,
+        "train_samples_per_second": train_samples * accelerator.num_processes / max(train_loop_s, 1e-9),
         "train_runtime_s": round(time.perf_counter() - start, 1),
         "completed_steps": completed_steps,
         "num_processes": accelerator.num_processes,
@@ -348,7 +389,7 @@ def _write_outputs(model, args: argparse.Namespace, output_dir: Path, final: dic
         return
     final["adapter_bytes"] = (output_dir / ADAPTER_FILE).stat().st_size
     (output_dir / "all_results.json").write_text(json.dumps(final, indent=2))
-    dataset = args.dataset_name or (Path(args.train_dir).name if args.train_dir else DIGITS_NAME)
+    dataset = args.dataset_name or (Path(args.train_dir).name if args.train_dir else args.task or DIGITS_NAME)
     hyperparameters = {
         k: getattr(args, k)
         for k in (

@@ -1,0 +1,73 @@
+"""Command line of ``scripts/benchmark.py``: the downstream benchmark, ``--quick`` and ``--speed``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from .runner import ALL_METHODS, BenchmarkConfig, run_benchmark
+from .tasks import TASKS
+
+QUICK = {"methods": ["linear", "mona"], "tasks": ["digits-fewshot"], "seeds": [0], "lr_grid": [3e-3, 1e-2]}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Benchmark the fine-tuning methods: downstream accuracy and costs (default), or Swin-T speed "
+        "(--speed)."
+    )
+    add = parser.add_argument
+    add("--output_dir", default="benchmarks", help="Where results.json/.md/.png (or speed.json) go.")
+    add("--quick", action="store_true", help="Smoke run: linear and mona, digits-fewshot, 1 seed, 2 steps.")
+    add("--speed", action="store_true", help="Swin-T 224x224 step time, peak memory and latency ratios instead.")
+    add("--methods", nargs="+", default=None, help=f"Default: all ({' '.join(ALL_METHODS)}).")
+    add("--tasks", nargs="+", default=None, choices=sorted(TASKS), help="Default: all.")
+    add("--seeds", nargs="+", type=int, default=None, help="Training seeds (default 0 1 2).")
+    add("--lr_grid", nargs="+", type=float, default=None, help="One grid for all methods (default: per method).")
+    add("--workers", type=int, default=None, help="Worker processes (default 2; 1 runs in this process).")
+    add("--threads", type=int, default=1, help="torch threads per worker.")
+    add("--max_train_steps", type=int, default=None, help="Cap every run's steps (default: the task schedules).")
+    add("--work_dir", default=None, help="Run folders and rows.jsonl; rerun with the same one to resume.")
+    add("--no_plot", action="store_true")
+    # --speed
+    add("--batch_size", type=int, default=2, help="--speed: Swin-T batch.")
+    add("--repeats", type=int, default=10, help="--speed: timed interleaved repetitions.")
+    add("--warmup", type=int, default=2, help="--speed: untimed calls per variant first.")
+    add("--image_size", type=int, default=224, help="--speed: input resolution.")
+    add("--device", default="cpu", choices=["cpu", "cuda"], help="--speed: device.")
+    add("--speed_threads", type=int, default=None, help="--speed: torch threads (default: torch's).")
+    add("--speed_output", default=None, help="--speed: output file (default <output_dir>/speed.json).")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    command = shlex.join(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
+    if args.speed:
+        from .speed import SpeedConfig, run_speed
+
+        config = SpeedConfig(
+            methods=args.methods or list(ALL_METHODS),
+            batch_size=args.batch_size,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            image_size=args.image_size,
+            device=args.device,
+            threads=args.speed_threads,
+        )
+        output = args.speed_output or f"{args.output_dir}/speed.json"
+        return run_speed(config, output, command)
+    defaults = dict(QUICK) if args.quick else {}
+    config = BenchmarkConfig(
+        methods=args.methods or defaults.get("methods", list(ALL_METHODS)),
+        tasks=args.tasks or defaults.get("tasks", list(TASKS)),
+        seeds=args.seeds or defaults.get("seeds", [0, 1, 2]),
+        lr_grid=args.lr_grid or defaults.get("lr_grid"),
+        workers=args.workers or (1 if args.quick else 2),
+        threads=args.threads,
+        max_train_steps=args.max_train_steps or (2 if args.quick else None),
+        latency_repeats=3 if args.quick else 5,
+        work_dir=args.work_dir,
+    )
+    return run_benchmark(config, args.output_dir, command, plot=not args.no_plot)

@@ -1,0 +1,394 @@
+"""The downstream benchmark: every method x task x seed on the shipped pretrained backbone, one recipe for all.
+
+Each run is one call of the training script's library function (:func:`mona_peft.training.main`, ``--task``) with
+the task's fixed schedule (epochs, batch size, 10 % linear warm-up then cosine, AdamW, weight decay 0.05, gradient
+clipping 5, the same learning rate for the head and the method's parameters). The learning rate of each method is
+chosen per task on the validation split from a small grid with the first seed; that run is also the first seed's
+result, and the other seeds rerun the chosen rate. The test split is evaluated once per run and never used to choose.
+
+Per run it records: test top-1, trainable parameters, the size of the saved trainable state (adapter file, or the
+trained tensors of a non-PEFT method), training throughput (images per second of the training loop), peak training
+memory (weights + optimizer state + the peak resident-size increase of one training step, see
+:mod:`mona_peft.benchmarking.timing`), and the inference latency of the trained model (reloaded from its saved
+files) over the bare pretrained backbone, interleaved on the same batch in the same process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .tasks import TASKS, load_task
+from .timing import PeakRSS, contention, cpu_snapshot, environment, model_state_bytes, summarize, timed_pair
+
+#: Every method of the training script, in the order the report lists them.
+ALL_METHODS = [
+    "full",
+    "linear",
+    "bitfit",
+    "ln_tuning",
+    "partial1",
+    "adapter",
+    "lora",
+    "adaptformer",
+    "vpt_shallow",
+    "vpt_deep",
+    "mona",
+]
+#: Learning-rate grids: methods that retrain whole pretrained blocks peak lower than the rest (measured on digits).
+LOW_LR_GRID = [1e-3, 3e-3, 1e-2]
+HIGH_LR_GRID = [3e-3, 1e-2, 3e-2]
+LOW_LR_METHODS = frozenset({"full", "partial1"})
+
+
+def default_lr_grid(method: str) -> list[float]:
+    return list(LOW_LR_GRID if method in LOW_LR_METHODS else HIGH_LR_GRID)
+
+PEAK_MEMORY_DEFINITION = (
+    "weights + buffers + AdamW state + the peak increase of this process's resident set size (Linux VmHWM, reset "
+    "through /proc/self/clear_refs after malloc_trim) during one training step (forward, backward, optimizer step) "
+    "at the task's batch size, after a warm-up step; not tracemalloc, which does not see PyTorch's allocations"
+)
+
+
+@dataclass
+class BenchmarkConfig:
+    """What to run. ``max_train_steps`` (quick runs) overrides the tasks' epochs."""
+
+    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    #: One grid for every method, or None for :func:`default_lr_grid`.
+    lr_grid: list[float] | None = None
+    backbone: str = "swin"
+    task_seed: int = 0
+    workers: int = 2
+    threads: int = 1
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.05
+    max_grad_norm: float = 5.0
+    max_train_steps: int | None = None
+    latency_batch: int = 32
+    latency_warmup: int = 1
+    latency_repeats: int = 5
+    work_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        from ..methods import METHODS
+
+        unknown = [m for m in self.methods if m not in METHODS] + [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"Unknown methods or tasks {unknown}; methods: {sorted(METHODS)}, tasks: {list(TASKS)}.")
+        if not self.seeds or self.lr_grid == []:
+            raise ValueError("Need at least one seed and one learning rate.")
+
+    def grid(self, method: str) -> list[float]:
+        return list(self.lr_grid) if self.lr_grid else default_lr_grid(method)
+
+
+@dataclass(frozen=True)
+class Job:
+    method: str
+    task: str
+    lr: float
+    seed: int
+
+
+# ------------------------------------------------------------------------------------------------- one run
+
+
+def _backbone_path(config: BenchmarkConfig) -> str:
+    from ..backbones import backbone_path
+
+    return str(backbone_path(config.backbone))
+
+
+def training_argv(job: Job, config: BenchmarkConfig, output_dir: Path) -> list[str]:
+    """The training script's flags for ``job`` (the same recipe for every method)."""
+    task = TASKS[job.task]
+    train_size = len(load_task(job.task, config.task_seed)["train"])
+    steps = config.max_train_steps or task.epochs * math.ceil(train_size / task.batch_size)
+    argv = [
+        "--model_name_or_path", _backbone_path(config),
+        "--task", job.task,
+        "--task_seed", str(config.task_seed),
+        "--method", job.method,
+        "--output_dir", str(output_dir),
+        "--overwrite_output_dir",
+        "--report_to", "none",
+        "--checkpointing_steps", "no",
+        "--eval_strategy", "end",
+        "--num_train_epochs", str(task.epochs),
+        "--per_device_train_batch_size", str(task.batch_size),
+        "--per_device_eval_batch_size", "100",
+        "--learning_rate", repr(job.lr),
+        "--adapter_lr_scale", "1",
+        "--weight_decay", repr(config.weight_decay),
+        "--max_grad_norm", repr(config.max_grad_norm),
+        "--lr_scheduler_type", "cosine",
+        "--num_warmup_steps", str(max(1, round(config.warmup_fraction * steps))),
+        "--seed", str(job.seed),
+    ]  # fmt: skip
+    if config.max_train_steps:
+        argv += ["--max_train_steps", str(config.max_train_steps)]
+    return argv
+
+
+def _reload(job: Job, output_dir: Path, backbone: str, num_labels: int) -> torch.nn.Module:
+    """The trained model from the run's saved files, with the method's trainable parameters marked again."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageClassification
+
+    from ..methods import FULL_MODEL_METHODS, build_method
+
+    if job.method in FULL_MODEL_METHODS:
+        model = AutoModelForImageClassification.from_pretrained(output_dir)
+        return build_method(model, job.method, ["classifier"])
+    base = AutoModelForImageClassification.from_pretrained(
+        backbone, num_labels=num_labels, ignore_mismatched_sizes=True
+    )
+    return PeftModel.from_pretrained(base, output_dir, is_trainable=True)
+
+
+def _pixel_batch(task: str, config: BenchmarkConfig, size: int, split: str = "test") -> tuple[torch.Tensor, ...]:
+    from transformers import AutoImageProcessor
+
+    from ..data import image_transform
+
+    data = load_task(task, config.task_seed)[split]
+    batch = data.select(range(min(size, len(data))))[:]
+    encoded = image_transform(AutoImageProcessor.from_pretrained(_backbone_path(config)))(batch)
+    return encoded["pixel_values"], encoded["labels"]
+
+
+def run_job(job: Job, config: BenchmarkConfig, work_dir: Path) -> dict:
+    """Train ``job`` with the training script, then measure the trained model; returns the result row."""
+    from transformers import AutoModelForImageClassification
+
+    from ..methods import FULL_MODEL_METHODS, save_trainable
+    from ..training import main as train_main
+
+    started = time.perf_counter()
+    output_dir = work_dir / job.task / job.method / f"lr{job.lr:g}" / f"seed{job.seed}"
+    final = train_main(training_argv(job, config, output_dir))
+    backbone = _backbone_path(config)
+    num_labels = _num_labels(job.task, config)
+    model = _reload(job, output_dir, backbone, num_labels)
+
+    if job.method in FULL_MODEL_METHODS:  # what a checkpoint of this method holds: its trained tensors only
+        adapter_file = save_trainable(model, output_dir / "trainable")
+    else:
+        adapter_file = output_dir / "adapter_model.safetensors"
+
+    # Inference latency: the trained model vs the bare pretrained backbone (same head size), same batch, interleaved.
+    bare = AutoModelForImageClassification.from_pretrained(
+        backbone, num_labels=num_labels, ignore_mismatched_sizes=True
+    )
+    pixels, labels = _pixel_batch(job.task, config, config.latency_batch)
+    model.eval()
+    bare.eval()
+
+    def infer(net: torch.nn.Module):
+        def run() -> None:
+            with torch.no_grad():
+                net(pixel_values=pixels)
+
+        return run
+
+    times = timed_pair({"method": infer(model), "bare": infer(bare)}, config.latency_warmup, config.latency_repeats)
+    latency = summarize(times, "method", "bare")
+
+    # Peak training memory of one step at the task's batch size (weights + AdamW state + the step's peak RSS rise).
+    train_pixels, train_labels = _pixel_batch(job.task, config, TASKS[job.task].batch_size, split="train")
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+
+    def step() -> None:
+        model(pixel_values=train_pixels, labels=train_labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    del bare
+    step()
+    with PeakRSS() as peak:
+        step()
+    peak_bytes = None if peak.bytes is None else model_state_bytes(model, optimizer) + peak.bytes
+
+    trainable, total = final["trainable_params"], final["total_params"]
+    row = {
+        "method": job.method,
+        "task": job.task,
+        "seed": job.seed,
+        "lr": job.lr,
+        "top1": final["test_top1"],
+        "val_top1": final["eval_top1"],
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_percent": 100.0 * trainable / total,
+        "adapter_bytes": adapter_file.stat().st_size,
+        "train_images_per_s": final["train_samples_per_second"],
+        "peak_memory_bytes": peak_bytes,
+        "infer_latency_ratio": latency["ratio"],
+        "infer_latency_ms": latency["method_median_ms"],
+        "bare_latency_ms": latency["bare_median_ms"],
+        "train_steps": final["completed_steps"],
+        "train_loss": final["train_loss"],
+        "run_wall_s": round(time.perf_counter() - started, 2),
+    }
+    shutil.rmtree(output_dir, ignore_errors=True)
+    return row
+
+
+def _num_labels(task: str, config: BenchmarkConfig) -> int:
+    return load_task(task, config.task_seed)["train"].features["label"].num_classes
+
+
+# ------------------------------------------------------------------------------------------------- workers
+
+_WORKER: dict = {}
+
+
+def _init_worker(config: BenchmarkConfig, work_dir: str, quiet: bool = False) -> None:
+    if quiet:  # a spawned worker: its training logs go to <work_dir>/worker-<pid>.log
+        log = open(Path(work_dir) / f"worker-{os.getpid()}.log", "a", buffering=1)  # noqa: SIM115
+        sys.stdout = sys.stderr = log
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    torch.set_num_threads(config.threads)
+    import mona_peft  # noqa: F401  (registers the PEFT methods in a spawned process)
+
+    for task in config.tasks:
+        load_task(task, config.task_seed)
+    _WORKER.update(config=config, work_dir=Path(work_dir))
+
+
+def _worker_run(job: Job) -> dict:
+    return run_job(job, _WORKER["config"], _WORKER["work_dir"])
+
+
+def run_jobs(jobs: list[Job], config: BenchmarkConfig, work_dir: Path, log=print) -> Iterable[dict]:
+    """Run ``jobs`` (in ``config.workers`` spawned processes, or in this one for 1 worker); yields rows as they end."""
+    if config.workers <= 1:
+        threads = torch.get_num_threads()
+        _init_worker(config, str(work_dir))
+        try:
+            for job in jobs:
+                yield _worker_run(job)
+        finally:
+            torch.set_num_threads(threads)
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(config.workers, initializer=_init_worker, initargs=(config, str(work_dir), True)) as pool:
+        yield from pool.imap_unordered(_worker_run, jobs)
+
+
+# ------------------------------------------------------------------------------------------------- the benchmark
+
+#: Rough relative cost of a run per method (slowest first keeps the worker pool busy to the end).
+_COST_ORDER = ["mona", "full", "partial1", "vpt_deep", "adapter", "adaptformer", "vpt_shallow", "lora"]
+
+
+def _cost_rank(job: Job) -> tuple[int, str, str]:
+    rank = _COST_ORDER.index(job.method) if job.method in _COST_ORDER else len(_COST_ORDER)
+    return rank, job.task, job.method
+
+
+def choose_learning_rates(rows: list[dict], config: BenchmarkConfig) -> dict[str, dict[str, dict]]:
+    """Per method and task: validation top-1 of each grid value (first seed) and the chosen one (ties: first)."""
+    chosen: dict[str, dict[str, dict]] = {}
+    for method in config.methods:
+        for task in config.tasks:
+            grid = {}
+            candidates = config.grid(method)
+            for lr in candidates:
+                row = next(r for r in rows if (r["method"], r["task"], r["lr"]) == (method, task, lr))
+                grid[repr(lr)] = row["val_top1"]
+            best = max(candidates, key=lambda lr: (grid[repr(lr)], -candidates.index(lr)))
+            chosen.setdefault(method, {})[task] = {"validation_top1": grid, "chosen_lr": best}
+    return chosen
+
+
+def run_benchmark(
+    config: BenchmarkConfig,
+    output_dir: str | Path,
+    command: str,
+    plot: bool = True,
+    log=print,
+) -> dict:
+    """Run the whole benchmark and write ``results.json``, ``results.md`` and ``results.png`` to ``output_dir``.
+
+    Rows finished so far are appended to ``<work_dir>/rows.jsonl``; running again with the same ``work_dir``
+    skips them (resume after an interruption).
+    """
+    from . import report
+
+    output_dir = Path(output_dir)
+    work_dir = Path(config.work_dir) if config.work_dir else Path(tempfile.mkdtemp(prefix="mona-peft-benchmark-"))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    rows_file = work_dir / "rows.jsonl"
+    done: dict[Job, dict] = {}
+    if rows_file.exists():
+        for line in rows_file.read_text().splitlines():
+            row = json.loads(line)
+            done[Job(row["method"], row["task"], row["lr"], row["seed"])] = row
+    env = environment("cpu") | {"workers": config.workers, "torch_threads_per_worker": config.threads}
+    started = time.perf_counter()
+    cpu_start = cpu_snapshot()
+
+    def execute(jobs: list[Job]) -> None:
+        todo = sorted((job for job in jobs if job not in done), key=_cost_rank)
+        log(f"{len(todo)} runs ({len(jobs) - len(todo)} already done)")
+        for row in run_jobs(todo, config, work_dir):
+            job = Job(row["method"], row["task"], row["lr"], row["seed"])
+            done[job] = row
+            with rows_file.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            log(
+                f"[{time.perf_counter() - started:7.0f}s] {job.task:<15} {job.method:<12} lr {job.lr:<7g} seed "
+                f"{job.seed}: val {row['val_top1']:.3f} test {row['top1']:.3f}, {row['train_images_per_s']:.0f} img/s, "
+                f"latency x{row['infer_latency_ratio']:.2f}, run {row['run_wall_s']:.0f}s"
+            )
+
+    first = config.seeds[0]
+    search = [Job(m, t, lr, first) for t in config.tasks for m in config.methods for lr in config.grid(m)]
+    execute(search)
+    lrs = choose_learning_rates([done[job] for job in search], config)
+    final_jobs = [
+        Job(m, t, lrs[m][t]["chosen_lr"], seed) for t in config.tasks for m in config.methods for seed in config.seeds
+    ]
+    execute(final_jobs)
+    wall = time.perf_counter() - started
+    env["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    env["cpu_share_used_elsewhere"] = contention(cpu_start, own_children=True)
+    results = {
+        "command": command,
+        "config": asdict(config) | {"work_dir": str(work_dir), "lr_grids": {m: config.grid(m) for m in config.methods}},
+        "environment": env,
+        "schedules": {
+            t: {"epochs": TASKS[t].epochs, "batch_size": TASKS[t].batch_size, "description": TASKS[t].description}
+            for t in config.tasks
+        },
+        "peak_memory_definition": PEAK_MEMORY_DEFINITION,
+        "learning_rates": lrs,
+        "rows": [done[job] for job in final_jobs],
+        "lr_search_rows": [done[job] for job in search],
+        "wall_time_s": round(wall, 1),
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (output_dir / "results.md").write_text(report.markdown(results))
+    if plot:
+        report.plot(results, output_dir / "results.png")
+    log(f"wrote {output_dir}/results.json, results.md" + (", results.png" if plot else "") + f"; wall {wall:.0f}s")
+    return results

@@ -1,0 +1,167 @@
+"""Training step, peak training memory and inference latency of every method on a Swin-T at 224x224, side by side.
+
+Random init (``SwinConfig()`` defaults: embed dim 96, depths 2-2-6-2, window 7), no downloads. Every method gets its
+own copy of the same backbone weights. All variants run interleaved in one process (order alternating every
+repetition, after warm-up); the reported ratios are ratios of medians, with the quartiles of the per-repetition
+ratios as the spread. Peak training memory is weights + buffers + AdamW state + the step's peak allocation (CUDA) or
+peak resident-size increase (CPU; see :mod:`mona_peft.benchmarking.timing`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .timing import contention, cpu_snapshot, environment, summarize, timed_pair, training_peak_bytes
+
+#: Mona's targets (ratios): train step vs full fine-tuning and vs LoRA, peak train memory vs full, latency vs base.
+MONA_TARGETS = {
+    "train_step_ratio_vs_full": 0.75,
+    "train_step_ratio_vs_lora": 1.25,
+    "peak_memory_ratio_vs_full": 0.8,
+    "infer_latency_ratio_vs_base": 1.15,
+}
+
+
+@dataclass
+class SpeedConfig:
+    methods: list[str] = field(default_factory=lambda: ["full", "lora", "mona"])
+    batch_size: int = 2
+    repeats: int = 10
+    warmup: int = 2
+    image_size: int = 224
+    device: str = "cpu"
+    threads: int | None = None
+    seed: int = 0
+
+
+def swin_t(image_size: int = 224, seed: int = 0) -> torch.nn.Module:
+    from transformers import SwinConfig, SwinForImageClassification
+
+    torch.manual_seed(seed)
+    return SwinForImageClassification(SwinConfig(image_size=image_size))
+
+
+def build_models(config: SpeedConfig) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
+    """The bare Swin-T (eval) and one copy per method, all with the same backbone weights."""
+    from ..methods import build_method
+
+    device = torch.device(config.device)
+    base = swin_t(config.image_size, config.seed).to(device)
+    models = {}
+    for method in config.methods:
+        torch.manual_seed(config.seed)
+        models[method] = build_method(copy.deepcopy(base), method, ["classifier"])
+    return base.eval(), models
+
+
+def run_speed(config: SpeedConfig, output: str | Path | None, command: str, log=print) -> dict:
+    """Measure and write ``speed.json``; returns the report. ``full`` (and ``lora``) join the methods for the ratios."""
+    from ..methods import count_parameters
+
+    config.methods = list(dict.fromkeys(["full", "lora", *config.methods]))
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    env = environment(device)
+    started, cpu_start = time.perf_counter(), cpu_snapshot()
+    bare, models = build_models(config)
+    generator = torch.Generator().manual_seed(config.seed)
+    x = torch.randn(config.batch_size, 3, config.image_size, config.image_size, generator=generator).to(device)
+    y = torch.randint(bare.config.num_labels, (config.batch_size,), generator=generator).to(device)
+
+    # Inference first: eval mode, no_grad, the bare backbone as one more variant.
+    def infer(net: torch.nn.Module):
+        def run() -> None:
+            with torch.no_grad():
+                net(pixel_values=x)
+
+        return run
+
+    for model in models.values():
+        model.eval()
+    variants = {"__bare__": infer(bare)} | {m: infer(models[m]) for m in config.methods}
+    log(f"inference: {len(variants)} variants x {config.repeats} interleaved reps")
+    infer_times = timed_pair(variants, config.warmup, config.repeats, sync)
+
+    # Training steps: forward + backward + AdamW step, every method interleaved.
+    optimizers = {}
+    for method, model in models.items():
+        model.train()
+        optimizers[method] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    def train_step(method: str):
+        model, optimizer = models[method], optimizers[method]
+
+        def run() -> None:
+            model(pixel_values=x, labels=y).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return run
+
+    log(f"training: {len(models)} methods x {config.repeats} interleaved reps")
+    train_times = timed_pair({m: train_step(m) for m in config.methods}, config.warmup, config.repeats, sync)
+
+    # Peak training memory, one method at a time (after the warm-up steps above created the optimizer state).
+    peaks = {m: training_peak_bytes(models[m], optimizers[m], train_step(m)) for m in config.methods}
+
+    rows = []
+    for method in config.methods:
+        step = summarize(train_times, method, "full")
+        latency = summarize(infer_times, method, "__bare__")
+        trainable, total = count_parameters(models[method])
+        rows.append(
+            {
+                "method": method,
+                "train_step_ratio_vs_full": step["ratio"],
+                "train_step_ratio_vs_full_q1_q3": [step["paired_ratio_q1"], step["paired_ratio_q3"]],
+                "train_step_ratio_vs_lora": summarize(train_times, method, "lora")["ratio"],
+                "peak_memory_ratio_vs_full": peaks[method] / peaks["full"],
+                "infer_latency_ratio_vs_base": latency["ratio"],
+                "infer_latency_ratio_vs_base_q1_q3": [latency["paired_ratio_q1"], latency["paired_ratio_q3"]],
+                "train_step_median_ms": step[f"{method}_median_ms"] if method != "full" else step["full_median_ms"],
+                "infer_median_ms": latency[f"{method}_median_ms"],
+                "peak_memory_bytes": peaks[method],
+                "trainable_params": trainable,
+                "total_params": total,
+            }
+        )
+    wall = time.perf_counter() - started
+    env["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    env["cpu_share_used_elsewhere"] = contention(cpu_start)
+    mona = next((row for row in rows if row["method"] == "mona"), None)
+    report = {
+        "command": command,
+        "config": asdict(config),
+        "model": f"SwinForImageClassification(SwinConfig(image_size={config.image_size})), random init (Swin-T)",
+        "environment": env,
+        "bare_infer_median_ms": 1e3 * sorted(infer_times["__bare__"])[len(infer_times["__bare__"]) // 2],
+        "mona_targets": MONA_TARGETS,
+        "mona_meets_targets": None
+        if mona is None
+        else {key: mona[key] <= target for key, target in MONA_TARGETS.items()},
+        "rows": rows,
+        "wall_time_s": round(wall, 1),
+    }
+    for row in rows:
+        log(
+            f"{row['method']:<12} train step x{row['train_step_ratio_vs_full']:.2f} of full "
+            f"({row['train_step_median_ms']:.0f} ms), peak memory x{row['peak_memory_ratio_vs_full']:.2f}, "
+            f"latency x{row['infer_latency_ratio_vs_base']:.2f} of bare"
+        )
+    busy = env["cpu_share_used_elsewhere"]
+    if busy is not None and busy["other_processes"] + busy["steal"] > 0.05:
+        log(f"WARNING: other processes used {100 * busy['other_processes']:.0f}% of the CPU time; ratios are noisy.")
+    if output is not None:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(report, indent=2) + "\n")
+        log(f"wrote {output}; wall {wall:.0f}s")
+    return report

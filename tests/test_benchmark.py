@@ -1,0 +1,138 @@
+"""The offline benchmark tasks and a tiny end-to-end ``scripts/benchmark.py --quick`` run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from datasets import ClassLabel
+
+from mona_peft.benchmarking import TASKS, load_task
+from mona_peft.benchmarking.tasks import (
+    DIGITS_FEWSHOT_PER_CLASS,
+    DIGITS_PER_CLASS,
+    TEXTURE_IMAGES,
+    TEXTURES_PER_CLASS,
+    digits_split_indices,
+    texture_crop_boxes,
+)
+
+EXPECTED_PER_CLASS = {
+    "digits": DIGITS_PER_CLASS,
+    "digits-fewshot": DIGITS_FEWSHOT_PER_CLASS,
+    "textures": TEXTURES_PER_CLASS,
+}
+
+
+def _pixels(split) -> np.ndarray:
+    return np.stack([np.asarray(image.convert("L"), dtype=np.float32) for image in split["image"]])
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_task_splits_format_and_sizes(name):
+    data = load_task(name)
+    assert set(data) == {"train", "validation", "test"}
+    for split, per_class in EXPECTED_PER_CLASS[name].items():
+        labels = data[split].features["label"]
+        assert isinstance(labels, ClassLabel) and labels.num_classes == 10
+        counts = np.bincount(data[split]["label"], minlength=10)
+        assert counts.tolist() == [per_class] * 10, (split, counts)
+        assert data[split][0]["image"].size == (32, 32)
+
+
+def test_low_data_task_has_at_most_20_training_images_per_class():
+    low = [name for name, task in TASKS.items() if task.low_data]
+    assert low
+    for name in low:
+        assert np.bincount(load_task(name)["train"]["label"]).max() <= 20
+    assert "fashion" not in " ".join(TASKS).lower()
+
+
+def test_digit_splits_are_disjoint_and_seeded():
+    for per_class in (DIGITS_PER_CLASS, DIGITS_FEWSHOT_PER_CLASS):
+        splits = digits_split_indices(0, per_class)
+        assert not set(splits["train"]) & set(splits["test"])
+        assert not set(splits["validation"]) & set(splits["test"])
+        assert not set(splits["train"]) & set(splits["validation"])
+    # the few-shot task shares the digits test split; another seed picks other images
+    assert np.array_equal(digits_split_indices(0)["test"], digits_split_indices(0, DIGITS_FEWSHOT_PER_CLASS)["test"])
+    assert not np.array_equal(digits_split_indices(0)["train"], digits_split_indices(1)["train"])
+
+
+def test_digit_images_are_the_real_scans():
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    index = digits_split_indices(0)["test"][0]
+    image = load_task("digits")["test"][0]["image"]
+    expected = Image.fromarray((digits.images[index] * 255 / 16).round().astype(np.uint8), mode="L").resize(
+        (32, 32), Image.Resampling.BILINEAR
+    )
+    assert np.array_equal(np.asarray(image), np.asarray(expected))
+    pixels = _pixels(load_task("digits")["train"])
+    assert pixels.std() > 50 and pixels.min() == 0  # dark background, bright strokes
+
+
+def test_texture_crops_of_different_splits_never_overlap():
+    boxes = texture_crop_boxes(0)
+    for label in range(len(TEXTURE_IMAGES)):
+        masks = {}
+        for split, split_boxes in boxes.items():
+            mask = np.zeros((1024, 1024), dtype=bool)
+            for box_label, top, left, bottom, right in split_boxes:
+                if box_label == label:
+                    mask[top:bottom, left:right] = True
+            masks[split] = mask
+        assert not (masks["train"] & masks["test"]).any()
+        assert not (masks["train"] & masks["validation"]).any()
+        assert not (masks["validation"] & masks["test"]).any()
+
+
+def test_texture_images_are_real_photograph_crops():
+    import skimage.data
+    from PIL import Image
+
+    data = load_task("textures")
+    label, top, left, bottom, right = texture_crop_boxes(0)["test"][0]
+    photo = Image.fromarray(getattr(skimage.data, TEXTURE_IMAGES[label])()).convert("L")
+    scale = 256 / min(photo.size)
+    photo = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.Resampling.LANCZOS)
+    crop = Image.fromarray(np.asarray(photo)[top:bottom, left:right]).resize((32, 32), Image.Resampling.BILINEAR)
+    assert data["test"][0]["label"] == label
+    assert np.array_equal(np.asarray(data["test"][0]["image"]), np.asarray(crop))
+    assert data["train"].features["label"].names == list(TEXTURE_IMAGES)
+    pixels = _pixels(data["test"])
+    # real content: varied crops, not constant or noise-free patterns
+    assert pixels.std(axis=(1, 2)).mean() > 5
+    assert len({p.tobytes() for p in pixels}) > 0.95 * len(pixels)  # crops of a block may repeat, rarely
+
+
+def test_unknown_task_is_refused():
+    with pytest.raises(ValueError, match="available"):
+        load_task("fashion-mnist")
+
+
+def test_quick_benchmark_writes_rows_report_and_plot(tmp_path):
+    from mona_peft.benchmarking.cli import main
+
+    results = main(["--quick", "--output_dir", str(tmp_path), "--work_dir", str(tmp_path / "work")])
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["rows"] == results["rows"]
+    assert {row["method"] for row in written["rows"]} == {"linear", "mona"}
+    fields = {
+        "method", "task", "seed", "lr", "top1", "trainable_params", "trainable_percent", "adapter_bytes",
+        "train_images_per_s", "peak_memory_bytes", "infer_latency_ratio",
+    }  # fmt: skip
+    for row in written["rows"]:
+        assert fields <= set(row), fields - set(row)
+        assert 0.0 <= row["top1"] <= 1.0 and row["train_steps"] == 2
+        assert row["adapter_bytes"] > 0 and row["train_images_per_s"] > 0 and row["infer_latency_ratio"] > 0
+        assert row["peak_memory_bytes"] > 0 and row["lr"] in (3e-3, 1e-2)
+    mona, linear = (next(r for r in written["rows"] if r["method"] == m) for m in ("mona", "linear"))
+    assert mona["trainable_params"] > linear["trainable_params"] == 1930  # the 10-class head of the small Swin
+    assert set(written["learning_rates"]["mona"]["digits-fewshot"]["validation_top1"]) == {"0.003", "0.01"}
+    report = (tmp_path / "results.md").read_text()
+    assert "| mona |" in report and "Chosen learning rates" in report
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
