@@ -39,16 +39,23 @@ def inner_dim_for(config: Any, module_name: str) -> int:
     return int(pattern.get(key, config.inner_dim))
 
 
-def validate_inner_dims(name: str, inner_dim: Any, inner_dim_pattern: Any) -> None:
-    """Raise ``ValueError`` unless the bottleneck widths are positive integers."""
+def validate_inner_dims(name: str, inner_dim: Any, inner_dim_pattern: Any, allow_absent: bool = False) -> None:
+    """Raise ``ValueError`` unless the bottleneck widths are positive integers.
+
+    With ``allow_absent``, ``inner_dim_pattern`` may also hold 0: no adapter at those modules (MiMi's removed ones).
+    """
     if not isinstance(inner_dim, int) or isinstance(inner_dim, bool) or inner_dim < 1:
         raise ValueError(f"{name}.inner_dim must be a positive integer, got {inner_dim!r}.")
     if inner_dim_pattern is not None:
         if not isinstance(inner_dim_pattern, dict):
             raise ValueError(f"{name}.inner_dim_pattern must be a dict of regex -> width, got {inner_dim_pattern!r}.")
-        bad = {k: v for k, v in inner_dim_pattern.items() if not isinstance(v, int) or isinstance(v, bool) or v < 1}
+        smallest = 0 if allow_absent else 1
+        bad = {
+            k: v for k, v in inner_dim_pattern.items() if not isinstance(v, int) or isinstance(v, bool) or v < smallest
+        }
         if bad:
-            raise ValueError(f"{name}.inner_dim_pattern widths must be positive integers, got {bad}.")
+            what = "non-negative integers (0: no adapter there)" if allow_absent else "positive integers"
+            raise ValueError(f"{name}.inner_dim_pattern widths must be {what}, got {bad}.")
 
 
 def kaiming_uniform_linear(layer: nn.Linear) -> nn.Linear:
@@ -241,6 +248,8 @@ class BottleneckModel(BaseTuner):
             return
         if isinstance(target, BaseTunerLayer):
             raise ValueError(f"'{current_key}' already carries another PEFT method's layer ({type(target).__name__}).")
+        if getattr(peft_config, "inner_dim_pattern", None) and inner_dim_for(peft_config, current_key) == 0:
+            return  # width 0 (a MiMi-removed adapter): leave the module unwrapped
         self._check_target(target, current_key)
         new_module = self.tuner_layer_cls(
             target, adapter_name, peft_config, current_key, **self._layer_kwargs(peft_config, current_key)

@@ -31,7 +31,8 @@ class HoulsbyConfig(PeftConfig):
         exclude_modules: modules not to adapt (same syntax as PEFT's).
         inner_dim: bottleneck width (64 in the papers' baseline).
         inner_dim_pattern: per-module widths overriding ``inner_dim``: ``{regex: width}``, matched against the end of
-            the module name as LoRA's ``rank_pattern`` (MiMi saves its shrunken sizes here).
+            the module name as LoRA's ``rank_pattern`` (MiMi saves its shrunken sizes here). A width of 0 means no
+            adapter at that module (MiMi removed it).
         activation: non-linearity between the projections (a ``transformers.activations`` name; GELU in Houlsby's
             code).
         init_weights: ``"houlsby"`` (default) initialises both projections truncated-normal with std 1e-3 (cut at two
@@ -70,7 +71,7 @@ class HoulsbyConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = HOULSBY
-        validate_inner_dims("HoulsbyConfig", self.inner_dim, self.inner_dim_pattern)
+        validate_inner_dims("HoulsbyConfig", self.inner_dim, self.inner_dim_pattern, allow_absent=True)
         if self.init_weights not in ("houlsby", "identity"):
             raise ValueError(f"HoulsbyConfig.init_weights must be 'houlsby' or 'identity', got {self.init_weights!r}.")
         from transformers.activations import ACT2FN

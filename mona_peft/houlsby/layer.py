@@ -30,7 +30,10 @@ class HoulsbyLayer(BottleneckLayer):
     def update_layer(self, adapter_name: str, config: Any) -> None:
         """Create the adapter ``adapter_name`` on this layer's output."""
         width = self.out_features
-        self._add_projections(adapter_name, width, inner_dim_for(config, self.module_name), width)
+        inner_dim = inner_dim_for(config, self.module_name)
+        if inner_dim == 0:  # MiMi removed this adapter: nothing here, the layer skips it
+            return
+        self._add_projections(adapter_name, width, inner_dim, width)
         down, up = self.houlsby_down[adapter_name], self.houlsby_up[adapter_name]
         for layer in (down, up):
             nn.init.trunc_normal_(layer.weight, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)

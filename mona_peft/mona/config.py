@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from peft.config import PeftConfig
+from peft.utils.other import get_pattern_key
 
 from ..registration import add_peft_type
 
@@ -29,6 +30,11 @@ class MonaConfig(PeftConfig):
             only some stages, e.g. ``r".*layers\\.[23]\\.blocks\\.\\d+"`` for Swin's last two stages.
         exclude_modules: blocks not to adapt (same syntax as PEFT's).
         inner_dim: width of Mona's bottleneck (64 in the paper).
+        inner_dim_pattern: per-Mona widths overriding ``inner_dim``: ``{regex: width}``, matched (as LoRA's
+            ``rank_pattern``) against the end of ``"<block name>.mona_attn"`` / ``"<block name>.mona_mlp"`` first
+            (one Mona), then of ``"<block name>"`` (both Monas of the block). A width of 0 means no Mona at that
+            site (the block skips it). MiMi saves its shrunken sizes here, so ``PeftModel.from_pretrained`` rebuilds
+            them; see :func:`mona_inner_dim`.
         kernel_sizes: depthwise kernels of the multi-cognitive filter, odd and positive ((3, 5, 7)).
         dropout: dropout before the up projection (0.1 in the paper).
         init_weights: ``"official"`` initialises both projections trunc-normal(std=0.02) with zero
@@ -61,6 +67,10 @@ class MonaConfig(PeftConfig):
         default=None, metadata={"help": "Blocks not to adapt (regex or name suffixes)."}
     )
     inner_dim: int = field(default=64, metadata={"help": "Width of Mona's bottleneck."})
+    inner_dim_pattern: dict[str, int] | None = field(
+        default=None,
+        metadata={"help": "Per-Mona widths {regex: width} ('<block>.mona_attn', '<block>.mona_mlp'); 0: no Mona."},
+    )
     kernel_sizes: tuple[int, ...] = field(
         default=(3, 5, 7), metadata={"help": "Odd depthwise kernel sizes of the multi-cognitive filter."}
     )
@@ -84,6 +94,20 @@ class MonaConfig(PeftConfig):
             self.target_modules = list(self.target_modules)
         if not isinstance(self.inner_dim, int) or self.inner_dim < 1:
             raise ValueError(f"MonaConfig.inner_dim must be a positive integer, got {self.inner_dim!r}.")
+        if self.inner_dim_pattern is not None:
+            if not isinstance(self.inner_dim_pattern, dict):
+                raise ValueError(
+                    f"MonaConfig.inner_dim_pattern must be a dict of regex -> width, got {self.inner_dim_pattern!r}."
+                )
+            bad = {
+                k: v
+                for k, v in self.inner_dim_pattern.items()
+                if not isinstance(v, int) or isinstance(v, bool) or v < 0
+            }
+            if bad:
+                raise ValueError(
+                    f"MonaConfig.inner_dim_pattern widths must be non-negative integers (0: no Mona), got {bad}."
+                )
         if not self.kernel_sizes:
             raise ValueError("MonaConfig.kernel_sizes must name at least one kernel size.")
         bad = [k for k in self.kernel_sizes if not isinstance(k, int) or k < 1 or k % 2 == 0]
@@ -97,3 +121,17 @@ class MonaConfig(PeftConfig):
             raise ValueError(f"MonaConfig.init_weights must be 'official' or 'identity', got {self.init_weights!r}.")
         if self.prefix_tokens not in ("adapt", "skip"):
             raise ValueError(f"MonaConfig.prefix_tokens must be 'adapt' or 'skip', got {self.prefix_tokens!r}.")
+
+
+def mona_inner_dim(config: MonaConfig, block_name: str, site: str) -> int:
+    """Width of the Mona at ``site`` (``"attn"`` or ``"mlp"``) of the block ``block_name``; 0: no Mona there.
+
+    ``config.inner_dim_pattern`` is looked up for ``"<block_name>.mona_<site>"``, then for ``"<block_name>"``
+    (keys are regexes matched against the end of the name, as LoRA's ``rank_pattern``); else ``config.inner_dim``.
+    """
+    pattern = config.inner_dim_pattern or {}
+    for name in (f"{block_name}.mona_{site}", block_name):
+        key = get_pattern_key(list(pattern), name)
+        if key in pattern:
+            return int(pattern[key])
+    return int(config.inner_dim)

@@ -38,7 +38,7 @@ class ScaledLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         normed = F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
-        return normed * self.gamma + x * self.gammax
+        return torch.addcmul(normed * self.gamma, x, self.gammax)  # one kernel for `+ x * gammax`
 
 
 class MultiCognitiveFilter(nn.Module):
@@ -83,15 +83,19 @@ class MultiCognitiveFilter(nn.Module):
         kernel = None
         for k in self.kernel_sizes:
             pad = (size - k) // 2
-            padded = F.pad(getattr(self, f"dw{k}_weight"), (pad, pad, pad, pad))
+            weight = getattr(self, f"dw{k}_weight")
+            padded = F.pad(weight, (pad, pad, pad, pad)) if pad else weight
             kernel = padded if kernel is None else kernel + padded
-        kernel = kernel / len(self.kernel_sizes)
+        kernel = kernel / len(self.kernel_sizes)  # a new tensor: the in-place identity below touches no parameter
         centre = size // 2
-        identity = torch.zeros(size, size, dtype=kernel.dtype, device=kernel.device)
-        identity[centre, centre] = 1.0
-        kernel = kernel + identity
+        kernel[:, :, centre, centre] += 1.0
         bias = torch.stack([getattr(self, f"dw{k}_bias") for k in self.kernel_sizes]).mean(0)
         return kernel, bias
+
+    def fused_projection(self) -> torch.Tensor:
+        """``W + I``: the 1x1 projection plus identity as one matrix."""
+        weight = self.pw_weight.view(self.channels, self.channels)
+        return weight + _identity(self.channels, weight.dtype, weight.device)
 
     def spatial(self, z: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """``z + mean_k(dwconv_k(z))`` on tokens ``(B, H*W, C)`` laid out row-major on ``grid``."""
@@ -113,11 +117,25 @@ class MultiCognitiveFilter(nn.Module):
 
     def project(self, z: torch.Tensor) -> torch.Tensor:
         """``z + conv1x1(z)``, per token."""
-        weight = self.pw_weight.view(self.channels, self.channels)
         if self.fused:
-            eye = torch.eye(self.channels, dtype=weight.dtype, device=weight.device)
-            return F.linear(z, weight + eye, self.pw_bias)
-        return z + F.linear(z, weight, self.pw_bias)
+            return F.linear(z, self.fused_projection(), self.pw_bias)
+        return z + F.linear(z, self.pw_weight.view(self.channels, self.channels), self.pw_bias)
+
+
+_IDENTITIES: dict[tuple, torch.Tensor] = {}
+
+
+def _identity(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A shared ``size x size`` identity matrix (built once per dtype and device, never inside inference mode)."""
+    if torch.compiler.is_compiling():  # traced into the graph (constant-folded there)
+        return torch.eye(size, dtype=dtype, device=device)
+    key = (size, dtype, device)
+    eye = _IDENTITIES.get(key)
+    if eye is None:
+        eye = torch.eye(size, dtype=dtype, device=device)
+        if not torch.is_inference_mode_enabled():  # an inference tensor could not join autograd later
+            _IDENTITIES[key] = eye
+    return eye
 
 
 def _trunc_normal_linear(in_features: int, out_features: int, zero: bool = False) -> nn.Linear:
@@ -189,9 +207,11 @@ class MonaLayer(nn.Module, BaseTunerLayer):
         config: Any,
         architecture: ResolvedArchitecture,
         token_grid: TokenGrid,
+        module_name: str = "",
     ) -> None:
         nn.Module.__init__(self)
         self.base_layer = base_layer
+        self.module_name = module_name  # the block's name in the base model (``inner_dim_pattern`` keys match it)
         for name in self.adapter_layer_names + ("mona_dropout",):
             setattr(self, name, nn.ModuleDict())
         self.mona_prefix_tokens: dict[str, str] = {}
@@ -214,15 +234,18 @@ class MonaLayer(nn.Module, BaseTunerLayer):
         raise ValueError(f"Cannot find the width of {type(block).__name__}: it has no LayerNorm.")
 
     def update_layer(self, adapter_name: str, config: Any) -> None:
-        """Create the two Monas of ``adapter_name``."""
+        """Create the two Monas of ``adapter_name``, each as wide as ``mona_inner_dim`` says (0: none at that site)."""
+        from .config import mona_inner_dim
+
         for site in SITES:
+            inner_dim = mona_inner_dim(config, self.module_name, site)
+            if inner_dim == 0:  # MiMi removed this Mona: the block skips this site for this adapter
+                continue
             getattr(self, f"mona_{site}_norm")[adapter_name] = ScaledLayerNorm(self.channels)
-            getattr(self, f"mona_{site}_down")[adapter_name] = _trunc_normal_linear(self.channels, config.inner_dim)
-            getattr(self, f"mona_{site}_filter")[adapter_name] = MultiCognitiveFilter(
-                config.inner_dim, config.kernel_sizes
-            )
+            getattr(self, f"mona_{site}_down")[adapter_name] = _trunc_normal_linear(self.channels, inner_dim)
+            getattr(self, f"mona_{site}_filter")[adapter_name] = MultiCognitiveFilter(inner_dim, config.kernel_sizes)
             getattr(self, f"mona_{site}_up")[adapter_name] = _trunc_normal_linear(
-                config.inner_dim, self.channels, zero=config.init_weights == "identity"
+                inner_dim, self.channels, zero=config.init_weights == "identity"
             )
         self.mona_dropout[adapter_name] = nn.Dropout(config.dropout)
         self.mona_prefix_tokens[adapter_name] = config.prefix_tokens
@@ -259,7 +282,11 @@ class MonaLayer(nn.Module, BaseTunerLayer):
     def _adapters_to_apply(self) -> list[str]:
         if self.disable_adapters:
             return []
-        return [name for name in self.active_adapters if name in self.mona_attn_down]
+        return [name for name in self.active_adapters if self.has_mona(name)]
+
+    def has_mona(self, adapter: str, site: str | None = None) -> bool:
+        """Whether ``adapter`` has a Mona here (at ``site``, or at either site); MiMi can remove one or both."""
+        return any(adapter in getattr(self, f"mona_{s}_down") for s in ((site,) if site else SITES))
 
     def _grid(self, args: tuple, kwargs: dict) -> tuple[int, int]:
         if self.architecture.spec.grid_source == "input_dimensions":
@@ -296,18 +323,25 @@ class MonaLayer(nn.Module, BaseTunerLayer):
             z = F.pad(z, (0, 0, num_prefix, 0))
         return z
 
-    def _site_delta(self, site: str, x: torch.Tensor, grid: tuple[int, int], routing: list[str] | None) -> torch.Tensor:
-        """Total contribution of the active adapters (applied one after another), or per-sample routing."""
+    def _site_delta(
+        self, site: str, x: torch.Tensor, grid: tuple[int, int], routing: list[str] | None
+    ) -> torch.Tensor | None:
+        """Total contribution of the active adapters (applied one after another), or per-sample routing.
+
+        ``None`` when no adapter has a Mona at this site (e.g. MiMi removed it).
+        """
         if routing is not None:
             delta = torch.zeros_like(x)
             for adapter in dict.fromkeys(routing):
-                if adapter == BASE_ADAPTER_NAME:
+                if adapter == BASE_ADAPTER_NAME or not self.has_mona(adapter, site):
                     continue
                 rows = _select_rows(routing, adapter, x.device)
                 delta[rows] = self._mona_delta(site, adapter, x[rows], grid).to(x.dtype)
             return delta
         delta = None
         for adapter in self._adapters_to_apply():
+            if not self.has_mona(adapter, site):
+                continue
             step = self._mona_delta(site, adapter, x if delta is None else x + delta, grid).to(x.dtype)
             delta = step if delta is None else delta + step
         return delta
@@ -318,28 +352,34 @@ class MonaLayer(nn.Module, BaseTunerLayer):
             return None
         hidden = args[0]
         delta = self._site_delta("attn", hidden, pending["grid"], pending["routing"])
+        pending["ran"] = True
+        if delta is None:
+            return None
         pending["delta"] = delta
         return (hidden + delta,) + tuple(args[1:])
 
     def _adapted_forward(self, *args: Any, routing: list[str] | None = None, checkpointed: bool = False, **kwargs: Any):
         grid = self._grid(args, kwargs)
-        self._pending = {"grid": grid, "routing": routing, "delta": None}
+        self._pending = {"grid": grid, "routing": routing, "delta": None, "ran": False}
         try:
             if checkpointed:  # call the block's own forward, not its checkpointing wrapper
                 out = inspect.unwrap(type(self.base_layer).forward)(self.base_layer, *args, **kwargs)
             else:
                 out = self.base_layer(*args, **kwargs)
-            attn_delta = self._pending["delta"]
+            attn_delta, ran = self._pending["delta"], self._pending["ran"]
         finally:
             self._pending = None
-        if attn_delta is None:
+        if not ran:
             raise RuntimeError(
                 f"Mona's post-attention hook on '{self.architecture.spec.post_attention_input}' did not run; "
                 f"the {type(self.base_layer).__name__} forward no longer matches mona_peft.architectures."
             )
         hidden = out[0] if isinstance(out, tuple) else out
-        hidden = hidden + attn_delta
-        hidden = hidden + self._site_delta("mlp", hidden, grid, routing)
+        if attn_delta is not None:
+            hidden = hidden + attn_delta
+        mlp_delta = self._site_delta("mlp", hidden, grid, routing)
+        if mlp_delta is not None:
+            hidden = hidden + mlp_delta
         return (hidden,) + tuple(out[1:]) if isinstance(out, tuple) else hidden
 
     def forward(self, *args: Any, **kwargs: Any):

@@ -12,8 +12,8 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..architectures import resolve_architecture
-from .config import MonaConfig
-from .layer import BASE_ADAPTER_NAME, MonaLayer, TokenGrid, require_grad_for_checkpointing
+from .config import MonaConfig, mona_inner_dim
+from .layer import BASE_ADAPTER_NAME, SITES, MonaLayer, TokenGrid, require_grad_for_checkpointing
 
 
 class MonaModel(BaseTuner):
@@ -89,7 +89,11 @@ class MonaModel(BaseTuner):
                 f"Mona attaches to whole transformer blocks ({block_class}), but target_modules matched "
                 f"'{current_key}', a {type(target).__name__}. Leave target_modules unset or match only blocks."
             )
-        new_module = MonaLayer(target, adapter_name, peft_config, self.architecture, self.token_grid)
+        if all(mona_inner_dim(peft_config, current_key, site) == 0 for site in SITES):
+            return  # MiMi removed both Monas of this block: leave it unwrapped
+        new_module = MonaLayer(
+            target, adapter_name, peft_config, self.architecture, self.token_grid, module_name=current_key
+        )
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
