@@ -37,6 +37,8 @@ from .metrics import metric_path
 
 ADAPTER_FILE = "adapter_model.safetensors"
 RUN_ARGS_FILE = "run_args.json"
+#: The methods ``--mimi_target`` can shrink.
+MIMI_METHODS = ("mona", "adapter")
 # Flags that may differ between an interrupted run and its resumption (or a moved run dir): still the same run.
 RESUMABLE_FLAGS = {
     "output_dir",
@@ -73,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--num_prompts", type=int, default=10, help="Prompt tokens per set of vpt_shallow and vpt_deep.")
     add("--adapter_lr_scale", type=float, default=2.0, help="Adapter lr = this x --learning_rate (2 in the paper).")
     add("--num_train_epochs", type=int, default=3)
+    add(
+        "--mimi_target",
+        default=None,
+        help="MiMi (mona, adapter): shrink to this size, '4x' (a quarter of the hidden neurons) or a number of adapter "
+        "parameters ('20000', '20k'); --num_train_epochs becomes MiMi's total.",
+    )
+    add("--mimi_rho", type=float, default=0.5, help="MiMi: fraction removed per cycle.")
+    add("--mimi_epochs_per_cycle", type=int, default=1, help="MiMi: epochs before the first shrink and after each.")
+    add("--mimi_ranking", default="global", choices=["global", "local"], help="MiMi: neuron ranking.")
     add("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
     add("--per_device_train_batch_size", type=int, default=32)
     add("--per_device_eval_batch_size", type=int, default=64)
@@ -108,6 +119,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise SystemExit(
             f"error: --checkpointing_steps must be 'epoch', 'no' or a number, got {args.checkpointing_steps!r}."
         )
+    if args.mimi_target is not None:
+        if args.method not in MIMI_METHODS:
+            raise SystemExit(f"error: --mimi_target shrinks {' and '.join(MIMI_METHODS)} adapters, not {args.method}.")
+        if args.max_train_steps is not None or args.resume_from_checkpoint is not None:
+            raise SystemExit(
+                "error: --mimi_target sets the number of epochs itself and cannot resume a run (the adapter shrinks); "
+                "drop --max_train_steps / --resume_from_checkpoint."
+            )
     if args.model_name_or_path is None:
         args.model_name_or_path = default_model()
     return args
@@ -171,6 +190,24 @@ def _fresh_head_for_new_labels(model, model_name_or_path: str, labels: list[str]
             torch.nn.init.normal_(module.weight, std=getattr(model.config, "initializer_range", 0.02))
             if module.bias is not None:
                 torch.nn.init.zeros_(module.bias)
+
+
+def _start_mimi(model, args: argparse.Namespace, accelerator: Accelerator):
+    """MiMi's controller for ``--mimi_target``; sets ``args.num_train_epochs`` to its total."""
+    from .mimi import MiMi, MiMiSchedule
+
+    if accelerator.num_processes > 1:
+        raise SystemExit("error: --mimi_target trains in one process (DDP would keep the parameters MiMi replaces).")
+    schedule = MiMiSchedule.from_target(
+        args.mimi_target, rho=args.mimi_rho, epochs_per_cycle=args.mimi_epochs_per_cycle, ranking=args.mimi_ranking
+    )
+    mimi = MiMi(model, schedule)
+    args.num_train_epochs = mimi.total_epochs
+    accelerator.print(
+        f"MiMi: {mimi.initial_size:,} -> {mimi.target:,} {schedule.measure} in {mimi.num_cycles} cycles, "
+        f"{mimi.total_epochs} epochs"
+    )
+    return mimi
 
 
 def _register_adapter_only_checkpoints(accelerator: Accelerator) -> None:
@@ -271,6 +308,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     accelerator.print(
         f"{args.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)"
     )
+    mimi = None
+    if args.mimi_target is not None:
+        mimi = _start_mimi(model, args, accelerator)
 
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
@@ -352,12 +392,19 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             )
             if report_to:
                 accelerator.log({f"eval_{k}": v for k, v in results.items()} | {"epoch": epoch}, step=completed_steps)
+        if mimi is not None and (shrunk := mimi.on_epoch_end(epoch, optimizer)) is not None:
+            accelerator.print(
+                f"MiMi cycle {shrunk['cycle']}: {shrunk['neurons']} hidden neurons, {shrunk['adapter_params']:,} "
+                f"adapter parameters ({len(shrunk['removed_sites'])} adapters removed)"
+            )
         if args.checkpointing_steps == "epoch":
             save_checkpoint()
         if completed_steps >= max_steps:
             break
     if report_to:
         accelerator.end_training()
+    if mimi is not None:
+        trainable, total = count_parameters(model)
     test_results = evaluate_model(model, test_loader, accelerator, len(labels)) if test_loader is not None else {}
 
     accelerator.wait_for_everyone()
@@ -372,6 +419,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "trainable_params": trainable,
         "total_params": total,
     }
+    if mimi is not None:
+        final["mimi"] = mimi.summary()
     if accelerator.is_main_process:
         _write_outputs(accelerator.unwrap_model(model), args, output_dir, final, trainable, total)
     accelerator.wait_for_everyone()
@@ -412,6 +461,8 @@ def _write_outputs(model, args: argparse.Namespace, output_dir: Path, final: dic
     hyperparameters["num_processes"] = final["num_processes"]
     if args.method.startswith("vpt_"):
         hyperparameters["num_prompts"] = args.num_prompts
+    if args.mimi_target is not None:
+        hyperparameters.update({k: getattr(args, k) for k in ("mimi_target", "mimi_rho", "mimi_epochs_per_cycle")})
     write_model_card(
         output_dir,
         base_model=args.model_name_or_path,

@@ -237,7 +237,8 @@ class MonaSite(AdapterSite):
     def owned(self, size: int) -> int:
         kernels = self._piece("filter").kernel_sizes
         depthwise = sum(k * k for k in kernels) + len(kernels)
-        return 2 * self.channels + 2 + depthwise + 2 * size - 1 + 1
+        # down row + bias, up column, the depthwise kernels and biases, 1x1 row + column (diagonal once) + bias
+        return 2 * self.channels + 1 + depthwise + (2 * size - 1) + 1
 
     def params(self, size: int) -> int:
         if not size:
