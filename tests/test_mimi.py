@@ -380,3 +380,22 @@ def test_config_widths_and_validation():
         MiMiSchedule()
     assert MiMiSchedule.from_target("20k").target_params == 20_000 and MiMiSchedule.from_target("4x").compression == 4
     assert mona_peft.mimi.MiMiCallback is MiMiCallback
+
+
+def test_balanced_score_ignores_the_scale_of_each_kind_of_parameter(tiny_swin):
+    model = get_peft_model(tiny_swin(), CONFIGS["mona"]())  # freshly initialised: nothing learned yet
+    sites = find_sites(model, "default")
+    plain = importance_scores(model)
+    # Mona's convolutions start ~5x larger than its Linear layers, so the plain score favours the narrow stage
+    # (more convolution entries per Linear entry) before any training.
+    narrow, wide = (float(plain[s.key].mean()) for s in (sites[0], sites[-1]))
+    assert sites[0].channels < sites[-1].channels and narrow > 1.1 * wide
+    balanced = importance_scores(model, balanced=True)
+    assert all(abs(float(v.mean()) - 1) < 0.1 for v in balanced.values())
+    with torch.no_grad():  # rescaling one kind of parameter everywhere leaves the balanced ranking unchanged
+        for site in sites:
+            site._piece("filter").dw3_weight.mul_(10)
+            site._piece("filter").dw3_bias.mul_(10)
+    again = importance_scores(model, balanced=True)
+    for key in balanced:
+        torch.testing.assert_close(again[key], balanced[key], rtol=1e-4, atol=1e-6)

@@ -20,7 +20,7 @@ from .shrink import (
     select_neurons,
     shrink_adapters,
 )
-from .sites import AdapterSite, HoulsbySite, MonaSite, find_sites, unwrap_empty_layers
+from .sites import AdapterSite, HoulsbySite, MonaSite, find_sites, role_scales, unwrap_empty_layers
 
 
 def __getattr__(name: str):
@@ -43,6 +43,7 @@ __all__ = [
     "find_sites",
     "importance_scores",
     "remap_optimizer",
+    "role_scales",
     "select_neurons",
     "shrink_adapters",
     "unwrap_empty_layers",

@@ -59,6 +59,8 @@ class MiMiSchedule:
         ranking: ``"global"`` (MiMi: one ranking across all adapters, some disappear) or ``"local"`` (every adapter
             keeps the same fraction).
         normalize: divide each neuron's L1 norm by its parameter count (MiMi's score); ``False`` is the ablation.
+        balanced: divide each kind of parameter by its mean magnitude before scoring (not in the paper; for Mona,
+            whose convolutions and Linear layers live at different scales, see ``mona_peft.mimi.sites.role_scales``).
         optimizer_state: ``"slice"`` (AdamW moments carried over for the kept neurons) or ``"reset"``.
     """
 
@@ -69,6 +71,7 @@ class MiMiSchedule:
     first_epochs: int | None = None
     ranking: Ranking = "global"
     normalize: bool = True
+    balanced: bool = False
     optimizer_state: OptimizerState = "slice"
 
     def __post_init__(self) -> None:
@@ -202,6 +205,7 @@ class MiMi:
             ranking=self.schedule.ranking,
             normalize=self.schedule.normalize,
             initial_widths=self.initial_widths,
+            balanced=self.schedule.balanced,
         )
         result = shrink_adapters(
             self.model, keep, self.adapter_name, optimizer=optimizer, optimizer_state=self.schedule.optimizer_state

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .sites import AdapterSite, Replacement, _base_model, find_sites, unwrap_empty_layers
+from .sites import AdapterSite, Replacement, _base_model, find_sites, role_scales, unwrap_empty_layers
 
 Measure = Literal["neurons", "params"]
 Ranking = Literal["global", "local"]
@@ -39,11 +39,19 @@ def active_adapter_name(model: nn.Module) -> str:
 
 
 def importance_scores(
-    model: nn.Module, adapter_name: str | None = None, normalize: bool = True
+    model: nn.Module, adapter_name: str | None = None, normalize: bool = True, balanced: bool = False
 ) -> dict[str, torch.Tensor]:
-    """MiMi's importance score of every hidden neuron, ``{site key: scores}`` (see ``mona_peft.mimi.sites``)."""
+    """MiMi's importance score of every hidden neuron, ``{site key: scores}`` (see ``mona_peft.mimi.sites``).
+
+    ``balanced`` divides each kind of parameter by its mean magnitude first (:func:`~.sites.role_scales`).
+    """
     adapter_name = adapter_name or active_adapter_name(model)
-    return {site.key: site.scores(normalize) for site in find_sites(model, adapter_name)}
+    return site_scores(find_sites(model, adapter_name), normalize, balanced)
+
+
+def site_scores(sites: list[AdapterSite], normalize: bool = True, balanced: bool = False) -> dict[str, torch.Tensor]:
+    scales = role_scales(sites) if balanced else None
+    return {site.key: site.scores(normalize, scales) for site in sites}
 
 
 def adapter_sizes(model: nn.Module, adapter_name: str | None = None) -> dict[str, int]:
@@ -85,6 +93,7 @@ def select_neurons(
     ranking: Ranking = "global",
     normalize: bool = True,
     initial_widths: dict[str, int] | None = None,
+    balanced: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The neurons to keep, ``{site key: sorted indices}``, so that the adapters' size is at most ``target``.
 
@@ -93,7 +102,7 @@ def select_neurons(
     width)`` (at most the current width) of every site's best neurons fits; ``initial_widths`` defaults to the
     current ones.
     """
-    scores = {site.key: site.scores(normalize) for site in sites}
+    scores = site_scores(sites, normalize, balanced)
     widths = {site.key: site.size for site in sites}
     if ranking == "global":
         order = sorted(

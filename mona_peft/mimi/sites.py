@@ -134,14 +134,25 @@ class AdapterSite:
         """Parameters of the whole adapter with ``size`` neurons (0 when ``size`` is 0: the adapter is removed)."""
         raise NotImplementedError
 
-    def l1(self) -> torch.Tensor:
-        """Per-neuron L1 norm of the owned parameters, shape ``(size,)``."""
+    def roles(self) -> dict[str, tuple[torch.Tensor, int]]:
+        """Per-neuron L1 norm of each kind of owned parameter, ``{role: (l1 of shape (size,), count per neuron)}``."""
         raise NotImplementedError
 
-    def scores(self, normalize: bool = True) -> torch.Tensor:
-        """MiMi's importance of each hidden neuron (mean absolute owned parameter; the L1 sum without ``normalize``)."""
+    def l1(self) -> torch.Tensor:
+        """Per-neuron L1 norm of the owned parameters, shape ``(size,)``."""
         with torch.no_grad():
-            l1 = self.l1().float().cpu()
+            return sum(l1.float().cpu() for l1, _ in self.roles().values())
+
+    def scores(self, normalize: bool = True, role_scales: dict[str, float] | None = None) -> torch.Tensor:
+        """MiMi's importance of each hidden neuron (mean absolute owned parameter; the L1 sum without ``normalize``).
+
+        ``role_scales`` (see :func:`role_scales`) first divides each kind of parameter by its typical magnitude.
+        """
+        if role_scales is None:
+            l1 = self.l1()
+        else:
+            with torch.no_grad():
+                l1 = sum(v.float().cpu() / role_scales[role] for role, (v, _) in self.roles().items())
         return l1 / self.owned(self.size) if normalize else l1
 
     def shrink(self, keep: torch.Tensor) -> list[Replacement]:
@@ -188,9 +199,12 @@ class HoulsbySite(AdapterSite):
     def params(self, size: int) -> int:
         return size * self.owned(size) + self.up.out_features if size else 0
 
-    def l1(self) -> torch.Tensor:
+    def roles(self) -> dict[str, tuple[torch.Tensor, int]]:
         down, up = self.down, self.up
-        return down.weight.abs().sum(1) + down.bias.abs() + up.weight.abs().sum(0)
+        return {
+            "down": (down.weight.abs().sum(1) + down.bias.abs(), down.in_features + 1),
+            "up": (up.weight.abs().sum(0), up.out_features),
+        }
 
     def shrink(self, keep: torch.Tensor) -> list[Replacement]:
         return _shrink_linear(self.down, keep, hidden_is_output=True) + _shrink_linear(
@@ -251,13 +265,19 @@ class MonaSite(AdapterSite):
         up = size * channels + channels
         return norm + down + conv + up
 
-    def l1(self) -> torch.Tensor:
+    def roles(self) -> dict[str, tuple[torch.Tensor, int]]:
         down, conv, up = self._piece("down"), self._piece("filter"), self._piece("up")
-        total = down.weight.abs().sum(1) + down.bias.abs() + up.weight.abs().sum(0)
+        roles = {
+            "down": (down.weight.abs().sum(1) + down.bias.abs(), self.channels + 1),
+            "up": (up.weight.abs().sum(0), self.channels),
+        }
         for k in conv.kernel_sizes:
-            total = total + getattr(conv, f"dw{k}_weight").abs().sum((1, 2, 3)) + getattr(conv, f"dw{k}_bias").abs()
+            l1 = getattr(conv, f"dw{k}_weight").abs().sum((1, 2, 3)) + getattr(conv, f"dw{k}_bias").abs()
+            roles[f"dw{k}"] = (l1, k * k + 1)
         pointwise = conv.pw_weight.abs()[:, :, 0, 0]
-        return total + pointwise.sum(1) + pointwise.sum(0) - pointwise.diagonal() + conv.pw_bias.abs()
+        l1 = pointwise.sum(1) + pointwise.sum(0) - pointwise.diagonal() + conv.pw_bias.abs()
+        roles["pw"] = (l1, 2 * self.size)
+        return roles
 
     def shrink(self, keep: torch.Tensor) -> list[Replacement]:
         replaced = _shrink_linear(self._piece("down"), keep, hidden_is_output=True)
@@ -272,6 +292,26 @@ class MonaSite(AdapterSite):
         replaced += _replace_parameters(conv, slicers)
         conv.channels = len(keep)
         return replaced
+
+
+def role_scales(sites: list[AdapterSite]) -> dict[str, float]:
+    """Mean absolute value of each kind of owned parameter over all neurons of ``sites`` (the "balanced" score).
+
+    Mona's parameters live at different scales: its Linear layers start trunc-normal(std 0.02) (mean ``|w|`` about
+    0.016), its depthwise and 1x1 convolutions with PyTorch's default init (mean ``|w|`` 0.06-0.17). MiMi's plain
+    score (the mean ``|w|`` of a neuron's owned parameters) then mostly measures which *mix* of parameters a neuron
+    owns: the convolution parameters are a larger share of a neuron's parameters in a narrow block (``2C`` Linear
+    entries vs ``sum(k*k) + 2r + ...`` convolution entries), so narrow blocks' neurons score higher whatever they
+    learned. Dividing each kind by its mean magnitude first compares neurons on equal footing.
+    """
+    totals: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for site in sites:
+            for role, (l1, count) in site.roles().items():
+                entry = totals.setdefault(role, [0.0, 0])
+                entry[0] += float(l1.sum())
+                entry[1] += count * len(l1)
+    return {role: (total / count if total > 0 else 1.0) for role, (total, count) in totals.items()}
 
 
 def find_sites(model: nn.Module, adapter_name: str) -> list[AdapterSite]:
