@@ -12,21 +12,17 @@ hidden neurons). ``BottleneckModel`` finds the target modules through ``mona_pef
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from functools import partial
 from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
-from peft.utils.other import AuxiliaryTrainingWrapper, get_pattern_key
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.other import get_pattern_key
 from torch import nn
-from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .architectures import ArchitectureSpec, resolve_architecture
-from .mona.layer import require_grad_for_checkpointing
+from .tuner_utils import BASE_ADAPTER_NAME, WrappingTuner
 
 #: In ``adapter_names=[...]``, the rows that run the base model without any adapter (PEFT's convention).
-BASE_ADAPTER_NAME = "__base__"
 
 
 def inner_dim_for(config: Any, module_name: str) -> int:
@@ -179,14 +175,17 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         return f"{self.method}." + super().__repr__()
 
 
-class BottleneckModel(BaseTuner):
+class BottleneckModel(WrappingTuner):
     """A PEFT tuner that wraps modules named by the architecture registry with a ``BottleneckLayer``.
 
     Subclasses set ``prefix``, ``tuner_layer_cls``, ``display_name`` and ``default_target_names(spec)``.
     """
 
     display_name: str = ""
-    target_module_mapping: dict[str, list[str]] = {}
+
+    @property
+    def merge_error(self) -> str:
+        return f"{self.display_name} adapters cannot be merged into the base model: the bottleneck has a non-linearity."
 
     @staticmethod
     def default_target_names(spec: ArchitectureSpec) -> tuple[str, ...]:
@@ -199,26 +198,9 @@ class BottleneckModel(BaseTuner):
         super().inject_adapter(model, adapter_name, *args, **kwargs)
         self._attach_checkpoint_input_hooks(model)
 
-    def _attach_checkpoint_input_hooks(self, model: nn.Module) -> None:
-        """Let reentrant gradient checkpointing train the adapters inside checkpointed blocks and stages.
-
-        A reentrant checkpoint gives no gradient to the parameters inside it unless one of its inputs requires grad,
-        and the hidden states coming from the frozen embeddings do not (transformers' ``enable_input_require_grads``
-        cannot fix that for Swin, whose patch embedding returns a tuple). A forward pre-hook on every checkpointed
-        layer holding adapters makes its input a grad-requiring alias of the hidden states.
-        """
-        hooks = self.__dict__.setdefault("_checkpoint_input_hooks", {})
-        layer_names = [name for name, module in model.named_modules() if isinstance(module, BottleneckLayer)]
-        for name, module in model.named_modules():
-            if id(module) in hooks or not isinstance(module, GradientCheckpointingLayer):
-                continue
-            if any(layer_name.startswith(f"{name}.") for layer_name in layer_names):
-                hooks[id(module)] = module.register_forward_pre_hook(_checkpoint_input_pre_hook)
-
     def _unload_and_optionally_merge(self, merge: bool = True, *args: Any, **kwargs: Any) -> nn.Module:
         model = super()._unload_and_optionally_merge(merge, *args, **kwargs)
-        for handle in self.__dict__.pop("_checkpoint_input_hooks", {}).values():
-            handle.remove()
+        self._remove_checkpoint_input_hooks()
         return model
 
     def _prepare_adapter_config(self, peft_config: Any, model_config: dict) -> Any:
@@ -257,53 +239,3 @@ class BottleneckModel(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
-
-    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
-        if isinstance(child, BottleneckLayer) and new_module is child.base_layer:
-            # unload(): put the untouched module back. PEFT's default copies `child.weight` onto it, which a wrapped
-            # MLP module does not have.
-            setattr(parent, child_name, new_module)
-            return
-        super()._replace_module(parent, child_name, new_module, child)
-
-    def _check_merge_allowed(self) -> None:
-        raise NotImplementedError(
-            f"{self.display_name} adapters cannot be merged into the base model: the bottleneck has a non-linearity. "
-            "Use `unload()` to get the base model back, or keep the adapter."
-        )
-
-    @contextmanager
-    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any):
-        """Route ``adapter_names=[...]`` (one name per sample, or ``"__base__"``) to every adapter layer and head."""
-        adapter_names = kwargs.pop("adapter_names", None)
-        if adapter_names is None:
-            yield
-            return
-        if self.training:
-            raise ValueError("Mixed-adapter batches (`adapter_names=`) are for inference; call model.eval() first.")
-        known = set(self.peft_config) | {BASE_ADAPTER_NAME}
-        unknown = sorted(set(adapter_names) - known)
-        if unknown:
-            raise ValueError(f"Unknown adapter name(s) {unknown} in adapter_names; available: {sorted(known)}.")
-        handles = []
-        for module in self.model.modules():
-            if isinstance(module, (self.tuner_layer_cls, AuxiliaryTrainingWrapper)):
-                hook = partial(_inject_adapter_names, adapter_names=list(adapter_names))
-                handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-
-
-def _checkpoint_input_pre_hook(module: nn.Module, args: tuple):
-    if not (module.training and getattr(module, "gradient_checkpointing", False)):
-        return None
-    new_args = require_grad_for_checkpointing(module, args)
-    return None if new_args is args else new_args
-
-
-def _inject_adapter_names(module: nn.Module, args: tuple, kwargs: dict, adapter_names: list[str]):
-    kwargs["adapter_names"] = adapter_names
-    return args, kwargs

@@ -13,13 +13,13 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from ..architectures import ResolvedArchitecture
+from ..tuner_utils import BASE_ADAPTER_NAME, require_grad_for_checkpointing
 
 try:  # transformers >= 5 records `output_hidden_states` with forward hooks on the block classes
     from transformers.utils import output_capturing as _output_capturing
 except ImportError:  # pragma: no cover
     _output_capturing = None
 
-BASE_ADAPTER_NAME = "__base__"
 #: The two insertion points of a block: after the attention residual add, after the MLP residual add.
 SITES = ("attn", "mlp")
 PIECES = ("norm", "down", "filter", "up")
@@ -150,28 +150,6 @@ def _trunc_normal_linear(in_features: int, out_features: int, zero: bool = False
 
 def _select_rows(routing: list[str], name: str, device: torch.device) -> torch.Tensor:
     return torch.tensor([i for i, routed in enumerate(routing) if routed == name], device=device, dtype=torch.long)
-
-
-def require_grad_for_checkpointing(region: nn.Module, args: tuple) -> tuple:
-    """``args`` with the hidden states (``args[0]``) requiring grad, when ``region`` is about to be checkpointed.
-
-    Reentrant checkpointing gives no gradient to the parameters inside a checkpointed region unless one of its
-    inputs requires grad, and the first region's input comes from frozen embeddings. transformers'
-    ``enable_input_require_grads`` cannot fix that for Swin (its patch embedding returns a tuple), so Mona makes
-    the input of each checkpointed region that holds trainable parameters a grad-requiring alias of the frozen
-    hidden states (the caller's tensor is not modified). Non-reentrant checkpointing does not need it; it only costs
-    the gradient of that region's input.
-    """
-    hidden = args[0] if args else None
-    if (
-        isinstance(hidden, torch.Tensor)
-        and hidden.is_floating_point()
-        and not hidden.requires_grad
-        and torch.is_grad_enabled()
-        and any(p.requires_grad for p in region.parameters())
-    ):
-        return (hidden.detach().requires_grad_(),) + tuple(args[1:])
-    return args
 
 
 def _recorded_hidden_states() -> list | None:

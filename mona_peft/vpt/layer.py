@@ -29,13 +29,13 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from ..architectures import ResolvedArchitecture
+from ..tuner_utils import BASE_ADAPTER_NAME
 
 try:  # transformers >= 5 records `output_hidden_states` with forward hooks on the block classes
     from transformers.utils import output_capturing as _output_capturing
 except ImportError:  # pragma: no cover
     _output_capturing = None
 
-BASE_ADAPTER_NAME = "__base__"
 #: What a block does with an adapter's prompts: nothing yet, insert its own, replace the incoming ones by its own
 #: (VPT-deep), or carry the incoming ones.
 MODES = ("off", "insert", "replace", "carry")

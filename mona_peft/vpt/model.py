@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
-from functools import partial
 from typing import Any
 
-from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
-from peft.utils.other import AuxiliaryTrainingWrapper
+from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..architectures import SUPPORTED_ARCHITECTURES, resolve_architecture, supported_model_types
+from ..tuner_utils import WrappingTuner
 from .config import VPTConfig
-from .layer import BASE_ADAPTER_NAME, PromptStream, VPTLayer, prompt_init_bound
+from .layer import PromptStream, VPTLayer, prompt_init_bound
 
 
-class VPTModel(BaseTuner):
+class VPTModel(WrappingTuner):
     """Adds VPT-shallow or VPT-deep prompts to a supported backbone.
 
     Created by ``peft.get_peft_model(model, VPTConfig(...))`` after ``import mona_peft``. PEFT's own prompt-learning
@@ -38,6 +36,9 @@ class VPTModel(BaseTuner):
     """
 
     prefix: str = "vpt_"
+    merge_error = (
+        "VPT adapters cannot be merged into the base model: prompts are extra input tokens, not a change of weights."
+    )
     tuner_layer_cls = VPTLayer
     target_module_mapping: dict[str, list[str]] = {}
 
@@ -186,20 +187,6 @@ class VPTModel(BaseTuner):
                 )
 
     # -- PEFT plumbing ------------------------------------------------------------------------------------------
-    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
-        if isinstance(child, VPTLayer) and new_module is child.base_layer:
-            # unload(): put the untouched block back. PEFT's default would copy `child.weight` onto it, assuming a
-            # wrapped Linear/Conv; a transformer block has no `weight`.
-            setattr(parent, child_name, new_module)
-            return
-        super()._replace_module(parent, child_name, new_module, child)
-
-    def _check_merge_allowed(self) -> None:
-        raise NotImplementedError(
-            "VPT adapters cannot be merged into the base model: prompts are extra input tokens, not a change of "
-            "weights. Use `unload()` to get the base model back, or keep the adapter."
-        )
-
     def _unload_and_optionally_merge(
         self,
         merge: bool = True,
@@ -214,28 +201,13 @@ class VPTModel(BaseTuner):
         self.prompt_stream.prompts = None
         return model
 
-    @contextmanager
-    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any):
-        """Route ``adapter_names=[...]`` (one name per sample, or ``"__base__"``) to every VPT layer and head.
-
-        Rows of one batch share one token sequence, so the adapters of a mixed batch must share their prompt layout
-        (num_prompts, deep, target blocks). ``"__base__"`` rows get placeholder prompts that no token can attend to,
-        so they compute the base model's outputs.
-        """
-        adapter_names = kwargs.pop("adapter_names", None)
-        if adapter_names is None:
-            yield
-            return
-        if self.training:
-            raise ValueError("Mixed-adapter batches (`adapter_names=`) are for inference; call model.eval() first.")
-        known = set(self.peft_config) | {BASE_ADAPTER_NAME}
-        unknown = sorted(set(adapter_names) - known)
-        if unknown:
-            raise ValueError(f"Unknown adapter name(s) {unknown} in adapter_names; available: {sorted(known)}.")
-        routed = [name for name in dict.fromkeys(adapter_names) if name != BASE_ADAPTER_NAME]
+    def _check_mixed_batch(self, adapter_names: list[str]) -> None:
+        """Rows of one batch share one token sequence, so the adapters of a mixed batch must share their prompt
+        layout (num_prompts, deep, target blocks). ``"__base__"`` rows get placeholder prompts that no token can
+        attend to, so they compute the base model's outputs."""
         layouts = {
             name: (self.peft_config[name].num_prompts, self.peft_config[name].deep, self._owner_blocks(name))
-            for name in routed
+            for name in adapter_names
         }
         if len(set(layouts.values())) > 1:
             described = ", ".join(f"{n} (num_prompts={v[0]}, deep={v[1]})" for n, v in layouts.items())
@@ -243,16 +215,6 @@ class VPTModel(BaseTuner):
                 "A mixed batch can only combine VPT adapters with the same prompt layout (num_prompts, deep and "
                 f"target blocks), plus '__base__' rows; got {described}. Run them in separate batches."
             )
-        handles = []
-        for module in self.model.modules():
-            if isinstance(module, (VPTLayer, AuxiliaryTrainingWrapper)):
-                hook = partial(_inject_adapter_names, adapter_names=list(adapter_names))
-                handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def _owner_blocks(self, adapter_name: str) -> tuple[str, ...]:
         return tuple(
@@ -271,8 +233,3 @@ def _suspend_checkpointing(module: nn.Module, args: tuple) -> None:
 def _restore_checkpointing(module: nn.Module, args: tuple, output: Any) -> None:
     if module.__dict__.pop("_vpt_suspended_checkpointing", False):
         module.gradient_checkpointing = True
-
-
-def _inject_adapter_names(module: nn.Module, args: tuple, kwargs: dict, adapter_names: list[str]):
-    kwargs["adapter_names"] = adapter_names
-    return args, kwargs

@@ -1,0 +1,119 @@
+"""Plumbing shared by mona_peft's tuners (Mona, VPT, Houlsby, AdaptFormer).
+
+All of them wrap whole modules (blocks, MLPs, projections) with non-linear adapters: they cannot be
+merged, unloading puts the wrapped module back as it was, mixed batches route ``adapter_names`` to
+the tuner layers and to PEFT's ``modules_to_save`` heads, and reentrant gradient checkpointing
+needs a grad-requiring input at every checkpointed region that holds adapter parameters.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from functools import partial
+from typing import Any
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils.other import AuxiliaryTrainingWrapper
+from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+#: The name that selects the frozen base model for a row of a mixed batch.
+BASE_ADAPTER_NAME = "__base__"
+
+
+def require_grad_for_checkpointing(region: nn.Module, args: tuple) -> tuple:
+    """``args`` with the hidden states (``args[0]``) requiring grad, when ``region`` is about to be checkpointed.
+
+    Reentrant checkpointing gives no gradient to the parameters inside a checkpointed region unless one of its
+    inputs requires grad, and the first region's input comes from frozen embeddings. transformers'
+    ``enable_input_require_grads`` cannot fix that for Swin (its patch embedding returns a tuple), so the input of
+    each checkpointed region that holds trainable parameters becomes a grad-requiring alias of the frozen hidden
+    states (the caller's tensor is not modified). Non-reentrant checkpointing does not need it; it only costs the
+    gradient of that region's input.
+    """
+    hidden = args[0] if args else None
+    if (
+        isinstance(hidden, torch.Tensor)
+        and hidden.is_floating_point()
+        and not hidden.requires_grad
+        and torch.is_grad_enabled()
+        and any(p.requires_grad for p in region.parameters())
+    ):
+        return (hidden.detach().requires_grad_(),) + tuple(args[1:])
+    return args
+
+
+def _checkpoint_input_pre_hook(module: nn.Module, args: tuple):
+    if not (module.training and getattr(module, "gradient_checkpointing", False)):
+        return None
+    new_args = require_grad_for_checkpointing(module, args)
+    return None if new_args is args else new_args
+
+
+def _inject_adapter_names(module: nn.Module, args: tuple, kwargs: dict, adapter_names: list[str]):
+    kwargs["adapter_names"] = adapter_names
+    return args, kwargs
+
+
+class WrappingTuner(BaseTuner):
+    """Base of mona_peft's tuners. Subclasses set ``merge_error`` (why merging is impossible)."""
+
+    merge_error: str = "These adapters cannot be merged into the base model."
+    target_module_mapping: dict[str, list[str]] = {}
+
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        if isinstance(child, BaseTunerLayer) and new_module is child.base_layer:
+            # unload(): put the untouched module back. PEFT's default copies `child.weight` onto it, assuming a
+            # wrapped Linear/Conv; a block or an MLP has no `weight`.
+            setattr(parent, child_name, new_module)
+            return
+        super()._replace_module(parent, child_name, new_module, child)
+
+    def _check_merge_allowed(self) -> None:
+        raise NotImplementedError(f"{self.merge_error} Use `unload()` to get the base model back, or keep the adapter.")
+
+    def _attach_checkpoint_input_hooks(self, model: nn.Module) -> None:
+        """Give every checkpointed layer that holds tuner layers a grad-requiring input (see above)."""
+        hooks = self.__dict__.setdefault("_checkpoint_input_hooks", {})
+        layer_names = [name for name, module in model.named_modules() if isinstance(module, self.tuner_layer_cls)]
+        for name, module in model.named_modules():
+            if id(module) in hooks or not isinstance(module, GradientCheckpointingLayer):
+                continue
+            if any(layer_name.startswith(f"{name}.") for layer_name in layer_names):
+                hooks[id(module)] = module.register_forward_pre_hook(_checkpoint_input_pre_hook)
+
+    def _remove_checkpoint_input_hooks(self) -> None:
+        for handle in self.__dict__.pop("_checkpoint_input_hooks", {}).values():
+            handle.remove()
+
+    def _check_mixed_batch(self, adapter_names: list[str]) -> None:
+        """Raise if these adapters cannot share one batch (all can, unless a subclass says otherwise)."""
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any):
+        """Route ``adapter_names=[...]`` (one name per sample, or ``"__base__"``) to every tuner layer and head.
+
+        The heads are PEFT's modules_to_save wrappers, which pick each row's copy as they do for LoRA.
+        """
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        if self.training:
+            raise ValueError("Mixed-adapter batches (`adapter_names=`) are for inference; call model.eval() first.")
+        known = set(self.peft_config) | {BASE_ADAPTER_NAME}
+        unknown = sorted(set(adapter_names) - known)
+        if unknown:
+            raise ValueError(f"Unknown adapter name(s) {unknown} in adapter_names; available: {sorted(known)}.")
+        self._check_mixed_batch([name for name in dict.fromkeys(adapter_names) if name != BASE_ADAPTER_NAME])
+        handles = []
+        for module in self.model.modules():
+            if isinstance(module, (self.tuner_layer_cls, AuxiliaryTrainingWrapper)):
+                hook = partial(_inject_adapter_names, adapter_names=list(adapter_names))
+                handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
