@@ -347,21 +347,27 @@ def test_trainer_callback_shrinks_and_keeps_training(tiny_swin, tmp_path):
         MiMiCallback(mimi).on_train_begin(wrong, None, None)
 
 
-def test_training_script_mimi_flags(tmp_path):
+def test_training_script_mimi_flags(tiny_swin, tmp_path):
     from mona_peft.training import main
 
+    model_dir = tmp_path / "tiny-swin"
+    tiny_swin().save_pretrained(model_dir)
+    tf.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        model_dir
+    )
     out = tmp_path / "run"
     results = main(
         [
-            "--method", "adapter", "--task", "digits-fewshot", "--output_dir", str(out), "--report_to", "none",
-            "--inner_dim", "8", "--mimi_target", "2x", "--mimi_epochs_per_cycle", "1", "--eval_strategy", "end",
-            "--checkpointing_steps", "no", "--per_device_train_batch_size", "50",
+            "--model_name_or_path", str(model_dir), "--method", "adapter", "--task", "digits-fewshot",
+            "--output_dir", str(out), "--report_to", "none", "--inner_dim", "8", "--mimi_target", "2x",
+            "--mimi_epochs_per_cycle", "1", "--eval_strategy", "end", "--checkpointing_steps", "no",
+            "--per_device_train_batch_size", "50", "--num_warmup_steps", "1",
         ]
     )  # fmt: skip
-    assert results["mimi"]["total_epochs"] == 2 and results["mimi"]["history"][-1]["neurons"] == 48
+    assert results["mimi"]["total_epochs"] == 2 and results["mimi"]["history"][-1]["neurons"] == 32
     config = json.loads((out / "adapter_config.json").read_text())
-    assert sum(config["inner_dim_pattern"].values()) == 48
-    assert results["trainable_params"] == results["mimi"]["history"][-1]["adapter_params"] + 192 * 10 + 10
+    assert sum(config["inner_dim_pattern"].values()) == 32
+    assert results["trainable_params"] == results["mimi"]["history"][-1]["adapter_params"] + 32 * 10 + 10
     with pytest.raises(SystemExit, match="mimi_target"):
         main(["--method", "lora", "--mimi_target", "2x", "--output_dir", str(tmp_path / "x")])
 
