@@ -18,54 +18,25 @@ import argparse
 import copy
 import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import peft
 import torch
-import transformers
 from peft import get_peft_model
 from transformers import SwinConfig, SwinForImageClassification
 
 import mona_peft
+from mona_peft.benchmarking.timing import (
+    contention,
+    cpu_snapshot,
+    environment,
+    summarize,
+    timed_pair,
+    training_peak_bytes,
+)
 from mona_peft.mona import MultiCognitiveFilter
-
-
-def timed_pair(
-    variants: dict[str, Callable[[], None]], warmup: int, repeats: int, sync: Callable[[], None]
-) -> dict[str, list[float]]:
-    """Seconds per call of each variant, interleaved (order alternating each repetition) after ``warmup`` calls."""
-    for _ in range(warmup):
-        for run in variants.values():
-            run()
-    names = list(variants)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for rep in range(repeats):
-        for name in names if rep % 2 == 0 else names[::-1]:
-            sync()
-            start = time.perf_counter()
-            variants[name]()
-            sync()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def summarize(times: dict[str, list[float]], numerator: str, denominator: str) -> dict[str, float]:
-    """Ratio of medians, quartiles of the per-repetition ratios, and the medians in milliseconds."""
-    paired = [a / b for a, b in zip(times[numerator], times[denominator], strict=True)]
-    q1, _, q3 = statistics.quantiles(paired, n=4)
-    return {
-        "ratio": statistics.median(times[numerator]) / statistics.median(times[denominator]),
-        "paired_ratio_q1": q1,
-        "paired_ratio_q3": q3,
-        f"{numerator}_median_ms": 1e3 * statistics.median(times[numerator]),
-        f"{denominator}_median_ms": 1e3 * statistics.median(times[denominator]),
-    }
 
 
 def set_fused(filters: list[MultiCognitiveFilter], fused: bool) -> None:
@@ -77,78 +48,6 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torc
     model(pixel_values=x, labels=y).loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-
-
-def tensor_bytes(tensors: list[torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def training_peak_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: Callable[[], None]) -> int:
-    """Weights + optimizer state + the step's peak on top of everything resident (CUDA, after warm-up)."""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    resident = torch.cuda.memory_allocated()
-    step()
-    torch.cuda.synchronize()
-    state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
-    weights = tensor_bytes(list(model.parameters()) + list(model.buffers()))
-    return weights + tensor_bytes(state) + torch.cuda.max_memory_allocated() - resident
-
-
-def cpu_snapshot() -> tuple[list[int], float] | None:
-    """The aggregate ``cpu`` line of ``/proc/stat`` (Linux) and this process's CPU seconds."""
-    stat = Path("/proc/stat")
-    if not stat.exists():
-        return None
-    times = os.times()
-    return [int(v) for v in stat.read_text().splitlines()[0].split()[1:9]], times.user + times.system
-
-
-def contention(start: tuple[list[int], float] | None) -> dict[str, float] | None:
-    """Shares of all CPU time during the run taken by other processes and by the hypervisor (steal)."""
-    end = cpu_snapshot()
-    if start is None or end is None:
-        return None
-    delta = [b - a for a, b in zip(start[0], end[0], strict=True)]
-    ticks = os.sysconf("SC_CLK_TCK")
-    total_s = max(sum(delta), 1) / ticks
-    busy_s = (sum(delta) - delta[3] - delta[4] - delta[7]) / ticks  # minus idle, iowait and steal
-    return {"other_processes": max(busy_s - (end[1] - start[1]), 0.0) / total_s, "steal": delta[7] / ticks / total_s}
-
-
-def git_state() -> str | None:
-    """``HEAD`` of the checkout the benchmark runs from, marked ``-dirty`` when ``mona_peft/`` has local edits."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "mona_peft"], cwd=root, check=False)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head.stdout.strip() + ("-dirty" if diff.returncode else "")
-
-
-def environment(device: torch.device) -> dict[str, object]:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        cpuinfo = Path("/proc/cpuinfo")
-        lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
-        name = name or platform.processor()
-    return {
-        "device": str(device),
-        "device_name": name,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "mona_peft": mona_peft.__version__,
-        "git": git_state(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 def main() -> None:

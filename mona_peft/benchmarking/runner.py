@@ -55,6 +55,7 @@ LOW_LR_METHODS = frozenset({"full", "partial1"})
 def default_lr_grid(method: str) -> list[float]:
     return list(LOW_LR_GRID if method in LOW_LR_METHODS else HIGH_LR_GRID)
 
+
 PEAK_MEMORY_DEFINITION = (
     "weights + buffers + AdamW state + the peak increase of this process's resident set size (Linux VmHWM, reset "
     "through /proc/self/clear_refs after malloc_trim) during one training step (forward, backward, optimizer step) "
