@@ -136,3 +136,23 @@ def test_quick_benchmark_writes_rows_report_and_plot(tmp_path):
     report = (tmp_path / "results.md").read_text()
     assert "| mona |" in report and "Chosen learning rates" in report
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_head_starts_fresh_for_other_class_names_of_the_same_count(tiny_swin, tmp_path):
+    import torch
+
+    from mona_peft.training import _fresh_head_for_new_labels
+
+    base = tiny_swin()  # 3 labels: LABEL_0..2
+    base.save_pretrained(tmp_path)
+    same = tiny_swin()
+    _fresh_head_for_new_labels(same, str(tmp_path), ["LABEL_0", "LABEL_1", "LABEL_2"])
+    assert torch.equal(same.classifier.weight, base.classifier.weight)
+    other = tiny_swin()
+    _fresh_head_for_new_labels(other, str(tmp_path), ["cat", "dog", "bird"])
+    assert not torch.equal(other.classifier.weight, base.classifier.weight)
+    assert torch.count_nonzero(other.classifier.bias) == 0
+    # another number of classes: transformers' ignore_mismatched_sizes already re-initialised it; left alone
+    kept = tiny_swin()
+    _fresh_head_for_new_labels(kept, str(tmp_path), ["a", "b"])
+    assert torch.equal(kept.classifier.weight, base.classifier.weight)
