@@ -20,7 +20,7 @@ from peft.utils.other import get_pattern_key
 from torch import nn
 
 from .architectures import ArchitectureSpec, resolve_architecture
-from .tuner_utils import BASE_ADAPTER_NAME, WrappingTuner
+from .tuner_utils import BASE_ADAPTER_NAME, WrappingLayer, WrappingTuner
 
 #: In ``adapter_names=[...]``, the rows that run the base model without any adapter (PEFT's convention).
 
@@ -61,7 +61,7 @@ def kaiming_uniform_linear(layer: nn.Linear) -> nn.Linear:
     return layer
 
 
-class BottleneckLayer(nn.Module, BaseTunerLayer):
+class BottleneckLayer(nn.Module, WrappingLayer):
     """A tuner layer holding one bottleneck ``up(act(down(.)))`` per adapter next to ``base_layer``.
 
     Subclasses set ``method`` (the prefix without ``_``), ``adapter_layer_names`` (``("<method>_down",
@@ -71,6 +71,11 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
     method: str = ""
     adapter_layer_names: tuple[str, ...] = ()
     other_param_names: tuple[str, ...] = ()
+    merge_reason = "the bottleneck has a non-linearity"
+
+    @property
+    def method_name(self) -> str:
+        return self.method
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: Any, module_name: str, **kwargs: Any) -> None:
         nn.Module.__init__(self)
@@ -119,10 +124,6 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         """The bottleneck width (hidden neurons) of ``adapter_name`` here."""
         return self.down[adapter_name].out_features
 
-    def _get_base_layer_device_and_dtype(self, base_layer: nn.Module):
-        parameter = next(base_layer.parameters(), None)
-        return (None, None) if parameter is None else (parameter.device, parameter.dtype)
-
     def _adapters_to_apply(self) -> list[str]:
         if self.disable_adapters:
             return []
@@ -152,16 +153,6 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
             rows = torch.tensor([i for i, r in enumerate(routing) if r == adapter], device=x.device, dtype=torch.long)
             delta[rows] = self._bottleneck(adapter, x[rows]).to(like.dtype)
         return delta
-
-    # -- merging is impossible: the adapters are non-linear -------------------------------------------------
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        raise NotImplementedError(
-            f"{self.method} adapters cannot be merged into the base weights: the bottleneck has a non-linearity. "
-            "Keep the adapter, or use `unload()` to drop it."
-        )
-
-    def unmerge(self) -> None:
-        raise NotImplementedError(f"{self.method} adapters are never merged, so there is nothing to unmerge.")
 
     def unload_and_optionally_merge_module(
         self, merge: bool, safe_merge: bool, adapter_names: list[str] | None

@@ -117,3 +117,27 @@ class WrappingTuner(BaseTuner):
         finally:
             for handle in handles:
                 handle.remove()
+
+
+class WrappingLayer(BaseTunerLayer):
+    """Tuner-layer side of :class:`WrappingTuner`: wraps a module without a ``.weight``; never merges.
+
+    Subclasses set ``method_name`` ("Mona") and ``merge_reason`` (why its adapters cannot be merged).
+    """
+
+    method_name: str = "These"
+    merge_reason: str = "they are not a change of weights"
+
+    def _get_base_layer_device_and_dtype(self, base_layer: nn.Module):
+        # A block or an MLP has no `.weight`; its first parameter tells where it lives.
+        parameter = next(base_layer.parameters(), None)
+        return (None, None) if parameter is None else (parameter.device, parameter.dtype)
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        raise NotImplementedError(
+            f"{self.method_name} adapters cannot be merged into the base weights: {self.merge_reason}. "
+            "Keep the adapter, or use `unload()` to drop it."
+        )
+
+    def unmerge(self) -> None:
+        raise NotImplementedError(f"{self.method_name} adapters are never merged, so there is nothing to unmerge.")

@@ -9,11 +9,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from ..architectures import ResolvedArchitecture
-from ..tuner_utils import BASE_ADAPTER_NAME, require_grad_for_checkpointing
+from ..tuner_utils import BASE_ADAPTER_NAME, WrappingLayer, require_grad_for_checkpointing
 
 try:  # transformers >= 5 records `output_hidden_states` with forward hooks on the block classes
     from transformers.utils import output_capturing as _output_capturing
@@ -160,7 +159,7 @@ def _recorded_hidden_states() -> list | None:
     return states if isinstance(states, list) else None
 
 
-class MonaLayer(nn.Module, BaseTunerLayer):
+class MonaLayer(nn.Module, WrappingLayer):
     """Wraps one transformer block and applies Mona at the paper's two insertion points.
 
     ``x = x + attn(x)``, then ``x = mona_attn(x)``: this happens *inside* the block's forward, so a
@@ -175,6 +174,8 @@ class MonaLayer(nn.Module, BaseTunerLayer):
     PEFT's save/load and adapter renaming expect.
     """
 
+    method_name = "Mona"
+    merge_reason = "Mona is a non-linear module on the residual stream (LayerNorm, depthwise convolutions, GELU)"
     adapter_layer_names = tuple(f"mona_{site}_{piece}" for site in SITES for piece in PIECES)
     other_param_names = ("mona_dropout", "mona_prefix_tokens")
 
@@ -231,21 +232,6 @@ class MonaLayer(nn.Module, BaseTunerLayer):
         # New modules start in training mode; follow the block, so adding Mona to an eval-mode model runs no dropout.
         self.train(self.base_layer.training)
         self.set_adapter(self.active_adapters)
-
-    def _get_base_layer_device_and_dtype(self, base_layer: nn.Module):
-        # A block has no `.weight`; its first parameter tells where it lives.
-        parameter = next(base_layer.parameters(), None)
-        return (None, None) if parameter is None else (parameter.device, parameter.dtype)
-
-    # -- merging is impossible: Mona is non-linear (GELU) and reads a spatial neighbourhood -----------------
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        raise NotImplementedError(
-            "Mona adapters cannot be merged into the base weights: Mona is a non-linear module on the residual "
-            "stream (LayerNorm, depthwise convolutions, GELU). Keep the adapter, or use `unload()` to drop it."
-        )
-
-    def unmerge(self) -> None:
-        raise NotImplementedError("Mona adapters are never merged, so there is nothing to unmerge.")
 
     def unload_and_optionally_merge_module(
         self, merge: bool, safe_merge: bool, adapter_names: list[str] | None

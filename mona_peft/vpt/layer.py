@@ -25,11 +25,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from ..architectures import ResolvedArchitecture
-from ..tuner_utils import BASE_ADAPTER_NAME
+from ..tuner_utils import BASE_ADAPTER_NAME, WrappingLayer
 
 try:  # transformers >= 5 records `output_hidden_states` with forward hooks on the block classes
     from transformers.utils import output_capturing as _output_capturing
@@ -111,7 +110,7 @@ def _replace_first(out: Any, hidden: torch.Tensor) -> Any:
     return (hidden,) + tuple(out[1:]) if isinstance(out, tuple) else hidden
 
 
-class VPTLayer(nn.Module, BaseTunerLayer):
+class VPTLayer(nn.Module, WrappingLayer):
     """Wraps one transformer block; adds, replaces, carries or removes VPT prompt tokens around it.
 
     Every block of the backbone is wrapped (blocks without prompts of their own carry the incoming ones), so the
@@ -120,6 +119,8 @@ class VPTLayer(nn.Module, BaseTunerLayer):
     filled on every layer. ``VPTModel`` assigns each layer's mode and handoff once all blocks are wrapped.
     """
 
+    method_name = "VPT"
+    merge_reason = "prompts are extra input tokens, not a change of weights"
     adapter_layer_names = ("vpt_prompts",)
     other_param_names = ("vpt_dropout", "vpt_num_prompts", "vpt_mode", "vpt_handoff")
 
@@ -181,21 +182,6 @@ class VPTLayer(nn.Module, BaseTunerLayer):
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.train(self.base_layer.training)
         self.set_adapter(self.active_adapters)
-
-    def _get_base_layer_device_and_dtype(self, base_layer: nn.Module):
-        # A block has no `.weight`; its first parameter tells where it lives.
-        parameter = next(base_layer.parameters(), None)
-        return (None, None) if parameter is None else (parameter.device, parameter.dtype)
-
-    # -- merging is impossible: prompts are extra tokens, not a weight delta -----------------------------------
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        raise NotImplementedError(
-            "VPT adapters cannot be merged into the base weights: prompts are extra input tokens, not a change of "
-            "weights. Keep the adapter, or use `unload()` to drop it."
-        )
-
-    def unmerge(self) -> None:
-        raise NotImplementedError("VPT adapters are never merged, so there is nothing to unmerge.")
 
     def unload_and_optionally_merge_module(
         self, merge: bool, safe_merge: bool, adapter_names: list[str] | None
