@@ -10,6 +10,11 @@ Fixtures return *factories* so that each test can build as many fresh, seeded mo
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import SwinConfig, SwinForImageClassification, ViTConfig, ViTForImageClassification
@@ -87,3 +92,46 @@ def tiny_model():
 def tiny_pixel_values():
     """Factory: ``tiny_pixel_values(batch=2, seed=1234, size=32)`` -> seeded random images."""
     return build_tiny_pixel_values
+
+
+_FRESH_PROCESS_RELOAD = """
+import sys
+import torch
+import mona_peft  # noqa: F401  (registers the methods with PEFT)
+from peft import PeftModel
+from transformers import AutoModelForImageClassification
+
+config_class, x_path, *rest = sys.argv[1:]
+for base_dir, adapter_dir, out_path in zip(*[iter(rest)] * 3):
+    base = AutoModelForImageClassification.from_pretrained(base_dir)
+    model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    assert type(model.peft_config["default"]).__name__ == config_class
+    with torch.no_grad():
+        torch.save(model(pixel_values=torch.load(x_path)).logits, out_path)
+"""
+
+
+def logits_after_fresh_process_reload(
+    tmp_path: Path, saved: dict[str, tuple[Path, Path]], pixel_values: torch.Tensor, config_class: str
+) -> dict[str, torch.Tensor]:
+    """Logits of each ``name: (base_dir, adapter_dir)`` reloaded with ``PeftModel.from_pretrained`` in a new process.
+
+    The new process only gets ``import mona_peft`` and the saved files, as a user would (offline).
+    """
+    torch.save(pixel_values, tmp_path / "x.pt")
+    argv = [config_class, str(tmp_path / "x.pt")]
+    for name, (base_dir, adapter_dir) in saved.items():
+        argv += [str(base_dir), str(adapter_dir), str(tmp_path / f"{name}_logits.pt")]
+    repo_root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root), os.environ.get("PYTHONPATH", "")])}
+    env["HF_HUB_OFFLINE"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-c", _FRESH_PROCESS_RELOAD, *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {name: torch.load(tmp_path / f"{name}_logits.pt") for name in saved}

@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import transformers as tf
+from conftest import logits_after_fresh_process_reload
 from peft import PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.utils import PeftType
 from safetensors.torch import load_file
@@ -277,26 +276,9 @@ def test_save_pretrained_writes_only_prompts_and_head(adapted, tmp_path):
         assert isinstance(loaded, VPTConfig) and loaded.deep and loaded.num_prompts == NUM_PROMPTS
 
 
-_FRESH_PROCESS_RELOAD = """
-import sys
-import torch
-import mona_peft  # noqa: F401  (registers VPT with PEFT)
-from peft import PeftModel
-from transformers import AutoModelForImageClassification
-
-for base_dir, adapter_dir, x_path, out_path in zip(*[iter(sys.argv[1:])] * 4):
-    base = AutoModelForImageClassification.from_pretrained(base_dir)
-    model = PeftModel.from_pretrained(base, adapter_dir).eval()
-    assert type(model.peft_config["default"]).__name__ == "VPTConfig"
-    with torch.no_grad():
-        torch.save(model(pixel_values=torch.load(x_path)).logits, out_path)
-"""
-
-
 def test_reload_in_fresh_process_gives_identical_logits(tiny_model, tiny_pixel_values, tmp_path):
-    argv, expected = [], {}
+    saved, expected = {}, {}
     x = tiny_pixel_values(batch=3)
-    torch.save(x, tmp_path / "x.pt")
     for arch, deep in (("swin", False), ("vit", True)):
         base = tiny_model(arch, seed=3)
         base.save_pretrained(tmp_path / f"{arch}_base")
@@ -304,16 +286,10 @@ def test_reload_in_fresh_process_gives_identical_logits(tiny_model, tiny_pixel_v
         randomize_adapter(model, "default", seed=5)
         model.save_pretrained(tmp_path / f"{arch}_adapter")
         expected[arch] = logits(model, x)
-        argv += [str(tmp_path / f"{arch}_{part}") for part in ("base", "adapter")]
-        argv += [str(tmp_path / "x.pt"), str(tmp_path / f"{arch}_logits.pt")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    env["HF_HUB_OFFLINE"] = "1"
-    result = subprocess.run(
-        [sys.executable, "-c", _FRESH_PROCESS_RELOAD, *argv], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+        saved[arch] = (tmp_path / f"{arch}_base", tmp_path / f"{arch}_adapter")
+    reloaded = logits_after_fresh_process_reload(tmp_path, saved, x, "VPTConfig")
     for arch in expected:
-        torch.testing.assert_close(torch.load(tmp_path / f"{arch}_logits.pt"), expected[arch], rtol=0, atol=0)
+        torch.testing.assert_close(reloaded[arch], expected[arch], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
