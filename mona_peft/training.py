@@ -27,6 +27,7 @@ from .data import DIGITS_NAME, collate, image_transform, load_image_classificati
 from .methods import (
     FULL_MODEL_METHODS,
     METHODS,
+    adamw,
     build_method,
     count_parameters,
     is_adapter_parameter,
@@ -317,7 +318,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         {"params": [p for n, p in named if is_adapter_parameter(n)], "lr": args.learning_rate * args.adapter_lr_scale},
         {"params": [p for n, p in named if not is_adapter_parameter(n)], "lr": args.learning_rate},
     ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=args.weight_decay)
+    optimizer = adamw([g for g in groups if g["params"]], weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / args.gradient_accumulation_steps)
     max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     epochs = math.ceil(max_steps / steps_per_epoch)

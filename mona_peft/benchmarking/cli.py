@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from .runner import ALL_METHODS, BenchmarkConfig, run_benchmark
+from .runner import ALL_METHODS, LR_GRID, BenchmarkConfig, run_benchmark
 from .tasks import TASKS
 
 QUICK = {"methods": ["linear", "mona"], "tasks": ["digits-fewshot"], "seeds": [0], "lr_grid": [3e-3, 1e-2]}
@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--methods", nargs="+", default=None, help=f"Default: all ({' '.join(ALL_METHODS)}).")
     add("--tasks", nargs="+", default=None, choices=sorted(TASKS), help="Default: all.")
     add("--seeds", nargs="+", type=int, default=None, help="Training seeds (default 0 1 2).")
-    add("--lr_grid", nargs="+", type=float, default=None, help="One grid for all methods (default: per method).")
+    grid = " ".join(map(str, LR_GRID))
+    add("--lr_grid", nargs="+", type=float, default=None, help=f"Rates every method tries (default {grid}).")
     add("--workers", type=int, default=None, help="Worker processes (default 2; 1 runs in this process).")
     add("--threads", type=int, default=1, help="torch threads per worker.")
     add("--max_train_steps", type=int, default=None, help="Cap every run's steps (default: the task schedules).")
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         methods=args.methods or defaults.get("methods", list(ALL_METHODS)),
         tasks=args.tasks or defaults.get("tasks", list(TASKS)),
         seeds=args.seeds or defaults.get("seeds", [0, 1, 2]),
-        lr_grid=args.lr_grid or defaults.get("lr_grid"),
+        lr_grid=args.lr_grid or defaults.get("lr_grid", list(LR_GRID)),
         workers=args.workers or (1 if args.quick else 2),
         threads=args.threads,
         max_train_steps=args.max_train_steps or (2 if args.quick else None),

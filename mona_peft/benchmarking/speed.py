@@ -63,7 +63,7 @@ def build_models(config: SpeedConfig) -> tuple[torch.nn.Module, dict[str, torch.
 
 def run_speed(config: SpeedConfig, output: str | Path | None, command: str, log=print) -> dict:
     """Measure and write ``speed.json``; returns the report. ``full`` (and ``lora``) join the methods for the ratios."""
-    from ..methods import count_parameters
+    from ..methods import adamw, count_parameters
 
     config.methods = list(dict.fromkeys(["full", "lora", *config.methods]))
     if config.threads:
@@ -95,7 +95,7 @@ def run_speed(config: SpeedConfig, output: str | Path | None, command: str, log=
     optimizers = {}
     for method, model in models.items():
         model.train()
-        optimizers[method] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        optimizers[method] = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
     def train_step(method: str):
         model, optimizer = models[method], optimizers[method]
