@@ -1,10 +1,11 @@
-"""Model cards for image-classification adapters trained with mona_peft.
+"""Model cards for image classifiers trained with mona_peft: PEFT adapters, and whole models of the baselines.
 
 ``render_model_card(...)`` returns a Hub README (YAML metadata + Markdown body) rendered from the Jinja2 template
 ``model_cards/image_classification.md`` at the repository root; ``write_model_card(output_dir, ...)`` writes it to
 ``output_dir/README.md``, replacing the placeholder card PEFT's ``save_pretrained`` writes there.
 
-The metadata is built with ``huggingface_hub.ModelCardData`` (``library_name: peft``, ``base_model``,
+The metadata is built with ``huggingface_hub.ModelCardData`` (``library_name: peft``, or ``transformers`` for the
+whole models that ``full``/``linear``/``bitfit``/``partial1`` save, ``base_model``,
 ``pipeline_tag: image-classification``, tags, ``datasets``, and a ``model-index`` with top-1/top-5 accuracy), so
 ``huggingface_hub.ModelCard``/``metadata_load`` parse it back and the Hub shows the results as evaluation results.
 Write the card *after* ``save_pretrained``: PEFT rewrites the tags and ``base_model`` of an existing README.
@@ -63,6 +64,10 @@ METHODS: dict[str, MethodInfo] = {
     ),
     "lora": MethodInfo("LoRA", "LoRA adds trainable low-rank updates to the attention's query and value projections."),
     "ln_tuning": MethodInfo("LayerNorm tuning", "LayerNorm tuning trains only the LayerNorms of the backbone."),
+    "full": MethodInfo("Full fine-tuning", "Full fine-tuning trains every parameter of the backbone and the head."),
+    "linear": MethodInfo("Linear probing", "Linear probing trains only the classification head on a frozen backbone."),
+    "bitfit": MethodInfo("BitFit", "BitFit trains only the bias terms of the backbone, and the head."),
+    "partial1": MethodInfo("Partial-1", "Partial-1 trains the last transformer block of the backbone and the head."),
 }
 
 
@@ -79,8 +84,9 @@ def render_model_card(
     repo_id: str | None = None,
     num_labels: int | None = None,
     extra_tags: list[str] | None = None,
+    whole_model: bool = False,
 ) -> str:
-    """The README.md (YAML metadata + Markdown) of an image-classification adapter.
+    """The README.md (YAML metadata + Markdown) of an image-classification adapter, or of a whole model.
 
     Args:
         base_model: Hub id (or local path) of the backbone the adapter was trained on. A local path is shown in the
@@ -91,10 +97,12 @@ def render_model_card(
             and top-5 accuracy go into the ``model-index``; every metric goes into the results table.
         hyperparameters: shown as a table, in the given order.
         trainable_params / total_params: parameter budget (trainable share = trainable / total).
-        adapter_bytes: size of ``adapter_model.safetensors``.
+        adapter_bytes: size of ``adapter_model.safetensors`` (of ``model.safetensors`` for a whole model).
         repo_id: the repository the card is for (used in the loading snippet and as the model name).
         num_labels: classes of the trained head (added to the loading snippet).
         extra_tags: more metadata tags.
+        whole_model: the card of a whole transformers model (``config.json`` + ``model.safetensors``, loaded with
+            ``AutoModelForImageClassification``) rather than of a PEFT adapter.
     """
     if trainable_params < 0 or total_params <= 0 or trainable_params > total_params:
         raise ValueError(
@@ -110,7 +118,8 @@ def render_model_card(
     model_name = repo_id.split("/")[-1] if repo_id else f"{method_key}-{_short_name(base_model)}-{_short_name(dataset)}"
 
     dataset_label = dataset if dataset_is_id else _short_name(dataset)  # no local paths in the metadata
-    tags = _unique([method_key, "peft", "image-classification", dataset_label, LIBRARY_TAG, *(extra_tags or [])])
+    library = "transformers" if whole_model else "peft"
+    tags = _unique([method_key, library, "image-classification", dataset_label, LIBRARY_TAG, *(extra_tags or [])])
     accuracy = _accuracy_metrics(metrics)
     eval_results = [
         EvalResult(
@@ -126,7 +135,7 @@ def render_model_card(
         for metric_type, metric_name, value, args in accuracy
     ]
     card_data = ModelCardData(
-        library_name="peft",
+        library_name=library,
         base_model=base_model if base_is_id else None,
         pipeline_tag="image-classification",
         tags=tags,
@@ -137,13 +146,14 @@ def render_model_card(
 
     context = {
         "card_data": card_data.to_yaml(),
+        "whole_model": whole_model,
         "model_name": model_name,
         "method": info,
         "base_model": base_model,
         "base_model_is_hub_id": base_is_id,
         "dataset": dataset,
         "num_labels": num_labels,
-        "adapter_ref": repo_id or "path/to/this/adapter",
+        "adapter_ref": repo_id or f"path/to/this/{'model' if whole_model else 'adapter'}",
         "hyperparameters": [(str(k), _format_value(v)) for k, v in hyperparameters.items()],
         "trainable_params": int(trainable_params),
         "total_params": int(total_params),
@@ -207,6 +217,15 @@ _FALLBACK_TEMPLATE = """---
 
 # {{ model_name }}
 
+{% if whole_model %}
+An image classifier of {{ dataset }}, `{{ base_model }}` fine-tuned with {{ method.display }}.
+
+```python
+from transformers import AutoModelForImageClassification
+
+model = AutoModelForImageClassification.from_pretrained("{{ adapter_ref }}")
+```
+{% else %}
 A {{ method.display }} adapter for image classification of {{ dataset }}, on top of `{{ base_model }}`.
 
 ```python
@@ -218,9 +237,10 @@ base = AutoModelForImageClassification.from_pretrained("{{ base_model }}"\
 {% if num_labels %}, num_labels={{ num_labels }}, ignore_mismatched_sizes=True{% endif %})
 model = PeftModel.from_pretrained(base, "{{ adapter_ref }}")
 ```
+{% endif %}
 
 Trainable parameters: {{ "{:,}".format(trainable_params) }} of {{ "{:,}".format(total_params) }} \
-({{ trainable_percent }} %){% if adapter_size %}; adapter file {{ adapter_size }}{% endif %}.
+({{ trainable_percent }} %){% if adapter_size %}; weights file {{ adapter_size }}{% endif %}.
 
 {% for name, value in results %}
 - {{ name }}: {{ value }}

@@ -111,11 +111,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.method not in METHODS:
         raise SystemExit(f"error: unknown --method {args.method!r}; available: {', '.join(sorted(METHODS))}.")
-    if args.push_to_hub and args.method in FULL_MODEL_METHODS:
-        raise SystemExit(
-            f"error: --push_to_hub uploads adapters, and --method {args.method} saves a whole model to --output_dir "
-            "(upload that folder with huggingface_hub instead)."
-        )
     if args.checkpointing_steps not in ("epoch", "no") and not str(args.checkpointing_steps).isdigit():
         raise SystemExit(
             f"error: --checkpointing_steps must be 'epoch', 'no' or a number, got {args.checkpointing_steps!r}."
@@ -432,21 +427,19 @@ def _write_outputs(model, args: argparse.Namespace, output_dir: Path, final: dic
     from .model_card import write_model_card
 
     model.save_pretrained(output_dir)
-    if args.method in FULL_MODEL_METHODS:
-        # The whole model (config.json + model.safetensors), loadable with from_pretrained; no adapter card.
-        final["model_bytes"] = (output_dir / "model.safetensors").stat().st_size
-        (output_dir / "all_results.json").write_text(json.dumps(final, indent=2))
-        return
-    final["adapter_bytes"] = (output_dir / ADAPTER_FILE).stat().st_size
+    whole_model = args.method in FULL_MODEL_METHODS
+    if whole_model:  # config.json + model.safetensors + the image processor: loads with transformers alone
+        AutoImageProcessor.from_pretrained(args.model_name_or_path).save_pretrained(output_dir)
+        weights_bytes = final["model_bytes"] = (output_dir / "model.safetensors").stat().st_size
+    else:
+        weights_bytes = final["adapter_bytes"] = (output_dir / ADAPTER_FILE).stat().st_size
     (output_dir / "all_results.json").write_text(json.dumps(final, indent=2))
     dataset = args.dataset_name or (Path(args.train_dir).name if args.train_dir else args.task or DIGITS_NAME)
     hyperparameters = {
         k: getattr(args, k)
         for k in (
             "method",
-            "inner_dim",
             "learning_rate",
-            "adapter_lr_scale",
             "weight_decay",
             "lr_scheduler_type",
             "num_warmup_steps",
@@ -460,6 +453,10 @@ def _write_outputs(model, args: argparse.Namespace, output_dir: Path, final: dic
         )
     }
     hyperparameters["num_processes"] = final["num_processes"]
+    if not whole_model:
+        hyperparameters["adapter_lr_scale"] = args.adapter_lr_scale
+    if args.method in ("mona", "adapter", "adaptformer"):
+        hyperparameters["inner_dim"] = args.inner_dim
     if args.method.startswith("vpt_"):
         hyperparameters["num_prompts"] = args.num_prompts
     if args.mimi_target is not None:
@@ -473,15 +470,16 @@ def _write_outputs(model, args: argparse.Namespace, output_dir: Path, final: dic
         hyperparameters=hyperparameters,
         trainable_params=trainable,
         total_params=total,
-        adapter_bytes=final["adapter_bytes"],
+        adapter_bytes=weights_bytes,
         repo_id=args.hub_model_id,
         num_labels=model.config.num_labels if hasattr(model, "config") else None,
+        whole_model=whole_model,
     )
     if args.push_to_hub:
-        from .hub import push_adapter_to_hub
+        from .hub import push_to_hub
 
         repo_id = args.hub_model_id or output_dir.name
-        url = push_adapter_to_hub(output_dir, repo_id, token=args.hub_token)
+        url = push_to_hub(output_dir, repo_id, token=args.hub_token)
         print(f"Pushed to {url}")
 
 

@@ -426,8 +426,3 @@ def test_training_script_with_a_full_model_baseline_saves_and_resumes(saved_swin
     again = tf.AutoModelForImageClassification.from_pretrained(resumed)
     for name, p in trained.named_parameters():
         torch.testing.assert_close(again.state_dict()[name], p, rtol=1e-5, atol=1e-6)
-
-
-def test_push_to_hub_is_refused_for_full_model_methods(saved_swin, tmp_path):
-    with pytest.raises(SystemExit, match="--push_to_hub uploads adapters, and --method full saves a whole model"):
-        _run(saved_swin, tmp_path, "full", "--push_to_hub")

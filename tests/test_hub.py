@@ -18,7 +18,7 @@ from transformers import SwinConfig, SwinForImageClassification
 
 import mona_peft
 from mona_peft import model_card
-from mona_peft.hub import push_adapter_to_hub
+from mona_peft.hub import push_to_hub
 from mona_peft.model_card import render_model_card, write_model_card
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -203,7 +203,7 @@ def test_push_to_hub_and_load_in_fresh_process(hub, tmp_path):
         },
     )
 
-    url = push_adapter_to_hub(folder, repo_id, token=TOKEN, private=True)
+    url = push_to_hub(folder, repo_id, token=TOKEN, private=True)
 
     head = hub.state.repos[("model", repo_id)].refs["main"]
     assert url == f"{hub.url}/{repo_id}/commit/{head}"
@@ -244,16 +244,76 @@ def test_push_to_hub_and_load_in_fresh_process(hub, tmp_path):
     assert hub.state.unhandled == []
 
 
+WHOLE_MODEL_LOAD_SCRIPT = """
+import sys
+import torch
+from transformers import AutoModelForImageClassification
+
+repo_id, out = sys.argv[1:3]
+model = AutoModelForImageClassification.from_pretrained(repo_id).eval()
+x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1234))
+with torch.no_grad():
+    torch.save(model(pixel_values=x).logits, out)
+"""
+
+
+def test_whole_model_baseline_is_pushed_with_its_card_and_loads_without_peft(hub, tmp_path):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, ViTImageProcessor
+
+    from mona_peft.training import main
+
+    base = tmp_path / "base"
+    tiny_swin().save_pretrained(base)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(base)
+    repo_id, out = f"{USER}/bitfit-digits", tmp_path / "out"
+    main(
+        [
+            "--model_name_or_path", str(base), "--output_dir", str(out), "--method", "bitfit", "--report_to", "none",
+            "--per_device_train_batch_size", "16", "--max_train_steps", "1", "--learning_rate", "0.05",
+            "--push_to_hub", "--hub_model_id", repo_id, "--hub_token", TOKEN,
+        ]
+    )  # fmt: skip
+
+    files = hub.files(repo_id)
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "all_results.json"} <= set(
+        files
+    )
+    assert not any(name.startswith(("checkpoint", "adapter_")) or name == "run_args.json" for name in files)
+    meta = metadata_load(HfApi(endpoint=hub.url, token=TOKEN).hf_hub_download(repo_id, "README.md"))
+    assert meta["library_name"] == "transformers" and "peft" not in meta["tags"]
+    assert {"bitfit", "transformers", "mona_peft", "image-classification"} <= set(meta["tags"])
+    assert meta["model-index"][0]["results"][0]["metrics"][0]["type"] == "accuracy"
+    card = files["README.md"].decode()
+    assert "BitFit" in card and "PeftModel" not in card and "import mona_peft" not in card
+
+    # A fresh process with transformers alone gets the trained model's logits (and its image processor).
+    trained = AutoModelForImageClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        expected = trained(pixel_values=fixed_input()).logits
+    assert AutoImageProcessor.from_pretrained(out).size == {"height": 32, "width": 32}
+    result = subprocess.run(
+        [sys.executable, "-c", WHOLE_MODEL_LOAD_SCRIPT, repo_id, str(tmp_path / "logits.pt")],
+        env=child_env(hub, tmp_path, token=TOKEN),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, atol=1e-6, rtol=0)
+    assert hub.state.unhandled == []
+
+
 def test_push_again_to_a_branch(hub, tmp_path):
     folder = tmp_path / "adapter"
     get_peft_model(tiny_swin(), mona_peft.MonaConfig(modules_to_save=["classifier"])).save_pretrained(folder)
     write_model_card(folder, **{**CARD_ARGS, "repo_id": f"{USER}/branchy"})
-    first = push_adapter_to_hub(folder, "branchy", token=TOKEN)  # namespace from the token, as on the Hub
+    first = push_to_hub(folder, "branchy", token=TOKEN)  # namespace from the token, as on the Hub
     repo = hub.state.repos[("model", f"{USER}/branchy")]
     assert first.endswith(repo.refs["main"])
 
     (folder / "all_results.json").write_text(json.dumps({"eval_top1": 0.5}))
-    second = push_adapter_to_hub(folder, f"{USER}/branchy", token=TOKEN, revision="experiment", commit_message="v2")
+    second = push_to_hub(folder, f"{USER}/branchy", token=TOKEN, revision="experiment", commit_message="v2")
     assert second.endswith(repo.refs["experiment"]) and repo.refs["experiment"] != repo.refs["main"]
     assert "all_results.json" in hub.files(f"{USER}/branchy", "experiment")
     assert "all_results.json" not in hub.files(f"{USER}/branchy", "main")
@@ -264,13 +324,17 @@ def test_push_without_adapter_files_names_them(hub, tmp_path):
     folder = tmp_path / "not_an_adapter"
     folder.mkdir()
     (folder / "README.md").write_text("# card\n")
-    with pytest.raises(FileNotFoundError, match="adapter_config.json and adapter_model.safetensors"):
-        push_adapter_to_hub(folder, f"{USER}/x", token=TOKEN)
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"adapter_config.json and adapter_model.safetensors\) nor a saved "
+        r"model \(missing config.json and model.safetensors",
+    ):
+        push_to_hub(folder, f"{USER}/x", token=TOKEN)
     (folder / "adapter_config.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match="missing adapter_model.safetensors"):
-        push_adapter_to_hub(folder, f"{USER}/x", token=TOKEN)
+    with pytest.raises(FileNotFoundError, match=r"adapter \(missing adapter_model.safetensors\)"):
+        push_to_hub(folder, f"{USER}/x", token=TOKEN)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        push_adapter_to_hub(tmp_path / "missing", f"{USER}/x", token=TOKEN)
+        push_to_hub(tmp_path / "missing", f"{USER}/x", token=TOKEN)
     assert hub.state.requests == []  # nothing was sent
 
 
