@@ -95,6 +95,21 @@ def child_env(hub: HubServer, tmp_path: Path, token: str | None) -> dict[str, st
     return env
 
 
+def logits_in_fresh_process(hub: HubServer, tmp_path: Path, script: str, *args: str) -> torch.Tensor:
+    """Run ``script`` (it saves logits to its last argument) in a new Python that talks to the test Hub."""
+    out = tmp_path / "child_logits.pt"
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args, str(out)],
+        env=child_env(hub, tmp_path, token=TOKEN),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(out)
+
+
 # ------------------------------------------------------------------------------------------------ model card
 
 
@@ -228,17 +243,8 @@ def test_push_to_hub_and_load_in_fresh_process(hub, tmp_path):
     assert not HfApi(endpoint=hub.url, token=False).file_exists(repo_id, "adapter_config.json")  # private
 
     # A fresh process that only knows HF_ENDPOINT and the token loads the adapter from the Hub.
-    out = tmp_path / "child_logits.pt"
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_SCRIPT, str(tmp_path / "base"), repo_id, str(out)],
-        env=child_env(hub, tmp_path, token=TOKEN),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    torch.testing.assert_close(torch.load(out), logits, atol=1e-6, rtol=0)
+    child_logits = logits_in_fresh_process(hub, tmp_path, LOAD_SCRIPT, str(tmp_path / "base"), repo_id)
+    torch.testing.assert_close(child_logits, logits, atol=1e-6, rtol=0)
     downloads = [path for method, path in hub.state.requests if method == "GET" and "/resolve/" in path]
     assert f"/{repo_id}/resolve/main/adapter_model.safetensors" in downloads
     assert hub.state.unhandled == []
@@ -291,16 +297,8 @@ def test_whole_model_baseline_is_pushed_with_its_card_and_loads_without_peft(hub
     with torch.no_grad():
         expected = trained(pixel_values=fixed_input()).logits
     assert AutoImageProcessor.from_pretrained(out).size == {"height": 32, "width": 32}
-    result = subprocess.run(
-        [sys.executable, "-c", WHOLE_MODEL_LOAD_SCRIPT, repo_id, str(tmp_path / "logits.pt")],
-        env=child_env(hub, tmp_path, token=TOKEN),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, atol=1e-6, rtol=0)
+    child_logits = logits_in_fresh_process(hub, tmp_path, WHOLE_MODEL_LOAD_SCRIPT, repo_id)
+    torch.testing.assert_close(child_logits, expected, atol=1e-6, rtol=0)
     assert hub.state.unhandled == []
 
 
