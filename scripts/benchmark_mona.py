@@ -36,6 +36,7 @@ from mona_peft.benchmarking.timing import (
     timed_pair,
     training_peak_bytes,
 )
+from mona_peft.methods import adamw
 from mona_peft.mona import MultiCognitiveFilter
 
 
@@ -118,7 +119,7 @@ def main() -> None:
 
     # 2. Training step with every filter fused vs unfused (the same optimizer for both).
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def mona_step(fused: bool) -> Callable[[], None]:
         def run() -> None:
@@ -132,7 +133,7 @@ def main() -> None:
 
     # 4. Context: Mona-tuned (fused) training step vs full fine-tuning of the plain copy.
     plain.train()
-    full_optimizer = torch.optim.AdamW(plain.parameters(), lr=1e-4)
+    full_optimizer = adamw(plain.parameters(), lr=1e-4)
     variants = {"mona": mona_step(True), "full": lambda: train_step(plain, full_optimizer, x, y)}
     times = timed_pair(variants, args.warmup, args.repeats, sync)
     results["train_step_mona_vs_full_finetune"] = summarize(times, "mona", "full")
