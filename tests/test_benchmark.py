@@ -137,6 +137,15 @@ def test_quick_benchmark_writes_rows_report_and_plot(tmp_path):
     assert "| mona |" in report and "Chosen learning rates" in report
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # Resumed with one more rate: only its runs run, and the report accounts for both invocations.
+    argv = ["--quick", "--output_dir", str(tmp_path), "--work_dir", str(tmp_path / "work"), "--no_plot"]
+    again = main([*argv, "--lr_grid", "0.003", "0.01", "0.03"])
+    assert [row for row in again["lr_search_rows"] if row["lr"] != 0.03] == results["lr_search_rows"]
+    assert [i["runs"] for i in again["invocations"]] == [4, 2]  # 2 methods x 2 rates, then 2 methods x 1 rate
+    assert again["wall_time_s"] == pytest.approx(sum(i["wall_time_s"] for i in again["invocations"]), abs=0.2)
+    assert "over 2 invocations on the same work dir" in (tmp_path / "results.md").read_text()
+    assert main(argv + ["--lr_grid", "0.003", "0.01", "0.03"])["invocations"] == again["invocations"]  # ran nothing
+
 
 def test_learning_rate_is_chosen_on_the_mean_over_seeds_not_the_best_seed():
     from mona_peft.benchmarking.runner import BenchmarkConfig, choose_learning_rates

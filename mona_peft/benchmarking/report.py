@@ -104,7 +104,8 @@ def markdown(results: dict) -> str:
     schedules = "; ".join(
         f"{t}: {s['epochs']} epochs, batch {s['batch_size']}" for t, s in results["schedules"].items()
     )
-    busy = env.get("cpu_share_used_elsewhere") or {}
+    # resumed runs give the contention of each invocation instead
+    busy = (env.get("cpu_share_used_elsewhere") or {}) if len(results.get("invocations") or []) <= 1 else {}
     lines += [
         "",
         f"Schedules (every method alike): {schedules}; AdamW, weight decay {config['weight_decay']}, gradient clipping "
@@ -119,7 +120,8 @@ def markdown(results: dict) -> str:
         f"model reloaded from its files vs the bare pretrained backbone, batch {config['latency_batch']} of test "
         f"images, {config['latency_repeats']} interleaved repetitions, ratio of medians.",
         "",
-        f"Command: `{results['command']}`; wall time {results['wall_time_s']:.0f} s on {env['device_name']} "
+        f"Command: `{results['command']}`; wall time {results['wall_time_s']:.0f} s{_invocations(results)} on "
+        f"{env['device_name']} "
         f"({env['cpu_count']} CPUs), torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}, "
         f"git {env['git']}"
         + (
@@ -165,3 +167,17 @@ def plot(results: dict, path: str | Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _invocations(results: dict) -> str:
+    """How the wall time splits when the run was resumed (several invocations on one work dir)."""
+    invocations = results.get("invocations") or []
+    if len(invocations) <= 1:
+        return ""
+    parts = []
+    for invocation in invocations:
+        part = f"{invocation['wall_time_s']:.0f} s for {invocation['runs']} runs"
+        if busy := invocation.get("cpu_share_used_elsewhere"):
+            part += f" ({100 * busy['other_processes']:.0f}% of the CPU used elsewhere)"
+        parts.append(part)
+    return f" over {len(invocations)} invocations on the same work dir ({'; '.join(parts)})"

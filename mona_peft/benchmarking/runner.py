@@ -324,7 +324,9 @@ def run_benchmark(
     """Run the whole benchmark and write ``results.json``, ``results.md`` and ``results.png`` to ``output_dir``.
 
     Rows finished so far are appended to ``<work_dir>/rows.jsonl``; running again with the same ``work_dir``
-    skips them (resume after an interruption).
+    skips them (resume after an interruption, or a grid extended by more rates). Each invocation appends its wall
+    time, run count and CPU contention to ``<work_dir>/invocations.jsonl`` (when it ran anything); the report sums
+    them.
     """
     from . import report
 
@@ -341,8 +343,12 @@ def run_benchmark(
     started = time.perf_counter()
     cpu_start = cpu_snapshot()
 
+    runs_here = 0
+
     def execute(jobs: list[Job]) -> None:
+        nonlocal runs_here
         todo = sorted((job for job in jobs if job not in done), key=_cost_rank)
+        runs_here += len(todo)
         log(f"{len(todo)} runs ({len(jobs) - len(todo)} already done)")
         for row in run_jobs(todo, config, work_dir):
             job = Job(row["method"], row["task"], row["lr"], row["seed"])
@@ -370,6 +376,12 @@ def run_benchmark(
     wall = time.perf_counter() - started
     env["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     env["cpu_share_used_elsewhere"] = contention(cpu_start, own_children=True)
+    invocations_file = work_dir / "invocations.jsonl"
+    if runs_here:  # an invocation that only rewrites the report adds nothing to the history
+        with invocations_file.open("a") as handle:
+            record = {"command": command, "runs": runs_here, "wall_time_s": round(wall, 1)}
+            handle.write(json.dumps(record | {"cpu_share_used_elsewhere": env["cpu_share_used_elsewhere"]}) + "\n")
+    invocations = [json.loads(line) for line in invocations_file.read_text().splitlines()]
     results = {
         "command": command,
         "config": asdict(config) | {"work_dir": str(work_dir)},
@@ -382,7 +394,8 @@ def run_benchmark(
         "learning_rates": lrs,
         "rows": [done[job] for job in final_jobs],
         "lr_search_rows": [done[job] for job in search],
-        "wall_time_s": round(wall, 1),
+        "wall_time_s": round(sum(i["wall_time_s"] for i in invocations), 1),
+        "invocations": invocations,
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
