@@ -49,7 +49,7 @@ ALL_METHODS = [
     "mona",
 ]
 #: One learning-rate grid for every method, wide enough that each method's best rate lies inside it: full
-#: fine-tuning peaks at 1e-3 to 3e-3, and with 3e-2 as the top, five of the light methods chose that edge.
+#: fine-tuning peaks at 1e-3 to 3e-3, and with 3e-2 as the top, seven of the lighter methods chose that edge.
 LR_GRID = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 
 
