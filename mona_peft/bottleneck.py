@@ -114,12 +114,6 @@ class BottleneckLayer(nn.Module, WrappingLayer):
         self.down[adapter_name] = nn.Linear(in_features, inner_dim)
         self.up[adapter_name] = nn.Linear(inner_dim, out_features)
 
-    def _finish_update(self, adapter_name: str) -> None:
-        self._move_adapter_to_device_of_base_layer(adapter_name)
-        # New modules start in training mode; follow the wrapped module, so an eval-mode model runs no dropout.
-        self.train(self.base_layer.training)
-        self.set_adapter(self.active_adapters)
-
     def inner_dim(self, adapter_name: str) -> int:
         """The bottleneck width (hidden neurons) of ``adapter_name`` here."""
         return self.down[adapter_name].out_features
@@ -153,14 +147,6 @@ class BottleneckLayer(nn.Module, WrappingLayer):
             rows = torch.tensor([i for i, r in enumerate(routing) if r == adapter], device=x.device, dtype=torch.long)
             delta[rows] = self._bottleneck(adapter, x[rows]).to(like.dtype)
         return delta
-
-    def unload_and_optionally_merge_module(
-        self, merge: bool, safe_merge: bool, adapter_names: list[str] | None
-    ) -> nn.Module:
-        """Detach and return the wrapped module untouched (PEFT calls this from ``unload()``)."""
-        if merge:
-            self.merge(safe_merge, adapter_names)
-        return self.base_layer
 
     def __repr__(self) -> str:
         return f"{self.method}." + super().__repr__()

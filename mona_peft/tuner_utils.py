@@ -141,3 +141,22 @@ class WrappingLayer(BaseTunerLayer):
 
     def unmerge(self) -> None:
         raise NotImplementedError(f"{self.method_name} adapters are never merged, so there is nothing to unmerge.")
+
+    def _finish_update(self, adapter_name: str) -> None:
+        """After an adapter's modules are created: put them where the wrapped module lives and in its mode."""
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        # New modules start in training mode; follow the wrapped module, so an eval-mode model runs no dropout.
+        self.train(self.base_layer.training)
+        self.set_adapter(self.active_adapters)
+
+    def _remove_hooks(self) -> None:
+        """Remove the hooks this layer put on modules inside ``base_layer`` (none unless a subclass adds some)."""
+
+    def unload_and_optionally_merge_module(
+        self, merge: bool, safe_merge: bool, adapter_names: list[str] | None
+    ) -> nn.Module:
+        """Detach and return the wrapped module untouched (PEFT calls this from ``unload()``)."""
+        if merge:
+            self.merge(safe_merge, adapter_names)
+        self._remove_hooks()
+        return self.base_layer

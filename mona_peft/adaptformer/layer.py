@@ -76,11 +76,7 @@ class AdaptFormerLayer(BottleneckLayer):
             result = result + self._bottleneck(adapter, x).to(result.dtype)
         return result
 
-    def unload_and_optionally_merge_module(
-        self, merge: bool, safe_merge: bool, adapter_names: list[str] | None
-    ) -> nn.Module:
-        module = super().unload_and_optionally_merge_module(merge, safe_merge, adapter_names)
+    def _remove_hooks(self) -> None:
         if self._input_hook is not None:
             self._input_hook.remove()
             self._input_hook = None
-        return module

@@ -229,19 +229,10 @@ class MonaLayer(nn.Module, WrappingLayer):
             )
         self.mona_dropout[adapter_name] = nn.Dropout(config.dropout)
         self.mona_prefix_tokens[adapter_name] = config.prefix_tokens
-        self._move_adapter_to_device_of_base_layer(adapter_name)
-        # New modules start in training mode; follow the block, so adding Mona to an eval-mode model runs no dropout.
-        self.train(self.base_layer.training)
-        self.set_adapter(self.active_adapters)
+        self._finish_update(adapter_name)
 
-    def unload_and_optionally_merge_module(
-        self, merge: bool, safe_merge: bool, adapter_names: list[str] | None
-    ) -> nn.Module:
-        """Detach from the block and return it untouched (PEFT calls this from ``unload()``)."""
-        if merge:
-            self.merge(safe_merge, adapter_names)
+    def _remove_hooks(self) -> None:
         self._consumer_hook.remove()
-        return self.base_layer
 
     # -- forward ------------------------------------------------------------------------------------------
     def _adapters_to_apply(self) -> list[str]:

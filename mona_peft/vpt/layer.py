@@ -179,20 +179,12 @@ class VPTLayer(nn.Module, WrappingLayer):
         self.vpt_num_prompts[adapter_name] = config.num_prompts
         self.vpt_mode.setdefault(adapter_name, "off")
         self.vpt_handoff.setdefault(adapter_name, "keep")
-        self._move_adapter_to_device_of_base_layer(adapter_name)
-        self.train(self.base_layer.training)
-        self.set_adapter(self.active_adapters)
+        self._finish_update(adapter_name)
 
-    def unload_and_optionally_merge_module(
-        self, merge: bool, safe_merge: bool, adapter_names: list[str] | None
-    ) -> nn.Module:
-        """Detach from the block and return it untouched (PEFT calls this from ``unload()``)."""
-        if merge:
-            self.merge(safe_merge, adapter_names)
+    def _remove_hooks(self) -> None:
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
-        return self.base_layer
 
     # -- planning -----------------------------------------------------------------------------------------------
     def _plan(self, routing: list[str] | None) -> _Plan | None:
