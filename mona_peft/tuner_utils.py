@@ -128,6 +128,14 @@ class WrappingLayer(BaseTunerLayer):
     method_name: str = "These"
     merge_reason: str = "they are not a change of weights"
 
+    @staticmethod
+    def _block_width(block: nn.Module) -> int:
+        """Hidden width of a transformer block, read off its first LayerNorm."""
+        for module in block.modules():
+            if isinstance(module, nn.LayerNorm):
+                return module.normalized_shape[0]
+        raise ValueError(f"Cannot find the width of {type(block).__name__}: it has no LayerNorm.")
+
     def _get_base_layer_device_and_dtype(self, base_layer: nn.Module):
         # A block or an MLP has no `.weight`; its first parameter tells where it lives.
         parameter = next(base_layer.parameters(), None)

@@ -206,13 +206,6 @@ class MonaLayer(nn.Module, WrappingLayer):
         self.update_layer(adapter_name, config)
         self._active_adapter = adapter_name
 
-    @staticmethod
-    def _block_width(block: nn.Module) -> int:
-        for module in block.modules():
-            if isinstance(module, nn.LayerNorm):
-                return module.normalized_shape[0]
-        raise ValueError(f"Cannot find the width of {type(block).__name__}: it has no LayerNorm.")
-
     def update_layer(self, adapter_name: str, config: Any) -> None:
         """Create the two Monas of ``adapter_name``, each as wide as ``mona_inner_dim`` says (0: none at that site)."""
         from .config import mona_inner_dim

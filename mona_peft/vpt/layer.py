@@ -164,13 +164,6 @@ class VPTLayer(nn.Module, WrappingLayer):
         self.update_layer(adapter_name, config, own_prompts, bound)
         self._active_adapter = adapter_name
 
-    @staticmethod
-    def _block_width(block: nn.Module) -> int:
-        for module in block.modules():
-            if isinstance(module, nn.LayerNorm):
-                return module.normalized_shape[0]
-        raise ValueError(f"Cannot find the width of {type(block).__name__}: it has no LayerNorm.")
-
     def update_layer(self, adapter_name: str, config: Any, own_prompts: bool, bound: float) -> None:
         """Register ``adapter_name`` on this block; create its prompts if this block owns a set."""
         if own_prompts:
