@@ -418,18 +418,20 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if mimi is not None:
         final["mimi"] = mimi.summary()
     if accelerator.is_main_process:
-        _write_outputs(accelerator.unwrap_model(model), args, output_dir, final, trainable, total)
+        _write_outputs(accelerator.unwrap_model(model), processor, args, output_dir, final, trainable, total)
     accelerator.wait_for_everyone()
     return final
 
 
-def _write_outputs(model, args: argparse.Namespace, output_dir: Path, final: dict, trainable: int, total: int) -> None:
+def _write_outputs(
+    model, processor, args: argparse.Namespace, output_dir: Path, final: dict, trainable: int, total: int
+) -> None:
     from .model_card import write_model_card
 
     model.save_pretrained(output_dir)
     whole_model = args.method in FULL_MODEL_METHODS
     if whole_model:  # config.json + model.safetensors + the image processor: loads with transformers alone
-        AutoImageProcessor.from_pretrained(args.model_name_or_path).save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
         weights_bytes = final["model_bytes"] = (output_dir / "model.safetensors").stat().st_size
     else:
         weights_bytes = final["adapter_bytes"] = (output_dir / ADAPTER_FILE).stat().st_size
