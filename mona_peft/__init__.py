@@ -4,6 +4,12 @@
 (``PeftModel.from_pretrained``, ``PeftConfig.from_pretrained``, ``AutoPeftModel...``).
 """
 
+# isort: off
+# The method packages, in the order reports list their methods; importing one registers it (mona_peft.registration).
+# Adding a method: its own folder, plus its name here.
+from . import baselines, houlsby, adaptformer, vpt, mona  # noqa: F401
+
+# isort: on
 from .adaptformer import AdaptFormerConfig, AdaptFormerLayer, AdaptFormerModel
 from .architectures import (
     SUPPORTED_ARCHITECTURES,
@@ -13,10 +19,7 @@ from .architectures import (
 )
 from .houlsby import HoulsbyConfig, HoulsbyLayer, HoulsbyModel
 from .mona import MonaConfig, MonaLayer, MonaModel
-from .registration import register_all
 from .vpt import VPTConfig, VPTLayer, VPTModel
-
-register_all()
 
 __version__ = "0.1.0"
 

@@ -1,8 +1,9 @@
 """Model cards for image classifiers trained with mona_peft: PEFT adapters, and whole models of the baselines.
 
-``render_model_card(...)`` returns a Hub README (YAML metadata + Markdown body) rendered from the Jinja2 template
-``model_cards/image_classification.md`` at the repository root; ``write_model_card(output_dir, ...)`` writes it to
-``output_dir/README.md``, replacing the placeholder card PEFT's ``save_pretrained`` writes there.
+``render_model_card(...)`` returns a Hub README (YAML metadata + Markdown body) rendered from a Jinja2 template that
+ships inside the package (``mona_peft/card_templates/``); ``write_model_card(output_dir, ...)`` writes it to
+``output_dir/README.md``, replacing the placeholder card PEFT's ``save_pretrained`` writes there. The method's name and
+summary come from its declaration (:mod:`mona_peft.registration`).
 
 The metadata is built with ``huggingface_hub.ModelCardData`` (``library_name: peft``, or ``transformers`` for the
 whole models that ``full``/``linear``/``bitfit``/``partial1`` save, ``base_model``,
@@ -16,59 +17,19 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import os
-import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
+from .registration import methods
+
 TEMPLATE_NAME = "image_classification.md"
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+TEMPLATE_DIR = Path(__file__).resolve().parent / "card_templates"
 CARD_MARKER = "<!-- mona_peft model card"
 LIBRARY_TAG = "mona_peft"
 
 # metric key (lower case, "eval_" prefix removed) -> canonical key
 _TOP1_KEYS = ("top1", "top1_accuracy", "top_1_accuracy", "top-1", "accuracy", "acc", "acc1")
 _TOP5_KEYS = ("top5", "top5_accuracy", "top_5_accuracy", "top-5", "acc5")
-
-
-@dataclass(frozen=True)
-class MethodInfo:
-    display: str
-    summary: str
-
-
-METHODS: dict[str, MethodInfo] = {
-    "mona": MethodInfo(
-        "Mona",
-        "Mona (multi-cognitive visual adapter) adds a small adapter to every transformer block, on the residual "
-        "stream after attention and after the MLP: a scaled LayerNorm, a down projection, depthwise 3x3/5x5/7x7 "
-        "convolutions over the patch grid, GELU and an up projection.",
-    ),
-    "vpt": MethodInfo(
-        "VPT",
-        "VPT (visual prompt tuning) prepends learnable prompt tokens to the sequence of a frozen vision transformer.",
-    ),
-    "mimi": MethodInfo(
-        "MiMi",
-        "MiMi trains small bottleneck adapters in a frozen vision transformer and iteratively shrinks their width.",
-    ),
-    "adapter": MethodInfo(
-        "Houlsby adapter",
-        "Houlsby's bottleneck adapter (down projection, GELU, up projection, plus a skip) on the output of the "
-        "attention and of the MLP of every transformer block.",
-    ),
-    "adaptformer": MethodInfo(
-        "AdaptFormer",
-        "AdaptFormer adds a scaled bottleneck (down projection, ReLU, up projection) in parallel to the MLP of every "
-        "transformer block.",
-    ),
-    "lora": MethodInfo("LoRA", "LoRA adds trainable low-rank updates to the attention's query and value projections."),
-    "ln_tuning": MethodInfo("LayerNorm tuning", "LayerNorm tuning trains only the LayerNorms of the backbone."),
-    "full": MethodInfo("Full fine-tuning", "Full fine-tuning trains every parameter of the backbone and the head."),
-    "linear": MethodInfo("Linear probing", "Linear probing trains only the classification head on a frozen backbone."),
-    "bitfit": MethodInfo("BitFit", "BitFit trains only the bias terms of the backbone, and the head."),
-    "partial1": MethodInfo("Partial-1", "Partial-1 trains the last transformer block of the backbone and the head."),
-}
 
 
 def render_model_card(
@@ -91,7 +52,8 @@ def render_model_card(
     Args:
         base_model: Hub id (or local path) of the backbone the adapter was trained on. A local path is shown in the
             body but left out of the ``base_model`` metadata, which the Hub only accepts as a model id.
-        method: ``"mona"`` (later ``"vpt"``, ``"mimi"``); becomes a tag and the card's wording.
+        method: a declared ``--method`` name (``"mona"``, ``"vpt_deep"``, ...): a tag, and the card's wording from
+            its declaration (another name is shown as it is, with no summary).
         dataset: dataset name or Hub id; becomes a tag, ``datasets`` (when it is a valid id) and the model-index.
         metrics: e.g. ``{"top1": 0.93, "top5": 0.99}`` (``eval_`` prefixes and ``accuracy`` are understood). Top-1
             and top-5 accuracy go into the ``model-index``; every metric goes into the results table.
@@ -109,48 +71,18 @@ def render_model_card(
             f"Need 0 <= trainable_params <= total_params and total_params > 0, got {trainable_params=}, "
             f"{total_params=}."
         )
-    from huggingface_hub import EvalResult, ModelCardData
-
     method_key = method.lower()
-    info = METHODS.get(method_key, MethodInfo(method, ""))
-    base_is_id = _is_hub_id(base_model)
-    dataset_is_id = _is_hub_id(dataset)
+    spec = methods().get(method_key)
+    info = {"display": spec.display_name, "summary": spec.summary} if spec else {"display": method, "summary": ""}
     model_name = repo_id.split("/")[-1] if repo_id else f"{method_key}-{_short_name(base_model)}-{_short_name(dataset)}"
-
-    dataset_label = dataset if dataset_is_id else _short_name(dataset)  # no local paths in the metadata
-    library = "transformers" if whole_model else "peft"
-    tags = _unique([method_key, library, "image-classification", dataset_label, LIBRARY_TAG, *(extra_tags or [])])
-    accuracy = _accuracy_metrics(metrics)
-    eval_results = [
-        EvalResult(
-            task_type="image-classification",
-            task_name="Image Classification",
-            dataset_type=dataset_label,
-            dataset_name=dataset_label,
-            metric_type=metric_type,
-            metric_name=metric_name,
-            metric_value=value,
-            metric_args=args,
-        )
-        for metric_type, metric_name, value, args in accuracy
-    ]
-    card_data = ModelCardData(
-        library_name=library,
-        base_model=base_model if base_is_id else None,
-        pipeline_tag="image-classification",
-        tags=tags,
-        datasets=[dataset] if dataset_is_id else None,
-        model_name=model_name if eval_results else None,
-        eval_results=eval_results or None,
-    )
-
+    card_data = _card_data(base_model, method_key, dataset, metrics, model_name, extra_tags, whole_model)
     context = {
         "card_data": card_data.to_yaml(),
         "whole_model": whole_model,
         "model_name": model_name,
         "method": info,
         "base_model": base_model,
-        "base_model_is_hub_id": base_is_id,
+        "base_model_is_hub_id": _is_hub_id(base_model),
         "dataset": dataset,
         "num_labels": num_labels,
         "adapter_ref": repo_id or f"path/to/this/{'model' if whole_model else 'adapter'}",
@@ -164,6 +96,46 @@ def render_model_card(
         "versions": _framework_versions(),
     }
     return _render_template(context)
+
+
+def _card_data(
+    base_model: str,
+    method: str,
+    dataset: str,
+    metrics: Mapping[str, float],
+    model_name: str,
+    extra_tags: list[str] | None,
+    whole_model: bool,
+):
+    """The card's metadata: library, base model (a Hub id only), pipeline tag, tags, and top-1/top-5 results."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset_is_id = _is_hub_id(dataset)
+    dataset_label = dataset if dataset_is_id else _short_name(dataset)  # no local paths in the metadata
+    library = "transformers" if whole_model else "peft"
+    tags = _unique([method, library, "image-classification", dataset_label, LIBRARY_TAG, *(extra_tags or [])])
+    eval_results = [
+        EvalResult(
+            task_type="image-classification",
+            task_name="Image Classification",
+            dataset_type=dataset_label,
+            dataset_name=dataset_label,
+            metric_type=metric_type,
+            metric_name=metric_name,
+            metric_value=value,
+            metric_args=args,
+        )
+        for metric_type, metric_name, value, args in _accuracy_metrics(metrics)
+    ]
+    return ModelCardData(
+        library_name=library,
+        base_model=base_model if _is_hub_id(base_model) else None,
+        pipeline_tag="image-classification",
+        tags=tags,
+        datasets=[dataset] if dataset_is_id else None,
+        model_name=model_name if eval_results else None,
+        eval_results=eval_results or None,
+    )
 
 
 def write_model_card(output_dir: str | os.PathLike, **kwargs) -> Path:
@@ -183,13 +155,10 @@ def is_mona_peft_card(text: str) -> bool:
 
 
 def _render_template(context: dict) -> str:
-    try:
-        import jinja2
-    except ImportError as err:  # pragma: no cover - jinja2 comes with the test extras / transformers chat templates
-        raise ImportError("Rendering model cards needs jinja2: pip install jinja2") from err
+    import jinja2
 
-    template_path = TEMPLATE_DIR / TEMPLATE_NAME
     env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -197,55 +166,7 @@ def _render_template(context: dict) -> str:
         autoescape=False,  # Markdown, not HTML
     )
     env.filters["md_cell"] = _md_cell
-    if template_path.is_file():
-        source = template_path.read_text(encoding="utf-8")
-    else:
-        warnings.warn(
-            f"Model card template {template_path} not found (model_cards/ sits at the root of the mona_peft "
-            "repository and is not part of a wheel install); using the minimal built-in card instead.",
-            stacklevel=3,
-        )
-        source = _FALLBACK_TEMPLATE
-    return env.from_string(source).render(**context)
-
-
-_FALLBACK_TEMPLATE = """---
-{{ card_data }}
----
-
-<!-- mona_peft model card: built-in fallback (model_cards/image_classification.md was not found) -->
-
-# {{ model_name }}
-
-{% if whole_model %}
-An image classifier of {{ dataset }}, `{{ base_model }}` fine-tuned with {{ method.display }}.
-
-```python
-from transformers import AutoModelForImageClassification
-
-model = AutoModelForImageClassification.from_pretrained("{{ adapter_ref }}")
-```
-{% else %}
-A {{ method.display }} adapter for image classification of {{ dataset }}, on top of `{{ base_model }}`.
-
-```python
-import mona_peft  # registers {{ method.display }} with PEFT: import it first
-from peft import PeftModel
-from transformers import AutoModelForImageClassification
-
-base = AutoModelForImageClassification.from_pretrained("{{ base_model }}"\
-{% if num_labels %}, num_labels={{ num_labels }}, ignore_mismatched_sizes=True{% endif %})
-model = PeftModel.from_pretrained(base, "{{ adapter_ref }}")
-```
-{% endif %}
-
-Trainable parameters: {{ "{:,}".format(trainable_params) }} of {{ "{:,}".format(total_params) }} \
-({{ trainable_percent }} %){% if adapter_size %}; weights file {{ adapter_size }}{% endif %}.
-
-{% for name, value in results %}
-- {{ name }}: {{ value }}
-{% endfor %}
-"""
+    return env.get_template(TEMPLATE_NAME).render(**context)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

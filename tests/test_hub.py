@@ -167,16 +167,6 @@ def test_model_card_local_base_model_and_top1_only(tmp_path):
         render_model_card(**{**CARD_ARGS, "trainable_params": 10, "total_params": 5})
 
 
-def test_model_card_template_missing_falls_back_with_warning(tmp_path, monkeypatch):
-    assert (REPO_ROOT / "model_cards" / "image_classification.md").is_file()
-    monkeypatch.setattr(model_card, "TEMPLATE_DIR", tmp_path / "nowhere")
-    with pytest.warns(UserWarning, match="template .* not found"):
-        text = render_model_card(**CARD_ARGS)
-    data = ModelCard(text).data
-    assert data.library_name == "peft" and "mona" in data.tags and len(data.eval_results) == 2
-    assert model_card.is_mona_peft_card(text) and "import mona_peft" in text
-
-
 # ------------------------------------------------------------------------------------------------- push + load
 
 

@@ -539,7 +539,7 @@ def test_mixed_adapter_batch_matches_each_adapter_alone(arch, tiny_model, tiny_p
 def test_training_methods(tiny_vit):
     assert {"vpt_shallow", "vpt_deep"} <= set(METHODS)
     shallow = build_method(tiny_vit(), "vpt_shallow", ["classifier"], num_prompts=5)
-    deep = build_method(tiny_vit(), "vpt_deep", ["classifier"], num_prompts=5, inner_dim=64)
+    deep = build_method(tiny_vit(), "vpt_deep", ["classifier"], num_prompts=5)
     for model, deep_flag in ((shallow, False), (deep, True)):
         config = model.peft_config["default"]
         assert isinstance(config, VPTConfig) and config.deep is deep_flag and config.num_prompts == 5

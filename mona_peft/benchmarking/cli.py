@@ -6,7 +6,8 @@ import argparse
 import shlex
 import sys
 
-from .runner import ALL_METHODS, LR_GRID, BenchmarkConfig, run_benchmark
+from ..registration import methods
+from .runner import LR_GRID, BenchmarkConfig, run_benchmark
 from .tasks import TASKS
 
 QUICK = {"methods": ["linear", "mona"], "tasks": ["digits-fewshot"], "seeds": [0], "lr_grid": [3e-3, 1e-2]}
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--output_dir", default="benchmarks", help="Where results.json/.md/.png (or speed.json) go.")
     add("--quick", action="store_true", help="Smoke run: linear and mona, digits-fewshot, 1 seed, 2 steps.")
     add("--speed", action="store_true", help="Swin-T 224x224 step time, peak memory and latency ratios instead.")
-    add("--methods", nargs="+", default=None, help=f"Default: all ({' '.join(ALL_METHODS)}).")
+    add("--methods", nargs="+", default=None, help=f"Default: all ({' '.join(methods())}).")
     add("--tasks", nargs="+", default=None, choices=sorted(TASKS), help="Default: all.")
     add("--seeds", nargs="+", type=int, default=None, help="Training seeds (default 0 1 2).")
     grid = " ".join(map(str, LR_GRID))
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
         from .speed import SpeedConfig, run_speed
 
         config = SpeedConfig(
-            methods=args.methods or list(ALL_METHODS),
+            methods=args.methods or list(methods()),
             batch_size=args.batch_size,
             repeats=args.repeats,
             warmup=args.warmup,
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
         return run_speed(config, output, command)
     defaults = dict(QUICK) if args.quick else {}
     config = BenchmarkConfig(
-        methods=args.methods or defaults.get("methods", list(ALL_METHODS)),
+        methods=args.methods or defaults.get("methods", list(methods())),
         tasks=args.tasks or defaults.get("tasks", list(TASKS)),
         seeds=args.seeds or defaults.get("seeds", [0, 1, 2]),
         lr_grid=args.lr_grid or defaults.get("lr_grid", list(LR_GRID)),

@@ -1,6 +1,6 @@
 """The downstream benchmark: every method x task x seed on the shipped pretrained backbone, one recipe for all.
 
-Each run is one call of the training script's library function (:func:`mona_peft.training.main`, ``--task``) with
+Each run is one call of the training core (:func:`mona_peft.training.train` with a ``RunConfig`` of ``task=...``) with
 the task's fixed schedule (epochs, batch size, 10 % linear warm-up then cosine, AdamW, weight decay 0.05, gradient
 clipping 5, the same learning rate for the head and the method's parameters). Every method runs every value of one
 learning-rate grid with every seed; per method and task the rate with the best mean validation top-1 over the seeds
@@ -31,23 +31,11 @@ from pathlib import Path
 
 import torch
 
-from .tasks import TASKS, load_task
+from ..registration import get_method, methods
+from ..training import RunConfig, train
+from .tasks import TASKS, load_task  # TEMPORARY until mona_peft.data exports them
 from .timing import PeakRSS, contention, cpu_snapshot, environment, model_state_bytes, summarize, timed_pair
 
-#: Every method of the training script, in the order the report lists them.
-ALL_METHODS = [
-    "full",
-    "linear",
-    "bitfit",
-    "ln_tuning",
-    "partial1",
-    "adapter",
-    "lora",
-    "adaptformer",
-    "vpt_shallow",
-    "vpt_deep",
-    "mona",
-]
 #: One learning-rate grid for every method, wide enough that each method's best rate lies inside it: full
 #: fine-tuning peaks at 1e-3 to 3e-3, and with 3e-2 as the top, seven of the lighter methods chose that edge.
 LR_GRID = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
@@ -64,7 +52,7 @@ PEAK_MEMORY_DEFINITION = (
 class BenchmarkConfig:
     """What to run. ``max_train_steps`` (quick runs) overrides the tasks' epochs."""
 
-    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
+    methods: list[str] = field(default_factory=lambda: list(methods()))
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     lr_grid: list[float] = field(default_factory=lambda: list(LR_GRID))
@@ -82,11 +70,9 @@ class BenchmarkConfig:
     work_dir: str | None = None
 
     def __post_init__(self) -> None:
-        from ..methods import METHODS
-
-        unknown = [m for m in self.methods if m not in METHODS] + [t for t in self.tasks if t not in TASKS]
+        unknown = [m for m in self.methods if m not in methods()] + [t for t in self.tasks if t not in TASKS]
         if unknown:
-            raise ValueError(f"Unknown methods or tasks {unknown}; methods: {sorted(METHODS)}, tasks: {list(TASKS)}.")
+            raise ValueError(f"Unknown methods or tasks {unknown}; methods: {sorted(methods())}, tasks: {list(TASKS)}.")
         if not self.seeds or not self.lr_grid:
             raise ValueError("Need at least one seed and one learning rate.")
 
@@ -108,35 +94,33 @@ def _backbone_path(config: BenchmarkConfig) -> str:
     return str(backbone_path(config.backbone))
 
 
-def training_argv(job: Job, config: BenchmarkConfig, output_dir: Path) -> list[str]:
-    """The training script's flags for ``job`` (the same recipe for every method)."""
+def training_config(job: Job, config: BenchmarkConfig, output_dir: Path) -> RunConfig:
+    """The training run of ``job`` (the same recipe for every method)."""
     task = TASKS[job.task]
     train_size = len(load_task(job.task, config.task_seed)["train"])
     steps = config.max_train_steps or task.epochs * math.ceil(train_size / task.batch_size)
-    argv = [
-        "--model_name_or_path", _backbone_path(config),
-        "--task", job.task,
-        "--task_seed", str(config.task_seed),
-        "--method", job.method,
-        "--output_dir", str(output_dir),
-        "--overwrite_output_dir",
-        "--report_to", "none",
-        "--checkpointing_steps", "no",
-        "--eval_strategy", "end",
-        "--num_train_epochs", str(task.epochs),
-        "--per_device_train_batch_size", str(task.batch_size),
-        "--per_device_eval_batch_size", "100",
-        "--learning_rate", repr(job.lr),
-        "--adapter_lr_scale", "1",
-        "--weight_decay", repr(config.weight_decay),
-        "--max_grad_norm", repr(config.max_grad_norm),
-        "--lr_scheduler_type", "cosine",
-        "--num_warmup_steps", str(max(1, round(config.warmup_fraction * steps))),
-        "--seed", str(job.seed),
-    ]  # fmt: skip
-    if config.max_train_steps:
-        argv += ["--max_train_steps", str(config.max_train_steps)]
-    return argv
+    return RunConfig(
+        model_name_or_path=_backbone_path(config),
+        task=job.task,
+        task_seed=config.task_seed,
+        method=job.method,
+        output_dir=str(output_dir),
+        overwrite_output_dir=True,
+        report_to="none",
+        checkpointing_steps="no",
+        eval_strategy="end",
+        num_train_epochs=task.epochs,
+        max_train_steps=config.max_train_steps,
+        per_device_train_batch_size=task.batch_size,
+        per_device_eval_batch_size=100,
+        learning_rate=job.lr,
+        adapter_lr_scale=1.0,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        lr_scheduler_type="cosine",
+        num_warmup_steps=max(1, round(config.warmup_fraction * steps)),
+        seed=job.seed,
+    )
 
 
 def _reload(job: Job, output_dir: Path, backbone: str, num_labels: int) -> torch.nn.Module:
@@ -144,9 +128,9 @@ def _reload(job: Job, output_dir: Path, backbone: str, num_labels: int) -> torch
     from peft import PeftModel
     from transformers import AutoModelForImageClassification
 
-    from ..methods import FULL_MODEL_METHODS, build_method
+    from ..methods import build_method
 
-    if job.method in FULL_MODEL_METHODS:
+    if get_method(job.method).saves_whole_model:
         model = AutoModelForImageClassification.from_pretrained(output_dir)
         return build_method(model, job.method, ["classifier"])
     base = AutoModelForImageClassification.from_pretrained(
@@ -167,58 +151,18 @@ def _pixel_batch(task: str, config: BenchmarkConfig, size: int, split: str = "te
 
 
 def run_job(job: Job, config: BenchmarkConfig, work_dir: Path) -> dict:
-    """Train ``job`` with the training script, then measure the trained model; returns the result row."""
-    from transformers import AutoModelForImageClassification
-
-    from ..methods import FULL_MODEL_METHODS, adamw, save_trainable
-    from ..training import main as train_main
+    """Train ``job`` with the training core, then measure the trained model; returns the result row."""
+    from ..methods import save_trainable
 
     started = time.perf_counter()
     output_dir = work_dir / job.task / job.method / f"lr{job.lr:g}" / f"seed{job.seed}"
-    final = train_main(training_argv(job, config, output_dir))
-    backbone = _backbone_path(config)
-    num_labels = _num_labels(job.task, config)
-    model = _reload(job, output_dir, backbone, num_labels)
-
-    if job.method in FULL_MODEL_METHODS:  # what a checkpoint of this method holds: its trained tensors only
+    final = train(training_config(job, config, output_dir))
+    model = _reload(job, output_dir, _backbone_path(config), _num_labels(job.task, config))
+    if get_method(job.method).saves_whole_model:  # what a checkpoint of this method holds: its trained tensors only
         adapter_file = save_trainable(model, output_dir / "trainable")
     else:
         adapter_file = output_dir / "adapter_model.safetensors"
-
-    # Inference latency: the trained model vs the bare pretrained backbone (same head size), same batch, interleaved.
-    bare = AutoModelForImageClassification.from_pretrained(
-        backbone, num_labels=num_labels, ignore_mismatched_sizes=True
-    )
-    pixels, labels = _pixel_batch(job.task, config, config.latency_batch)
-    model.eval()
-    bare.eval()
-
-    def infer(net: torch.nn.Module):
-        def run() -> None:
-            with torch.no_grad():
-                net(pixel_values=pixels)
-
-        return run
-
-    times = timed_pair({"method": infer(model), "bare": infer(bare)}, config.latency_warmup, config.latency_repeats)
-    latency = summarize(times, "method", "bare")
-
-    # Peak training memory of one step at the task's batch size (weights + AdamW state + the step's peak RSS rise).
-    train_pixels, train_labels = _pixel_batch(job.task, config, TASKS[job.task].batch_size, split="train")
-    model.train()
-    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-
-    def step() -> None:
-        model(pixel_values=train_pixels, labels=train_labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    del bare
-    step()
-    with PeakRSS() as peak:
-        step()
-    peak_bytes = None if peak.bytes is None else model_state_bytes(model, optimizer) + peak.bytes
-
+    latency = inference_latency(model, job, config)
     trainable, total = final["trainable_params"], final["total_params"]
     row = {
         "method": job.method,
@@ -232,7 +176,7 @@ def run_job(job: Job, config: BenchmarkConfig, work_dir: Path) -> dict:
         "trainable_percent": 100.0 * trainable / total,
         "adapter_bytes": adapter_file.stat().st_size,
         "train_images_per_s": final["train_samples_per_second"],
-        "peak_memory_bytes": peak_bytes,
+        "peak_memory_bytes": training_peak_memory(model, job, config),
         "infer_latency_ratio": latency["ratio"],
         "infer_latency_ms": latency["method_median_ms"],
         "bare_latency_ms": latency["bare_median_ms"],
@@ -242,6 +186,47 @@ def run_job(job: Job, config: BenchmarkConfig, work_dir: Path) -> dict:
     }
     shutil.rmtree(output_dir, ignore_errors=True)
     return row
+
+
+def inference_latency(model: torch.nn.Module, job: Job, config: BenchmarkConfig) -> dict[str, float]:
+    """The trained model vs the bare pretrained backbone (same head size): same batch, interleaved, eval mode."""
+    from transformers import AutoModelForImageClassification
+
+    bare = AutoModelForImageClassification.from_pretrained(
+        _backbone_path(config), num_labels=_num_labels(job.task, config), ignore_mismatched_sizes=True
+    )
+    pixels, _ = _pixel_batch(job.task, config, config.latency_batch)
+    model.eval()
+    bare.eval()
+
+    def infer(net: torch.nn.Module):
+        def run() -> None:
+            with torch.no_grad():
+                net(pixel_values=pixels)
+
+        return run
+
+    times = timed_pair({"method": infer(model), "bare": infer(bare)}, config.latency_warmup, config.latency_repeats)
+    return summarize(times, "method", "bare")
+
+
+def training_peak_memory(model: torch.nn.Module, job: Job, config: BenchmarkConfig) -> int | None:
+    """Peak memory of one training step at the task's batch size: weights + AdamW state + the step's peak RSS rise."""
+    from ..methods import adamw
+
+    pixels, labels = _pixel_batch(job.task, config, TASKS[job.task].batch_size, split="train")
+    model.train()
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+
+    def step() -> None:
+        model(pixel_values=pixels, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+    with PeakRSS() as peak:
+        step()
+    return None if peak.bytes is None else model_state_bytes(model, optimizer) + peak.bytes
 
 
 def _num_labels(task: str, config: BenchmarkConfig) -> int:
@@ -328,38 +313,13 @@ def run_benchmark(
     time, run count and CPU contention to ``<work_dir>/invocations.jsonl`` (when it ran anything); the report sums
     them.
     """
-    from . import report
-
-    output_dir = Path(output_dir)
     work_dir = Path(config.work_dir) if config.work_dir else Path(tempfile.mkdtemp(prefix="mona-peft-benchmark-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     rows_file = work_dir / "rows.jsonl"
-    done: dict[Job, dict] = {}
-    if rows_file.exists():
-        for line in rows_file.read_text().splitlines():
-            row = json.loads(line)
-            done[Job(row["method"], row["task"], row["lr"], row["seed"])] = row
+    done = {_job_of(row): row for row in _read_jsonl(rows_file)}
     env = environment("cpu") | {"workers": config.workers, "torch_threads_per_worker": config.threads}
     started = time.perf_counter()
     cpu_start = cpu_snapshot()
-
-    runs_here = 0
-
-    def execute(jobs: list[Job]) -> None:
-        nonlocal runs_here
-        todo = sorted((job for job in jobs if job not in done), key=_cost_rank)
-        runs_here += len(todo)
-        log(f"{len(todo)} runs ({len(jobs) - len(todo)} already done)")
-        for row in run_jobs(todo, config, work_dir):
-            job = Job(row["method"], row["task"], row["lr"], row["seed"])
-            done[job] = row
-            with rows_file.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
-            log(
-                f"[{time.perf_counter() - started:7.0f}s] {job.task:<15} {job.method:<12} lr {job.lr:<7g} seed "
-                f"{job.seed}: val {row['val_top1']:.3f} test {row['top1']:.3f}, {row['train_images_per_s']:.0f} img/s, "
-                f"latency x{row['infer_latency_ratio']:.2f}, run {row['run_wall_s']:.0f}s"
-            )
 
     search = [
         Job(m, t, lr, seed)
@@ -368,7 +328,17 @@ def run_benchmark(
         for lr in config.lr_grid
         for seed in config.seeds
     ]
-    execute(search)
+    todo = sorted((job for job in search if job not in done), key=_cost_rank)
+    log(f"{len(todo)} runs ({len(search) - len(todo)} already done)")
+    for row in run_jobs(todo, config, work_dir):
+        done[_job_of(row)] = row
+        with rows_file.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        log(
+            f"[{time.perf_counter() - started:7.0f}s] {row['task']:<15} {row['method']:<12} lr {row['lr']:<7g} seed "
+            f"{row['seed']}: val {row['val_top1']:.3f} test {row['top1']:.3f}, {row['train_images_per_s']:.0f} img/s, "
+            f"latency x{row['infer_latency_ratio']:.2f}, run {row['run_wall_s']:.0f}s"
+        )
     lrs = choose_learning_rates([done[job] for job in search], config)
     final_jobs = [
         Job(m, t, lrs[m][t]["chosen_lr"], seed) for t in config.tasks for m in config.methods for seed in config.seeds
@@ -376,12 +346,7 @@ def run_benchmark(
     wall = time.perf_counter() - started
     env["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     env["cpu_share_used_elsewhere"] = contention(cpu_start, own_children=True)
-    invocations_file = work_dir / "invocations.jsonl"
-    if runs_here:  # an invocation that only rewrites the report adds nothing to the history
-        with invocations_file.open("a") as handle:
-            record = {"command": command, "runs": runs_here, "wall_time_s": round(wall, 1)}
-            handle.write(json.dumps(record | {"cpu_share_used_elsewhere": env["cpu_share_used_elsewhere"]}) + "\n")
-    invocations = [json.loads(line) for line in invocations_file.read_text().splitlines()]
+    _record_invocation(work_dir, command, len(todo), wall, env["cpu_share_used_elsewhere"])
     results = {
         "command": command,
         "config": asdict(config) | {"work_dir": str(work_dir)},
@@ -394,13 +359,41 @@ def run_benchmark(
         "learning_rates": lrs,
         "rows": [done[job] for job in final_jobs],
         "lr_search_rows": [done[job] for job in search],
-        "wall_time_s": round(sum(i["wall_time_s"] for i in invocations), 1),
-        "invocations": invocations,
     }
+    invocations = _read_jsonl(work_dir / "invocations.jsonl")
+    results |= {"wall_time_s": round(sum(i["wall_time_s"] for i in invocations), 1), "invocations": invocations}
+    write_results(results, Path(output_dir), plot, log)
+    return results
+
+
+def _record_invocation(work_dir: Path, command: str, runs: int, wall: float, elsewhere: dict | None) -> None:
+    """Append this invocation to ``<work_dir>/invocations.jsonl``, unless it ran nothing (only rewrote the report)."""
+    if runs:
+        record = {
+            "command": command,
+            "runs": runs,
+            "wall_time_s": round(wall, 1),
+            "cpu_share_used_elsewhere": elsewhere,
+        }
+        with (work_dir / "invocations.jsonl").open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def _job_of(row: dict) -> Job:
+    return Job(row["method"], row["task"], row["lr"], row["seed"])
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def write_results(results: dict, output_dir: Path, plot: bool = True, log=print) -> None:
+    """``results.json``, ``results.md`` and (with ``plot``) ``results.png`` in ``output_dir``."""
+    from . import report
+
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (output_dir / "results.md").write_text(report.markdown(results))
     if plot:
         report.plot(results, output_dir / "results.png")
-    log(f"wrote {output_dir}/results.json, results.md" + (", results.png" if plot else "") + f"; wall {wall:.0f}s")
-    return results
+    log(f"wrote {output_dir}/results.json, results.md" + (", results.png" if plot else ""))

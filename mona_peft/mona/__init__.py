@@ -1,7 +1,23 @@
 """Mona: multi-cognitive visual adapter, as a PEFT method."""
 
+from ..registration import MethodSpec, declare_method, register_method
 from .config import MonaConfig
 from .layer import MonaLayer, MultiCognitiveFilter, ScaledLayerNorm
 from .model import MonaModel
 
 __all__ = ["MonaConfig", "MonaLayer", "MonaModel", "MultiCognitiveFilter", "ScaledLayerNorm"]
+
+register_method("mona", MonaConfig, MonaModel)
+declare_method(
+    MethodSpec(
+        "mona",
+        "Mona",
+        "Mona (multi-cognitive visual adapter) adds a small adapter to every transformer block, on the residual "
+        "stream after attention and after the MLP: a scaled LayerNorm, a down projection, depthwise 3x3/5x5/7x7 "
+        "convolutions over the patch grid, GELU and an up projection.",
+        options={"inner_dim": 64},
+        peft_config=lambda model, head, inner_dim: MonaConfig(inner_dim=inner_dim, modules_to_save=head),
+        parameter_markers=(".mona_",),
+        shrinkable=True,
+    )
+)

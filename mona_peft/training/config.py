@@ -1,0 +1,158 @@
+"""The typed configuration of one fine-tuning run, shared by every task's script, the benchmark and the tests.
+
+The scripts' flags are generated from :class:`RunConfig` by transformers' ``HfArgumentParser`` (one flag per field,
+named as in transformers' ``no_trainer`` examples); the benchmark and the tests build a ``RunConfig`` directly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from ..registration import get_method, methods
+
+#: Fields that configure the method itself; a run passes the ones set to the method's builder (see ``method_options``).
+METHOD_OPTION_FIELDS = ("inner_dim", "num_prompts")
+#: Fields that may differ between an interrupted run and its resumption (or a moved run dir): still the same run.
+RESUMABLE_FIELDS = frozenset(
+    {"output_dir", "resume_from_checkpoint", "overwrite_output_dir", "push_to_hub", "hub_token", "report_to"}
+)
+
+
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+@dataclass
+class RunConfig:
+    """Everything one fine-tuning run needs. Defaults give the offline default run of the task's script.
+
+    Example::
+
+        from mona_peft.training import RunConfig, train
+
+        results = train(RunConfig(method="mona", output_dir="out", max_train_steps=10, report_to="none"))
+    """
+
+    # model and data
+    model_name_or_path: str | None = field(
+        default=None, metadata=_help("Hub id or local path (default: the task's shipped pretrained backbone).")
+    )
+    dataset_name: str | None = field(default=None, metadata=_help("Hub dataset."))
+    dataset_config_name: str | None = field(default=None, metadata=_help("Configuration of --dataset_name."))
+    train_dir: str | None = field(default=None, metadata=_help("Local training data (layout: see the task)."))
+    validation_dir: str | None = field(default=None, metadata=_help("Local validation data, same layout."))
+    validation_fraction: float = field(
+        default=0.15, metadata=_help("Carved from train when there is no validation split.")
+    )
+    task: str | None = field(default=None, metadata=_help("An offline benchmark task (train/validation/test)."))
+    task_seed: int | None = field(
+        default=None, metadata=_help("Seed of the --task split (default 0), independent of --seed.")
+    )
+    output_dir: str | None = field(
+        default=None, metadata=_help("Default: the task's (outputs/mona-digits for classification).")
+    )
+    overwrite_output_dir: bool = field(default=False, metadata=_help("Allow an output dir that holds a different run."))
+    # method
+    method: str = field(default="mona", metadata=_help("Fine-tuning method (see mona_peft.registration)."))
+    inner_dim: int | None = field(
+        default=None, metadata=_help("Bottleneck width of mona, adapter and adaptformer (default 64).")
+    )
+    num_prompts: int | None = field(
+        default=None, metadata=_help("Prompt tokens per set of vpt_shallow and vpt_deep (default 10).")
+    )
+    adapter_lr_scale: float = field(
+        default=2.0, metadata=_help("Adapter lr = this x --learning_rate (2 in the paper).")
+    )
+    mimi_target: str | None = field(
+        default=None,
+        metadata=_help(
+            "MiMi: shrink the adapters to this size, '4x' (a quarter of the hidden neurons) or a number of adapter "
+            "parameters ('20000', '20k'); --num_train_epochs becomes MiMi's total."
+        ),
+    )
+    mimi_rho: float = field(default=0.5, metadata=_help("MiMi: fraction removed per cycle."))
+    mimi_epochs_per_cycle: int = field(
+        default=1, metadata=_help("MiMi: epochs before the first shrink and after each.")
+    )
+    mimi_ranking: Literal["global", "local"] = field(default="global", metadata=_help("MiMi: neuron ranking."))
+    # optimisation
+    num_train_epochs: int = field(default=3, metadata=_help("Training epochs."))
+    max_train_steps: int | None = field(default=None, metadata=_help("Overrides --num_train_epochs."))
+    per_device_train_batch_size: int = field(default=32, metadata=_help("Training batch per process."))
+    per_device_eval_batch_size: int = field(default=64, metadata=_help("Evaluation batch per process."))
+    learning_rate: float = field(default=1e-3, metadata=_help("Base learning rate (the head's)."))
+    weight_decay: float = field(default=0.05, metadata=_help("AdamW weight decay."))
+    max_grad_norm: float = field(default=5.0, metadata=_help("Gradient clipping (0: none)."))
+    lr_scheduler_type: str = field(default="cosine", metadata=_help("transformers scheduler name."))
+    num_warmup_steps: int = field(default=10, metadata=_help("Warm-up steps."))
+    gradient_accumulation_steps: int = field(default=1, metadata=_help("Batches per optimizer step."))
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = field(default=None, metadata=_help("Accelerate's."))
+    seed: int = field(default=42, metadata=_help("Training seed."))
+    # checkpoints, evaluation, logging, sharing
+    checkpointing_steps: str = field(default="epoch", metadata=_help("'epoch', a number of steps, or 'no'."))
+    eval_strategy: Literal["epoch", "end"] = field(
+        default="epoch", metadata=_help("Evaluate after every epoch or at the end.")
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata=_help("A checkpoint folder, or 'latest' in --output_dir.")
+    )
+    report_to: str = field(default="tensorboard", metadata=_help("Accelerate tracker ('tensorboard', 'all', 'none')."))
+    push_to_hub: bool = field(default=False, metadata=_help("Upload the result with its model card."))
+    hub_model_id: str | None = field(default=None, metadata=_help("Repository id (default: the output dir's name)."))
+    hub_token: str | None = field(default=None, metadata=_help("Hub token."))
+    dataloader_num_workers: int = field(default=0, metadata=_help("DataLoader worker processes."))
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the flag for a setting no run can use."""
+        if self.method not in methods():
+            raise ValueError(f"unknown --method {self.method!r}; available: {', '.join(sorted(methods()))}.")
+        if self.checkpointing_steps not in ("epoch", "no") and not str(self.checkpointing_steps).isdigit():
+            raise ValueError(
+                f"--checkpointing_steps must be 'epoch', 'no' or a number, got {self.checkpointing_steps!r}."
+            )
+        spec = get_method(self.method)
+        for name in METHOD_OPTION_FIELDS:
+            if getattr(self, name) is not None and name not in spec.options:
+                accepted = ", ".join(f"--{option}" for option in spec.options) or "no options"
+                raise ValueError(f"--{name} does not apply to --method {self.method} (it takes {accepted}).")
+        if self.mimi_target is not None:
+            if not spec.shrinkable:
+                shrinkable = " and ".join(name for name, other in methods().items() if other.shrinkable)
+                raise ValueError(f"--mimi_target shrinks {shrinkable} adapters, not {self.method}.")
+            if self.max_train_steps is not None or self.resume_from_checkpoint is not None:
+                raise ValueError(
+                    "--mimi_target sets the number of epochs itself and cannot resume a run (the adapter shrinks); "
+                    "drop --max_train_steps / --resume_from_checkpoint."
+                )
+
+    def method_options(self) -> dict[str, Any]:
+        """The method's options as given (unset ones take the method's defaults)."""
+        return {name: getattr(self, name) for name in METHOD_OPTION_FIELDS if getattr(self, name) is not None}
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two runs the same run (recorded in the output dir; resumption must match it)."""
+        values = {k: v for k, v in sorted(asdict(self).items()) if k not in RESUMABLE_FIELDS}
+        return json.loads(json.dumps(values))
+
+    def scalars(self) -> dict[str, int | float | str | bool]:
+        """The settings a tracker (TensorBoard) can record."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), (int, float, str, bool))
+        }
+
+
+def parse_args(argv: list[str] | None = None, description: str | None = None) -> RunConfig:
+    """A :class:`RunConfig` from command-line flags; a setting no run can use exits with ``error: ...``."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(RunConfig, description=description)
+    (config,) = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        config.validate()
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    return config

@@ -1,0 +1,82 @@
+"""What differs between tasks (classification, segmentation, detection): one small interface for the training core.
+
+The core (:mod:`mona_peft.training.run`) does everything else the same way for every task: the output dir and its
+guard, Accelerate, the method, AdamW with the adapter learning-rate scale, the schedule, adapter-only checkpoints and
+resumption, logging, MiMi, the results file, the model card and the push.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from datasets import DatasetDict
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .config import RunConfig
+
+
+class TrainingTask(ABC):
+    """The task-specific parts of a fine-tuning run: data, model and head, batches, metric, model card."""
+
+    #: The Hub's pipeline tag, e.g. ``"image-classification"``.
+    pipeline_tag: str
+    #: ``--output_dir`` when none is given.
+    default_output_dir: str
+
+    def default_model(self) -> str:
+        """``--model_name_or_path`` when none is given: the shipped pretrained backbone."""
+        from ..backbones import backbone_path
+
+        return str(backbone_path("swin"))
+
+    def dataset_label(self, config: RunConfig) -> str:
+        """The data's name for the model card."""
+        return config.dataset_name or (Path(config.train_dir).name if config.train_dir else config.task or "data")
+
+    @abstractmethod
+    def load_data(self, config: RunConfig) -> DatasetDict:
+        """``train`` and ``validation`` splits, and ``test`` when the data has one (evaluated once, at the end)."""
+
+    @abstractmethod
+    def label_names(self, data: DatasetDict) -> list[str]:
+        """The class names, in label-id order."""
+
+    @abstractmethod
+    def load_processor(self, config: RunConfig) -> Any:
+        """The model's preprocessor (saved beside a whole model)."""
+
+    @abstractmethod
+    def transform(self, processor: Any, train: bool) -> Any:
+        """A ``Dataset.with_transform`` function from raw examples to model inputs."""
+
+    @abstractmethod
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """A batch from transformed examples: the keyword arguments of the model's forward, labels included."""
+
+    @abstractmethod
+    def load_model(self, config: RunConfig, labels: list[str]) -> nn.Module:
+        """The transformers model with a fresh head for ``labels``."""
+
+    @abstractmethod
+    def head_modules(self, model: nn.Module) -> list[str]:
+        """Names of the modules outside the backbone that train with every method (``modules_to_save``)."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, loader: DataLoader, accelerator: Accelerator, labels: list[str]) -> dict:
+        """The task's metrics on ``loader`` (gathered over processes)."""
+
+    @abstractmethod
+    def write_model_card(self, output_dir: Path, **card: Any) -> Path:
+        """Render the task's model card into ``output_dir/README.md``.
+
+        The keyword arguments are those of :func:`mona_peft.model_card.render_model_card`.
+        """
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss of one batch."""
+        return model(**batch).loss

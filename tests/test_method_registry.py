@@ -1,0 +1,102 @@
+"""One declaration per method: the scripts, model cards, the benchmark and MiMi read it; nothing else lists methods."""
+
+import ast
+from pathlib import Path
+
+import pytest
+from conftest import build_tiny_swin
+from huggingface_hub import ModelCard
+from peft import PeftModel
+
+from mona_peft import registration
+from mona_peft.benchmarking.runner import BenchmarkConfig
+from mona_peft.methods import build_method, is_adapter_parameter
+from mona_peft.model_card import render_model_card
+from mona_peft.registration import MethodSpec, get_method, methods
+from mona_peft.training import RunConfig, parse_args
+
+HEAD = ["classifier"]
+CARD = dict(
+    base_model="microsoft/swin-tiny-patch4-window7-224",
+    dataset="digits",
+    metrics={"top1": 0.5},
+    hyperparameters={"learning_rate": 1e-3},
+    trainable_params=10,
+    total_params=100,
+)
+
+
+def test_every_declared_method_builds_with_its_defaults_and_names_what_it_saves():
+    assert list(methods()) == [
+        "full", "linear", "bitfit", "ln_tuning", "partial1", "lora", "adapter", "adaptformer", "vpt_shallow",
+        "vpt_deep", "mona",
+    ]  # fmt: skip
+    for name, spec in methods().items():
+        model = build_method(build_tiny_swin(), name, HEAD)
+        assert isinstance(model, PeftModel) is not spec.saves_whole_model, name
+        added = [n for n, p in model.named_parameters() if p.requires_grad and spec.is_own_parameter(n)]
+        assert bool(added) is (spec.peft_config is not None), name  # PEFT methods add parameters, the others none
+    assert {name for name, spec in methods().items() if spec.shrinkable} == {"mona", "adapter"}
+
+
+@pytest.mark.parametrize(
+    ("method", "option", "accepted"),
+    [("lora", "inner_dim", "alpha, rank"), ("vpt_deep", "inner_dim", "num_prompts"), ("full", "rank", "none")],
+)
+def test_an_option_the_method_does_not_take_is_named(method, option, accepted):
+    with pytest.raises(ValueError, match=rf"'{method}' does not accept the option\(s\) \['{option}'\]; .*{accepted}"):
+        build_method(build_tiny_swin(), method, HEAD, **{option: 8})
+
+
+def test_the_training_flags_check_method_options_against_the_declaration():
+    with pytest.raises(SystemExit, match="--inner_dim does not apply to --method lora"):
+        parse_args(["--method", "lora", "--inner_dim", "8"])
+    with pytest.raises(SystemExit, match="--mimi_target shrinks adapter and mona adapters, not lora"):
+        parse_args(["--method", "lora", "--mimi_target", "4x"])
+    config = parse_args(["--method", "adaptformer", "--inner_dim", "16"])
+    assert isinstance(config, RunConfig) and config.method_options() == {"inner_dim": 16}
+    assert get_method("adaptformer").resolve_options(config.method_options()) == {"inner_dim": 16, "scale": 0.1}
+
+
+@pytest.mark.parametrize("method", ["vpt_shallow", "vpt_deep", "adapter", "mona", "partial1"])
+def test_model_cards_take_the_method_wording_from_the_declaration(method):
+    spec = get_method(method)
+    text = render_model_card(method=method, whole_model=spec.saves_whole_model, **CARD)
+    assert spec.display_name in text and spec.summary in text
+    assert method in ModelCard(text).data.tags
+
+
+def test_a_newly_declared_method_reaches_the_cli_the_card_the_benchmark_and_the_lr_groups(monkeypatch):
+    monkeypatch.setattr(registration, "_METHODS", dict(registration._METHODS))
+    lora = get_method("lora")
+    registration.declare_method(
+        MethodSpec(
+            "tiny_lora",
+            "Tiny LoRA",
+            "LoRA of rank 2 on the query and value projections.",
+            options={"rank": 2},
+            peft_config=lambda model, head, rank: lora.peft_config(model, head, rank=rank, alpha=rank),
+            parameter_markers=(".lora_",),
+        )
+    )
+    assert parse_args(["--method", "tiny_lora", "--model_name_or_path", "x"]).method == "tiny_lora"
+    assert "tiny_lora" in BenchmarkConfig().methods
+    assert "LoRA of rank 2" in render_model_card(method="tiny_lora", **CARD)
+    model = build_method(build_tiny_swin(), "tiny_lora", HEAD)
+    lora_a = [p for n, p in model.named_parameters() if n.endswith("lora_A.default.weight")]
+    assert lora_a and all(p.shape[0] == 2 for p in lora_a)
+    assert all(is_adapter_parameter(n) for n, p in model.named_parameters() if ".lora_" in n)
+
+
+def test_a_declaration_must_say_how_the_method_trains():
+    with pytest.raises(ValueError, match="exactly one of peft_config"):
+        MethodSpec("nothing", "Nothing", "Trains nothing.")
+
+
+def test_the_registry_imports_no_method_package():
+    """The method packages import the registry, never the other way round (no import cycle to work around)."""
+    tree = ast.parse(Path(registration.__file__).read_text())
+    imported = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level > 0]
+    imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert not [name for name in imported if name.startswith("mona_peft") or not name.split(".")[0]], imported
+    assert all(not isinstance(node, ast.ImportFrom) or node.level == 0 for node in ast.walk(tree))
