@@ -15,11 +15,10 @@ import math
 from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import get_pattern_key
 from torch import nn
 
-from .architectures import ArchitectureSpec, resolve_architecture
+from .architectures import ArchitectureSpec
 from .tuner_utils import BASE_ADAPTER_NAME, WrappingLayer, WrappingTuner
 
 #: In ``adapter_names=[...]``, the rows that run the base model without any adapter (PEFT's convention).
@@ -155,7 +154,8 @@ class BottleneckLayer(nn.Module, WrappingLayer):
 class BottleneckModel(WrappingTuner):
     """A PEFT tuner that wraps modules named by the architecture registry with a ``BottleneckLayer``.
 
-    Subclasses set ``prefix``, ``tuner_layer_cls``, ``display_name`` and ``default_target_names(spec)``.
+    Subclasses set ``prefix``, ``tuner_layer_cls``, ``display_name`` and ``default_target_names(spec)``, and may
+    override ``_check_target`` and ``_layer_kwargs``.
     """
 
     display_name: str = ""
@@ -168,51 +168,21 @@ class BottleneckModel(WrappingTuner):
     def default_target_names(spec: ArchitectureSpec) -> tuple[str, ...]:
         raise NotImplementedError
 
-    def _pre_injection_hook(self, model: nn.Module, config: Any, adapter_name: str) -> None:
-        self.architecture = resolve_architecture(model)
-
-    def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
-        super().inject_adapter(model, adapter_name, *args, **kwargs)
-        self._attach_checkpoint_input_hooks(model)
-
-    def _unload_and_optionally_merge(self, merge: bool = True, *args: Any, **kwargs: Any) -> nn.Module:
-        model = super()._unload_and_optionally_merge(merge, *args, **kwargs)
-        self._remove_checkpoint_input_hooks()
-        return model
-
-    def _prepare_adapter_config(self, peft_config: Any, model_config: dict) -> Any:
-        # Runs for every adapter (add_adapter, load_adapter too), unlike _pre_injection_hook.
-        if peft_config.target_modules is None:
-            spec = self.architecture.spec
-            peft_config.target_modules = spec.pattern_in_blocks(*self.default_target_names(spec))
-        return peft_config
+    def _default_target_modules(self) -> str:
+        spec = self.architecture.spec
+        return spec.pattern_in_blocks(*self.default_target_names(spec))
 
     def _check_target(self, target: nn.Module, current_key: str) -> None:
-        """Raise a clear error when ``target`` cannot carry this adapter."""
+        """Raise a clear error when ``target`` cannot carry this adapter (any module can, unless a subclass says)."""
 
     def _layer_kwargs(self, peft_config: Any, current_key: str) -> dict[str, Any]:
         return {}
 
-    def _create_and_replace(
-        self,
-        peft_config: Any,
-        adapter_name: str,
-        target: nn.Module,
-        target_name: str,
-        parent: nn.Module,
-        current_key: str,
-    ) -> None:
-        if isinstance(target, self.tuner_layer_cls):
-            target.update_layer(adapter_name, peft_config)
-            return
-        if isinstance(target, BaseTunerLayer):
-            raise ValueError(f"'{current_key}' already carries another PEFT method's layer ({type(target).__name__}).")
+    def _new_layer(
+        self, target: nn.Module, adapter_name: str, peft_config: Any, current_key: str
+    ) -> BottleneckLayer | None:
         if getattr(peft_config, "inner_dim_pattern", None) and inner_dim_for(peft_config, current_key) == 0:
-            return  # width 0 (a MiMi-removed adapter): leave the module unwrapped
-        self._check_target(target, current_key)
-        new_module = self.tuner_layer_cls(
+            return None  # width 0 (a MiMi-removed adapter): leave the module unwrapped
+        return self.tuner_layer_cls(
             target, adapter_name, peft_config, current_key, **self._layer_kwargs(peft_config, current_key)
         )
-        if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)
-        self._replace_module(parent, target_name, new_module, target)

@@ -8,6 +8,7 @@ needs a grad-requiring input at every checkpointed region that holds adapter par
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
@@ -17,6 +18,8 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .architectures import resolve_architecture
 
 #: The name that selects the frozen base model for a row of a mixed batch.
 BASE_ADAPTER_NAME = "__base__"
@@ -57,11 +60,115 @@ def _inject_adapter_names(module: nn.Module, args: tuple, kwargs: dict, adapter_
 
 
 class WrappingTuner(BaseTuner):
-    """Base of mona_peft's tuners. Subclasses set ``merge_error`` (why merging is impossible)."""
+    """Base of mona_peft's tuners: injection, unloading and mixed batches written once.
 
+    A subclass says what differs through these hooks (``architecture`` is resolved before the first one runs):
+
+    - ``display_name`` and ``merge_error``: the method's name in messages, and why merging is impossible;
+    - ``_default_target_modules()``: what ``target_modules=None`` means (default: every transformer block);
+    - ``_check_target(target, key)``: raise a clear error for a module that cannot carry the layer (default: it
+      must be a whole transformer block);
+    - ``_new_layer(target, adapter_name, config, key)``: the tuner layer wrapping ``target``, or ``None`` to leave
+      it unwrapped; ``_update_layer(layer, adapter_name, config, key)``: add an adapter to an existing one;
+    - ``_after_injection(model)``: wiring that needs every layer in place (default: the checkpoint input hooks
+      above); hooks registered with ``_hook_once`` are removed by ``unload()``, and ``_after_unload()`` resets
+      the rest of the tuner's state.
+    """
+
+    display_name: str = "These"
     merge_error: str = "These adapters cannot be merged into the base model."
     target_module_mapping: dict[str, list[str]] = {}
+    #: False when the layers to wrap can only come from the config: with a state_dict, PEFT would wrap only the
+    #: modules named in it.
+    inject_from_state_dict: bool = True
 
+    # -- injection ---------------------------------------------------------------------------------------------
+    def _pre_injection_hook(self, model: nn.Module, config: Any, adapter_name: str) -> None:
+        self.architecture = resolve_architecture(model)
+
+    def _prepare_adapter_config(self, peft_config: Any, model_config: dict) -> Any:
+        # Runs for every adapter (add_adapter, load_adapter too), unlike _pre_injection_hook.
+        if peft_config.target_modules is None:
+            peft_config.target_modules = self._default_target_modules()
+        return peft_config
+
+    def _default_target_modules(self) -> str:
+        return self.architecture.spec.block_pattern
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        if not self.inject_from_state_dict:
+            kwargs["state_dict"] = None
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
+        self._after_injection(model)
+
+    def _after_injection(self, model: nn.Module) -> None:
+        self._attach_checkpoint_input_hooks(model)
+
+    def _create_and_replace(
+        self,
+        peft_config: Any,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+    ) -> None:
+        if isinstance(target, self.tuner_layer_cls):
+            self._update_layer(target, adapter_name, peft_config, current_key)
+            return
+        if isinstance(target, BaseTunerLayer):
+            raise ValueError(f"'{current_key}' already carries another PEFT method's layer ({type(target).__name__}).")
+        self._check_target(target, current_key)
+        new_module = self._new_layer(target, adapter_name, peft_config, current_key)
+        if new_module is None:
+            return
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    def _check_target(self, target: nn.Module, current_key: str) -> None:
+        block_class = self.architecture.spec.block_class
+        if type(target).__name__ != block_class:
+            raise ValueError(
+                f"{self.display_name} attaches to whole transformer blocks ({block_class}), but target_modules matched "
+                f"'{current_key}', a {type(target).__name__}. Leave target_modules unset or match only blocks."
+            )
+
+    def _new_layer(
+        self, target: nn.Module, adapter_name: str, peft_config: Any, current_key: str
+    ) -> BaseTunerLayer | None:
+        raise NotImplementedError
+
+    def _update_layer(self, layer: BaseTunerLayer, adapter_name: str, peft_config: Any, current_key: str) -> None:
+        layer.update_layer(adapter_name, peft_config)
+
+    # -- hooks on the base model -------------------------------------------------------------------------------
+    def _hook_once(self, kind: str, module: nn.Module, register: Callable[[nn.Module], Any]) -> None:
+        """Call ``register(module)`` unless it already ran for this ``kind`` and module; ``unload()`` removes the
+        handle(s) it returns."""
+        hooks = self.__dict__.setdefault("_base_model_hooks", {})
+        if (kind, id(module)) not in hooks:
+            handles = register(module)
+            hooks[(kind, id(module))] = handles if isinstance(handles, tuple) else (handles,)
+
+    def _checkpointed_regions(self, model: nn.Module) -> list[nn.Module]:
+        """The gradient-checkpointing layers of ``model`` that hold tuner layers."""
+        layer_names = [name for name, module in model.named_modules() if isinstance(module, self.tuner_layer_cls)]
+        return [
+            module
+            for name, module in model.named_modules()
+            if isinstance(module, GradientCheckpointingLayer)
+            and any(layer_name.startswith(f"{name}.") for layer_name in layer_names)
+        ]
+
+    def _attach_checkpoint_input_hooks(self, model: nn.Module) -> None:
+        """Give every checkpointed layer that holds tuner layers a grad-requiring input (see above)."""
+        for region in self._checkpointed_regions(model):
+            self._hook_once(
+                "checkpoint_input", region, lambda module: module.register_forward_pre_hook(_checkpoint_input_pre_hook)
+            )
+
+    # -- unloading and merging ---------------------------------------------------------------------------------
     def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
         if isinstance(child, BaseTunerLayer) and new_module is child.base_layer:
             # unload(): put the untouched module back. PEFT's default copies `child.weight` onto it, assuming a
@@ -70,23 +177,27 @@ class WrappingTuner(BaseTuner):
             return
         super()._replace_module(parent, child_name, new_module, child)
 
+    def _unload_and_optionally_merge(
+        self,
+        merge: bool = True,
+        progressbar: bool = False,
+        safe_merge: bool = False,
+        adapter_names: list[str] | None = None,
+    ) -> nn.Module:
+        model = super()._unload_and_optionally_merge(merge, progressbar, safe_merge, adapter_names)
+        for handles in self.__dict__.pop("_base_model_hooks", {}).values():
+            for handle in handles:
+                handle.remove()
+        self._after_unload()
+        return model
+
+    def _after_unload(self) -> None:
+        """Reset tuner state that outlives the layers (nothing unless a subclass keeps some)."""
+
     def _check_merge_allowed(self) -> None:
         raise NotImplementedError(f"{self.merge_error} Use `unload()` to get the base model back, or keep the adapter.")
 
-    def _attach_checkpoint_input_hooks(self, model: nn.Module) -> None:
-        """Give every checkpointed layer that holds tuner layers a grad-requiring input (see above)."""
-        hooks = self.__dict__.setdefault("_checkpoint_input_hooks", {})
-        layer_names = [name for name, module in model.named_modules() if isinstance(module, self.tuner_layer_cls)]
-        for name, module in model.named_modules():
-            if id(module) in hooks or not isinstance(module, GradientCheckpointingLayer):
-                continue
-            if any(layer_name.startswith(f"{name}.") for layer_name in layer_names):
-                hooks[id(module)] = module.register_forward_pre_hook(_checkpoint_input_pre_hook)
-
-    def _remove_checkpoint_input_hooks(self) -> None:
-        for handle in self.__dict__.pop("_checkpoint_input_hooks", {}).values():
-            handle.remove()
-
+    # -- mixed batches -----------------------------------------------------------------------------------------
     def _check_mixed_batch(self, adapter_names: list[str]) -> None:
         """Raise if these adapters cannot share one batch (all can, unless a subclass says otherwise)."""
 

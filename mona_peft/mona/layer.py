@@ -363,22 +363,12 @@ class TokenGrid:
     """The patch grid of the current forward pass, read off the patch projection's output.
 
     Plain ViTs run every block on the same grid, which only the input image determines (so
-    non-square inputs with interpolated position embeddings work); a forward hook on the
-    patch-embedding convolution records it for all of the model's Mona layers.
+    non-square inputs with interpolated position embeddings work); ``MonaModel`` puts ``record`` as
+    a forward hook on the patch-embedding convolution for all of the model's Mona layers.
     """
 
     def __init__(self) -> None:
         self.size: tuple[int, int] | None = None
-        self.hook = None
 
-    def attach(self, projection: nn.Module) -> None:
-        if self.hook is None:
-            self.hook = projection.register_forward_hook(self._record)
-
-    def detach(self) -> None:
-        if self.hook is not None:
-            self.hook.remove()
-            self.hook = None
-
-    def _record(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+    def record(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         self.size = (int(output.shape[-2]), int(output.shape[-1]))

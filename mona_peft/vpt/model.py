@@ -7,9 +7,8 @@ from typing import Any
 
 from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
-from transformers.modeling_layers import GradientCheckpointingLayer
 
-from ..architectures import SUPPORTED_ARCHITECTURES, resolve_architecture, supported_model_types
+from ..architectures import SUPPORTED_ARCHITECTURES, supported_model_types
 from ..tuner_utils import WrappingTuner
 from .config import VPTConfig
 from .layer import PromptStream, VPTLayer, prompt_init_bound
@@ -36,14 +35,17 @@ class VPTModel(WrappingTuner):
     """
 
     prefix: str = "vpt_"
+    tuner_layer_cls = VPTLayer
+    display_name = "VPT"
     merge_error = (
         "VPT adapters cannot be merged into the base model: prompts are extra input tokens, not a change of weights."
     )
-    tuner_layer_cls = VPTLayer
-    target_module_mapping: dict[str, list[str]] = {}
+    # VPT wraps every block (blocks without prompts of their own carry the incoming ones), which only the config can
+    # say: a state_dict names just the blocks that own prompts.
+    inject_from_state_dict = False
 
     def _pre_injection_hook(self, model: nn.Module, config: VPTConfig, adapter_name: str) -> None:
-        self.architecture = resolve_architecture(model)
+        super()._pre_injection_hook(model, config, adapter_name)
         if self.architecture.spec.prompt_layout is None:
             usable = [t for t in supported_model_types() if SUPPORTED_ARCHITECTURES[t].prompt_layout is not None]
             raise ValueError(
@@ -53,13 +55,13 @@ class VPTModel(WrappingTuner):
         if not hasattr(self, "prompt_stream"):
             self.prompt_stream = PromptStream()
 
-    def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
-        # VPT wraps every block (blocks without prompts of their own carry the incoming ones), which only the config
-        # can say: a state_dict names just the blocks that own prompts. So injection always follows the config.
-        kwargs["state_dict"] = None
-        super().inject_adapter(model, adapter_name, *args, **kwargs)
+    def _after_injection(self, model: nn.Module) -> None:
+        # No checkpoint input hooks: VPTLayer checkpoints its block itself, with the prompts as inputs.
         self._assign_roles(model)
         self._attach_stage_checkpoint_guards(model)
+
+    def _after_unload(self) -> None:
+        self.prompt_stream.prompts = None
 
     # -- which blocks -------------------------------------------------------------------------------------------
     def _block_names(self, model: nn.Module) -> list[str]:
@@ -73,9 +75,7 @@ class VPTModel(WrappingTuner):
         ]
 
     def _prepare_adapter_config(self, peft_config: VPTConfig, model_config: dict) -> VPTConfig:
-        # Runs at the start of every injection (add_adapter, load_adapter too), unlike _pre_injection_hook.
-        if peft_config.target_modules is None:
-            peft_config.target_modules = self.architecture.spec.block_pattern
+        peft_config = super()._prepare_adapter_config(peft_config, model_config)
         blocks = self._block_names(self.model)
         targets = [name for name in blocks if check_target_module_exists(peft_config, name)]
         block_class = self.architecture.spec.block_class
@@ -100,35 +100,20 @@ class VPTModel(WrappingTuner):
             return True
         return check_target_module_exists(peft_config, key)
 
-    def _create_and_replace(
-        self,
-        peft_config: VPTConfig,
-        adapter_name: str,
-        target: nn.Module,
-        target_name: str,
-        parent: nn.Module,
-        current_key: str,
-    ) -> None:
+    def _prompt_args(self, peft_config: VPTConfig, current_key: str) -> tuple[bool, float]:
+        """(whether the block at ``current_key`` owns prompts of this adapter, their initialisation bound)."""
         injection = self._injection
         targeted = current_key in injection["targets"]
         own_prompts = targeted and (peft_config.deep or current_key == injection["first"])
         config = self.architecture.config
-        bound = prompt_init_bound(config.patch_size, self.architecture.spec.embedding_width(config))
-        if isinstance(target, VPTLayer):
-            target.update_layer(adapter_name, peft_config, own_prompts, bound)
-            return
-        block_class = self.architecture.spec.block_class
-        if type(target).__name__ != block_class:
-            raise ValueError(
-                f"VPT attaches to whole transformer blocks ({block_class}), but target_modules matched "
-                f"'{current_key}', a {type(target).__name__}. Leave target_modules unset or match only blocks."
-            )
-        new_module = VPTLayer(
-            target, adapter_name, peft_config, self.architecture, self.prompt_stream, own_prompts, bound
-        )
-        if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)
-        self._replace_module(parent, target_name, new_module, target)
+        return own_prompts, prompt_init_bound(config.patch_size, self.architecture.spec.embedding_width(config))
+
+    def _new_layer(self, target: nn.Module, adapter_name: str, peft_config: VPTConfig, current_key: str) -> VPTLayer:
+        own_prompts, bound = self._prompt_args(peft_config, current_key)
+        return VPTLayer(target, adapter_name, peft_config, self.architecture, self.prompt_stream, own_prompts, bound)
+
+    def _update_layer(self, layer: VPTLayer, adapter_name: str, peft_config: VPTConfig, current_key: str) -> None:
+        layer.update_layer(adapter_name, peft_config, *self._prompt_args(peft_config, current_key))
 
     def _assign_roles(self, model: nn.Module) -> None:
         """Give every layer its mode and handoff for every adapter (the order of the blocks decides them)."""
@@ -175,32 +160,17 @@ class VPTModel(WrappingTuner):
         """
         if self.architecture.spec.prompt_layout != "windows":
             return
-        hooks = self.__dict__.setdefault("_stage_hooks", {})
-        vpt_names = [name for name, module in model.named_modules() if isinstance(module, VPTLayer)]
-        for name, module in model.named_modules():
-            if id(module) in hooks or not isinstance(module, GradientCheckpointingLayer):
-                continue
-            if any(vpt_name.startswith(f"{name}.") for vpt_name in vpt_names):
-                hooks[id(module)] = (
+        for stage in self._checkpointed_regions(model):
+            self._hook_once(
+                "stage_checkpoint_guard",
+                stage,
+                lambda module: (
                     module.register_forward_pre_hook(_suspend_checkpointing),
                     module.register_forward_hook(_restore_checkpointing, always_call=True),
-                )
+                ),
+            )
 
     # -- PEFT plumbing ------------------------------------------------------------------------------------------
-    def _unload_and_optionally_merge(
-        self,
-        merge: bool = True,
-        progressbar: bool = False,
-        safe_merge: bool = False,
-        adapter_names: list[str] | None = None,
-    ):
-        model = super()._unload_and_optionally_merge(merge, progressbar, safe_merge, adapter_names)
-        for handles in self.__dict__.pop("_stage_hooks", {}).values():
-            for handle in handles:
-                handle.remove()
-        self.prompt_stream.prompts = None
-        return model
-
     def _check_mixed_batch(self, adapter_names: list[str]) -> None:
         """Rows of one batch share one token sequence, so the adapters of a mixed batch must share their prompt
         layout (num_prompts, deep, target blocks). ``"__base__"`` rows get placeholder prompts that no token can
