@@ -100,3 +100,10 @@ def test_the_registry_imports_no_method_package():
     imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
     assert not [name for name in imported if name.startswith("mona_peft") or not name.split(".")[0]], imported
     assert all(not isinstance(node, ast.ImportFrom) or node.level == 0 for node in ast.walk(tree))
+
+
+def test_mimi_names_the_methods_it_can_shrink():
+    from mona_peft.mimi import MiMi, MiMiSchedule
+
+    with pytest.raises(ValueError, match="MiMi shrinks the adapters of these methods: adapter, mona"):
+        MiMi(build_method(build_tiny_swin(), "lora", HEAD), MiMiSchedule(rho=0.5, compression=4))

@@ -165,8 +165,12 @@ class MiMi:
         self.adapter_name = adapter_name or active_adapter_name(model)
         sites = find_sites(model, self.adapter_name)
         if not sites:
+            from ..registration import methods
+
+            shrinkable = ", ".join(name for name, spec in methods().items() if spec.shrinkable)
             raise ValueError(
-                f"MiMi found no Mona or Houlsby adapter named '{self.adapter_name}' in {type(model).__name__}."
+                f"MiMi found no Mona or Houlsby adapter named '{self.adapter_name}' in {type(model).__name__}; "
+                f"MiMi shrinks the adapters of these methods: {shrinkable}."
             )
         self.initial_widths = {site.key: site.size for site in sites}
         self.initial_size = size_of(sites, {}, schedule.measure)
