@@ -1,9 +1,11 @@
 """Shared tiny-model builders for the test suite (CPU, a few milliseconds per forward pass).
 
-Fixtures return *factories* so that each test can build as many fresh, seeded models as it needs:
+One factory, ``build_tiny_model(model_type)``, builds a seeded tiny classifier of every architecture in
+``mona_peft.SUPPORTED_ARCHITECTURES``; fixtures return *factories* so that each test can build as many fresh, seeded
+models as it needs:
 
-    def test_something(tiny_swin, tiny_pixel_values):
-        base = tiny_swin()               # SwinForImageClassification, seed 0, eval mode
+    def test_something(tiny_model, tiny_swin, tiny_pixel_values):
+        base = tiny_model("dinov2")      # Dinov2ForImageClassification, seed 0, eval mode
         other = tiny_swin(seed=1)        # different weights
         x = tiny_pixel_values(batch=2)   # (2, 3, 32, 32), seeded
 """
@@ -13,11 +15,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from transformers import SwinConfig, SwinForImageClassification, ViTConfig, ViTForImageClassification
+import transformers as tf
+from torch import nn
 
 import mona_peft  # noqa: F401  (registers Mona with PEFT)
 
@@ -44,20 +49,48 @@ TINY_VIT_CONFIG = dict(
     num_labels=3,
 )
 
+#: model_type -> (config class, model class with a ``classifier`` head, config kwargs). Every architecture of
+#: ``mona_peft.SUPPORTED_ARCHITECTURES`` needs an entry (tests/test_peft_checklist.py fails without one).
+TINY_MODELS: dict[str, tuple[type, type, dict[str, Any]]] = {
+    "swin": (tf.SwinConfig, tf.SwinForImageClassification, TINY_SWIN_CONFIG),
+    "swinv2": (tf.Swinv2Config, tf.Swinv2ForImageClassification, TINY_SWIN_CONFIG),
+    "vit": (tf.ViTConfig, tf.ViTForImageClassification, TINY_VIT_CONFIG),
+    "deit": (tf.DeiTConfig, tf.DeiTForImageClassification, TINY_VIT_CONFIG),
+    "dinov2": (tf.Dinov2Config, tf.Dinov2ForImageClassification, TINY_VIT_CONFIG),
+    "dinov2_with_registers": (
+        tf.Dinov2WithRegistersConfig,
+        tf.Dinov2WithRegistersForImageClassification,
+        {**TINY_VIT_CONFIG, "num_register_tokens": 2},
+    ),
+}
+#: Transformer blocks of each tiny model.
+TINY_NUM_BLOCKS = {model_type: 4 if model_type.startswith("swin") else 2 for model_type in TINY_MODELS}
 
-def build_tiny_swin(seed: int = 0, **overrides) -> SwinForImageClassification:
+
+def build_tiny_model(model_type: str, seed: int = 0, model_class: type | None = None, **overrides: Any) -> nn.Module:
+    """A seeded tiny classifier of ``model_type`` (3 labels, 32x32 images), in eval mode.
+
+    ``overrides`` change the config (``num_hidden_layers=3``); ``model_class`` picks another head class of the same
+    config (``DeiTForImageClassificationWithTeacher``).
+    """
+    if model_type not in TINY_MODELS:
+        raise KeyError(
+            f"No tiny model for model_type {model_type!r}: add one to TINY_MODELS in tests/conftest.py "
+            f"(known: {', '.join(sorted(TINY_MODELS))})."
+        )
+    config_class, default_class, kwargs = TINY_MODELS[model_type]
+    torch.manual_seed(seed)
+    return (model_class or default_class)(config_class(**{**kwargs, **overrides})).eval()
+
+
+def build_tiny_swin(seed: int = 0, **overrides: Any) -> tf.SwinForImageClassification:
     """A seeded two-stage Swin classifier (3 labels, 32x32 images), in eval mode."""
-    torch.manual_seed(seed)
-    return SwinForImageClassification(SwinConfig(**{**TINY_SWIN_CONFIG, **overrides})).eval()
+    return build_tiny_model("swin", seed=seed, **overrides)
 
 
-def build_tiny_vit(seed: int = 0, **overrides) -> ViTForImageClassification:
+def build_tiny_vit(seed: int = 0, **overrides: Any) -> tf.ViTForImageClassification:
     """A seeded two-layer ViT classifier (3 labels, 32x32 images, CLS token), in eval mode."""
-    torch.manual_seed(seed)
-    return ViTForImageClassification(ViTConfig(**{**TINY_VIT_CONFIG, **overrides})).eval()
-
-
-TINY_BUILDERS = {"swin": build_tiny_swin, "vit": build_tiny_vit}
+    return build_tiny_model("vit", seed=seed, **overrides)
 
 
 def build_tiny_pixel_values(batch: int = 2, seed: int = 1234, size: int = TINY_IMAGE_SIZE) -> torch.Tensor:
@@ -80,12 +113,8 @@ def tiny_vit():
 
 @pytest.fixture
 def tiny_model():
-    """Factory: ``tiny_model("swin" | "vit", seed=0, **config_overrides)``."""
-
-    def build(arch: str, seed: int = 0, **overrides):
-        return TINY_BUILDERS[arch](seed=seed, **overrides)
-
-    return build
+    """Factory: ``tiny_model(model_type, seed=0, model_class=None, **config_overrides)``, any supported type."""
+    return build_tiny_model
 
 
 @pytest.fixture
@@ -96,42 +125,75 @@ def tiny_pixel_values():
 
 _FRESH_PROCESS_RELOAD = """
 import sys
+import traceback
 import torch
 import mona_peft  # noqa: F401  (registers the methods with PEFT)
 from peft import PeftModel
 from transformers import AutoModelForImageClassification
 
-config_class, x_path, *rest = sys.argv[1:]
-for base_dir, adapter_dir, out_path in zip(*[iter(rest)] * 3):
-    base = AutoModelForImageClassification.from_pretrained(base_dir)
-    model = PeftModel.from_pretrained(base, adapter_dir).eval()
-    assert type(model.peft_config["default"]).__name__ == config_class
-    with torch.no_grad():
-        torch.save(model(pixel_values=torch.load(x_path)).logits, out_path)
+x_path, *rest = sys.argv[1:]
+for config_class, base_dir, adapter_dir, out_path in zip(*[iter(rest)] * 4):
+    try:
+        base = AutoModelForImageClassification.from_pretrained(base_dir)
+        model = PeftModel.from_pretrained(base, adapter_dir).eval()
+        got = type(model.peft_config["default"]).__name__
+        assert got == config_class, f"reloaded a {got}, expected a {config_class}"
+        with torch.no_grad():
+            torch.save(model(pixel_values=torch.load(x_path)).logits, out_path)
+    except Exception:
+        torch.save(traceback.format_exc(), out_path)
 """
 
 
 def logits_after_fresh_process_reload(
-    tmp_path: Path, saved: dict[str, tuple[Path, Path]], pixel_values: torch.Tensor, config_class: str
-) -> dict[str, torch.Tensor]:
+    tmp_path: Path,
+    saved: Mapping[str, tuple[Path, Path]],
+    pixel_values: torch.Tensor,
+    config_class: str | Mapping[str, str],
+    processes: int = 1,
+    strict: bool = True,
+) -> dict[str, torch.Tensor | str]:
     """Logits of each ``name: (base_dir, adapter_dir)`` reloaded with ``PeftModel.from_pretrained`` in a new process.
 
-    The new process only gets ``import mona_peft`` and the saved files, as a user would (offline).
+    The new process only gets ``import mona_peft`` and the saved files, as a user would (offline). ``config_class``
+    names the config class every reload must produce, or one per name. The cases are split over ``processes``
+    processes that run at the same time (starting one costs seconds, one case milliseconds). A case that fails in
+    the new process fails the call, or with ``strict=False`` comes back as its traceback (a ``str``).
     """
     torch.save(pixel_values, tmp_path / "x.pt")
-    argv = [config_class, str(tmp_path / "x.pt")]
-    for name, (base_dir, adapter_dir) in saved.items():
-        argv += [str(base_dir), str(adapter_dir), str(tmp_path / f"{name}_logits.pt")]
+    names = list(saved)
+    chunks = [names[i::processes] for i in range(processes) if names[i::processes]]
     repo_root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root), os.environ.get("PYTHONPATH", "")])}
     env["HF_HUB_OFFLINE"] = "1"
-    result = subprocess.run(
-        [sys.executable, "-c", _FRESH_PROCESS_RELOAD, *argv],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return {name: torch.load(tmp_path / f"{name}_logits.pt") for name in saved}
+    running = []
+    for chunk in chunks:
+        argv = [str(tmp_path / "x.pt")]
+        for name in chunk:
+            expected = config_class if isinstance(config_class, str) else config_class[name]
+            base_dir, adapter_dir = saved[name]
+            argv += [expected, str(base_dir), str(adapter_dir), str(tmp_path / f"{name}_logits.pt")]
+        running.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _FRESH_PROCESS_RELOAD, *argv],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        for process in running:
+            _, stderr = process.communicate(timeout=300)
+            assert process.returncode == 0, stderr[-3000:]
+    finally:
+        for process in running:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    results = {name: torch.load(tmp_path / f"{name}_logits.pt") for name in names}
+    if strict:
+        failed = {name: result for name, result in results.items() if isinstance(result, str)}
+        assert not failed, "\n".join(f"{name}:\n{trace}" for name, trace in failed.items())
+    return results

@@ -3,43 +3,37 @@
 import pytest
 import torch
 import transformers as tf
+from conftest import TINY_MODELS, build_tiny_model
 from peft import get_peft_model
 
 import mona_peft
 from mona_peft.mona.layer import MonaLayer
 
-VIT_KW = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
-)
-SWIN_KW = dict(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4)
-
-ARCHITECTURES = {
-    "swin": lambda: tf.SwinForImageClassification(tf.SwinConfig(**SWIN_KW, num_labels=3)),
-    "swinv2": lambda: tf.Swinv2ForImageClassification(tf.Swinv2Config(**SWIN_KW, num_labels=3)),
-    "vit": lambda: tf.ViTForImageClassification(tf.ViTConfig(**VIT_KW, num_labels=3)),
-    "deit": lambda: tf.DeiTForImageClassificationWithTeacher(tf.DeiTConfig(**VIT_KW, num_labels=3)),
-    "dinov2": lambda: tf.Dinov2ForImageClassification(tf.Dinov2Config(**VIT_KW, num_labels=3)),
-    "dinov2_with_registers": lambda: tf.Dinov2WithRegistersForImageClassification(
-        tf.Dinov2WithRegistersConfig(**VIT_KW, num_register_tokens=4, num_labels=3)
-    ),
+# DeiT with its distillation head (both prefix tokens reach a head); four register tokens.
+OVERRIDES = {
+    "deit": dict(model_class=tf.DeiTForImageClassificationWithTeacher),
+    "dinov2_with_registers": dict(num_register_tokens=4),
 }
 PREFIX_TOKENS = {"swin": 0, "swinv2": 0, "vit": 1, "deit": 2, "dinov2": 1, "dinov2_with_registers": 5}
 
 
+def _build(model_type: str):
+    return build_tiny_model(model_type, **OVERRIDES.get(model_type, {}))
+
+
 def _adapt(model_type, x=None, **config):
     """Base logits on ``x`` (computed before injection, which modifies the base in place) and the adapted model."""
-    torch.manual_seed(0)
-    base = ARCHITECTURES[model_type]().eval()
+    base = _build(model_type)  # seed 0, eval mode
     with torch.no_grad():
         plain = None if x is None else base(pixel_values=x).logits
     return plain, get_peft_model(base, mona_peft.MonaConfig(**config)).eval()
 
 
 def test_registry_covers_the_tested_architectures():
-    assert set(mona_peft.supported_model_types()) == set(ARCHITECTURES)
+    assert set(mona_peft.supported_model_types()) == set(TINY_MODELS)
 
 
-@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("model_type", sorted(TINY_MODELS))
 def test_every_block_is_adapted_and_changes_the_output(model_type):
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     plain, model = _adapt(model_type, x)
@@ -57,7 +51,7 @@ def test_every_block_is_adapted_and_changes_the_output(model_type):
     torch.testing.assert_close(disabled, plain)
 
 
-@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("model_type", sorted(TINY_MODELS))
 def test_identity_init_starts_as_the_base_model(model_type):
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     plain, model = _adapt(model_type, x, init_weights="identity")
@@ -112,18 +106,18 @@ def test_unsupported_architecture_names_the_supported_ones():
     )
     with pytest.raises(mona_peft.UnsupportedArchitectureError, match="convnext") as error:
         get_peft_model(model, mona_peft.MonaConfig())
-    for model_type in ARCHITECTURES:
+    for model_type in TINY_MODELS:
         assert model_type in str(error.value)
 
 
 def test_target_modules_must_be_blocks():
-    base = ARCHITECTURES["vit"]()
+    base = _build("vit")
     with pytest.raises(ValueError, match="ViTLayer.*a Linear"):
         get_peft_model(base, mona_peft.MonaConfig(target_modules=["q_proj"]))
 
 
 def test_target_modules_can_select_some_blocks():
-    base = ARCHITECTURES["swin"]()
+    base = _build("swin")
     model = get_peft_model(base, mona_peft.MonaConfig(target_modules=r".*layers\.1\.blocks\.\d+"))
     adapted = [name for name, m in model.named_modules() if isinstance(m, MonaLayer)]
     assert len(adapted) == 2 and all("layers.1." in name for name in adapted)

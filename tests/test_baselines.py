@@ -12,13 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
+from conftest import TINY_MODELS, build_tiny_model
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 from torch import nn
 
 import mona_peft
 from mona_peft import AdaptFormerConfig, AdaptFormerLayer, HoulsbyConfig, HoulsbyLayer
-from mona_peft.methods import METHODS, build_method, count_parameters, is_adapter_parameter
+from mona_peft.methods import build_method, count_parameters, is_adapter_parameter
+from mona_peft.registration import methods
 from mona_peft.training import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +66,7 @@ def test_each_method_trains_exactly_its_parameters(arch, tiny_model):
     base_params = dict(tiny_model(arch).named_parameters())
     widths = WIDTHS[arch]
     layer_norms = {n for n, m in tiny_model(arch).named_modules() if isinstance(m, nn.LayerNorm)}
-    assert set(METHODS) >= {"full", "linear", "bitfit", "ln_tuning", "partial1", "adapter", "lora", "adaptformer"}
+    assert set(methods()) >= {"full", "linear", "bitfit", "ln_tuning", "partial1", "adapter", "lora", "adaptformer"}
 
     full = build_method(tiny_model(arch), "full", HEAD)
     assert trainable(full) == {n: p.numel() for n, p in base_params.items()}
@@ -260,21 +262,6 @@ def test_several_adapters_and_mixed_batches(method, tiny_swin, tiny_pixel_values
     torch.testing.assert_close(logits(model, x), second)
 
 
-def test_low_cpu_mem_usage_and_bfloat16_base(tiny_swin, tiny_pixel_values, tmp_path):
-    x = tiny_pixel_values(batch=2)
-    for method, (config_cls, _) in PEFT_ADAPTERS.items():
-        model = get_peft_model(tiny_swin(), config_cls(modules_to_save=HEAD)).eval()
-        randomize(model, method)
-        model.save_pretrained(tmp_path / method)
-        reloaded = PeftModel.from_pretrained(tiny_swin(), tmp_path / method, low_cpu_mem_usage=True).eval()
-        assert not any(p.is_meta for p in reloaded.parameters())
-        assert torch.equal(logits(reloaded, x), logits(model, x))
-        # A bfloat16 backbone keeps float32 adapters (PEFT's autocast_adapter_dtype) and returns bfloat16.
-        half = get_peft_model(tiny_swin().to(torch.bfloat16), config_cls(modules_to_save=HEAD)).eval()
-        assert {p.dtype for n, p in half.named_parameters() if f".{method}_" in n} == {torch.float32}
-        assert logits(half, x.to(torch.bfloat16)).dtype == torch.bfloat16
-
-
 @pytest.mark.parametrize("use_reentrant", [True, False], ids=["reentrant", "non_reentrant"])
 def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant, tiny_model, tiny_pixel_values):
     x, labels = tiny_pixel_values(batch=2), torch.tensor([0, 2])
@@ -294,32 +281,14 @@ def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant, tiny_mod
                 torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=f"{arch} {method} {name}")
 
 
-def _every_architecture():
-    vit = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32)
-    swin = dict(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4)
-    return {
-        "swin": lambda: tf.SwinForImageClassification(tf.SwinConfig(**swin, num_labels=3)),
-        "swinv2": lambda: tf.Swinv2ForImageClassification(tf.Swinv2Config(**swin, num_labels=3)),
-        "vit": lambda: tf.ViTForImageClassification(tf.ViTConfig(**vit, patch_size=8, num_labels=3)),
-        "deit": lambda: tf.DeiTForImageClassification(tf.DeiTConfig(**vit, patch_size=8, num_labels=3)),
-        "dinov2": lambda: tf.Dinov2ForImageClassification(tf.Dinov2Config(**vit, patch_size=8, num_labels=3)),
-        "dinov2_with_registers": lambda: tf.Dinov2WithRegistersForImageClassification(
-            tf.Dinov2WithRegistersConfig(**vit, patch_size=8, num_register_tokens=2, num_labels=3)
-        ),
-    }
-
-
 def test_every_architecture_gets_every_baseline(tiny_pixel_values):
-    builders = _every_architecture()
-    assert set(builders) == set(mona_peft.supported_model_types())
+    assert set(TINY_MODELS) == set(mona_peft.supported_model_types())
     x = tiny_pixel_values(batch=2)
-    for arch, build in builders.items():
-        torch.manual_seed(0)
-        plain = logits(build().eval(), x)
+    for arch in TINY_MODELS:
+        plain = logits(build_tiny_model(arch), x)
         num_blocks = 4 if "swin" in arch else 2
         for method in ("ln_tuning", "partial1", "adapter", "lora", "adaptformer"):
-            torch.manual_seed(0)
-            model = build_method(build().eval(), method, HEAD)
+            model = build_method(build_tiny_model(arch), method, HEAD)
             trained, _ = count_parameters(model)
             assert trained > HEAD_PARAMS, f"{arch} {method}"
             if method in ("adapter", "adaptformer"):
@@ -332,14 +301,13 @@ def test_every_architecture_gets_every_baseline(tiny_pixel_values):
             elif method == "lora":
                 assert sum(hasattr(m, "lora_A") for m in model.modules()) == 2 * num_blocks, arch
             elif method == "ln_tuning":
-                norms = sum(isinstance(m, nn.LayerNorm) for m in build().modules())
+                norms = sum(isinstance(m, nn.LayerNorm) for m in build_tiny_model(arch).modules())
                 assert sum(hasattr(m, "ln_tuning_layers") for m in model.modules()) == norms, arch
 
 
 def test_swinv2_adaptformer_reads_the_mlp_input(tiny_pixel_values):
     """Swin v2's MLP is two modules: the adapter wraps `output` and reads `intermediate`'s input."""
-    torch.manual_seed(0)
-    model = get_peft_model(_every_architecture()["swinv2"]().eval(), AdaptFormerConfig(init_weights="bert")).eval()
+    model = get_peft_model(build_tiny_model("swinv2"), AdaptFormerConfig(init_weights="bert")).eval()
     layer = model.base_model.model.swinv2.encoder.layers[0].blocks[0].output
     seen = {}
     block = model.base_model.model.swinv2.encoder.layers[0].blocks[0]
@@ -378,10 +346,8 @@ def test_wrong_target_is_refused(tiny_vit):
 
 @pytest.fixture(scope="module")
 def saved_swin(tmp_path_factory):
-    torch.manual_seed(0)
-    config = tf.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4)
     path = tmp_path_factory.mktemp("tiny-swin")
-    tf.SwinForImageClassification(config).save_pretrained(path)
+    build_tiny_model("swin").save_pretrained(path)
     processor = tf.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     processor.save_pretrained(path)
     return str(path)

@@ -1,9 +1,9 @@
-"""Mona held to PEFT's per-method checklist: checkpoints, several adapters, unload, merging, low_cpu_mem_usage,
-dtype autocasting, gradients, gradient checkpointing, torch.compile, the HF Trainer, FSDP-friendly layout and
-mixed-adapter batches. Every test runs on the tiny Swin and/or ViT of ``conftest.py`` (CPU, seconds).
+"""Mona's own side of PEFT's per-method checklist: checkpoint contents and config round trips, several adapters and
+names that are substrings of each other, unload, dtype autocasting, the adapted hidden states, the HF Trainer,
+FSDP-friendly layout and mixed-adapter batches. Every test runs on the tiny Swin and/or ViT of ``conftest.py``.
 
-``MONA_TEST_COMPILE_BACKEND=inductor`` makes the torch.compile test use inductor instead of ``aot_eager``
-(inductor's cold C++ compile takes over a minute on a small CPU machine).
+What every method shares (fresh-process reload, merging, low_cpu_mem_usage, gradients, gradient checkpointing,
+torch.compile, ...) is checked for Mona on every architecture in ``test_peft_checklist.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import logits_after_fresh_process_reload
 from peft import (
     AutoPeftModel,
     PeftConfig,
@@ -123,23 +122,6 @@ def test_save_pretrained_writes_only_adapter_files_and_keys(adapted, tmp_path):
         assert not any(".default" in k or "base_layer" in k for k in state)
         config = json.loads((out / "adapter_config.json").read_text())
         assert config["peft_type"] == "MONA" and config["inner_dim"] == INNER_DIM
-
-
-def test_reload_in_fresh_process_gives_identical_logits(tiny_model, tiny_pixel_values, tmp_path):
-    saved, expected = {}, {}
-    x = tiny_pixel_values(batch=3)
-    for arch in ARCHS:
-        base = tiny_model(arch, seed=3)
-        base.save_pretrained(tmp_path / f"{arch}_base")
-        torch.manual_seed(5)
-        model = get_peft_model(base, mona_config(modules_to_save=["classifier"])).eval()
-        randomize_adapter(model, "default", seed=5)
-        model.save_pretrained(tmp_path / f"{arch}_adapter")
-        expected[arch] = logits(model, x)
-        saved[arch] = (tmp_path / f"{arch}_base", tmp_path / f"{arch}_adapter")
-    reloaded = logits_after_fresh_process_reload(tmp_path, saved, x, "MonaConfig")
-    for arch in ARCHS:
-        torch.testing.assert_close(reloaded[arch], expected[arch], rtol=0, atol=1e-6)
 
 
 def test_peft_config_and_auto_peft_model_from_pretrained(tiny_swin, tiny_pixel_values, tmp_path):
@@ -340,42 +322,9 @@ def test_unload_returns_the_exact_base_model(arch, with_head, adapted, tiny_mode
     torch.testing.assert_close(logits(unloaded, x), logits(reference, x), rtol=0, atol=0)
 
 
-def test_merging_raises_a_clear_error(adapted):
-    _, model, x = adapted("swin")
-    before = logits(model, x)
-    with pytest.raises(NotImplementedError, match="Mona"):
-        model.merge_and_unload()
-    with pytest.raises(NotImplementedError, match="Mona"):
-        model.merge_adapter()
-    with pytest.raises(NotImplementedError, match="Mona"):
-        model.base_model.merge_and_unload()
-    # nothing was half-merged or unloaded
-    assert sum(isinstance(m, MonaLayer) for m in model.modules()) == NUM_BLOCKS["swin"]
-    torch.testing.assert_close(logits(model, x), before, rtol=0, atol=0)
-
-
 # --------------------------------------------------------------------------------------------------------------------
-# low_cpu_mem_usage and dtypes
+# dtypes
 # --------------------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_low_cpu_mem_usage(arch, adapted, tiny_model, tmp_path):
-    _, source, x = adapted(arch)
-    expected = logits(source, x)
-    source.save_pretrained(tmp_path)
-    state = get_peft_model_state_dict(source)
-
-    empty = get_peft_model(tiny_model(arch), mona_config(modules_to_save=["classifier"]), low_cpu_mem_usage=True)
-    mona_params = [p for n, p in empty.named_parameters() if ".mona_" in n]
-    assert mona_params and all(p.device.type == "meta" for p in mona_params)
-    set_peft_model_state_dict(empty, state, low_cpu_mem_usage=True)
-    assert all(p.device.type == "cpu" for p in empty.parameters())
-    torch.testing.assert_close(logits(empty.eval(), x), expected, rtol=0, atol=0)
-
-    loaded = PeftModel.from_pretrained(tiny_model(arch), tmp_path, low_cpu_mem_usage=True).eval()
-    assert all(p.device.type == "cpu" for p in loaded.parameters())
-    torch.testing.assert_close(logits(loaded, x), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -413,33 +362,12 @@ def test_autocast_adapter_dtype_with_bfloat16_base(arch, autocast, tiny_model, t
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Gradients and gradient checkpointing
+# Hidden states
 # --------------------------------------------------------------------------------------------------------------------
 
 
 def is_trained(name: str) -> bool:
     return ".mona_" in name or ".modules_to_save." in name
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_gradients_only_on_adapter_and_modules_to_save(arch, adapted):
-    _, model, x = adapted(arch)
-    model.add_adapter("inactive", mona_config(modules_to_save=["classifier"]))
-    model.train()
-    out = model(pixel_values=x, labels=torch.tensor([0, 2]), output_hidden_states=True)
-    # ViT's head reads only the CLS token, so the last block's spatial filters cannot reach the logits; a loss on
-    # all tokens of the last hidden state reaches every Mona parameter.
-    (out.loss + out.hidden_states[-1].square().mean()).backward()
-    checked = 0
-    for name, param in model.named_parameters():
-        if is_trained(name) and ".default." in name:
-            assert param.requires_grad, name
-            assert param.grad is not None and param.grad.abs().sum() > 0, f"no gradient for {name}"
-            checked += 1
-        else:
-            assert not param.requires_grad, name
-            assert param.grad is None, f"frozen {name} got a gradient"
-    assert checked == len([n for n, _ in model.named_parameters() if is_trained(n) and ".default." in n]) > 0
 
 
 def test_output_hidden_states_are_the_adapted_stream(adapted):
@@ -465,63 +393,6 @@ def test_output_hidden_states_are_the_adapted_stream(adapted):
     with model.disable_adapter(), torch.no_grad():
         base_states = model(pixel_values=x, output_hidden_states=True).hidden_states
     assert_differs(out.hidden_states[-1], base_states[-1])
-
-
-def _gradients(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    model.zero_grad(set_to_none=True)
-    loss = model(pixel_values=x, labels=labels).loss
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("use_reentrant", [True, False])
-def test_gradient_checkpointing_gives_the_same_gradients(arch, use_reentrant, adapted, recwarn):
-    # No enable_input_require_grads(): it fails on Swin (its patch embedding returns a tuple) and Mona does not need
-    # it; inputs that do not require grad are the hard case for reentrant checkpointing.
-    _, model, x = adapted(arch, dropout=0.0)
-    labels = torch.tensor([1, 2])
-    model.train()
-    loss, expected = _gradients(model, x, labels)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert set(expected) == trainable
-
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
-    blocks = [m.base_layer for m in model.modules() if isinstance(m, MonaLayer)]
-    assert all(block.gradient_checkpointing for block in blocks)
-    checkpointed_loss, got = _gradients(model, x, labels)
-    assert not x.requires_grad
-    assert set(got) == trainable, f"missing gradients: {sorted(trainable - set(got))[:5]}"
-    torch.testing.assert_close(checkpointed_loss, loss, rtol=0, atol=1e-6)
-    for name, grad in expected.items():
-        torch.testing.assert_close(got[name], grad, rtol=0, atol=1e-5, msg=name)
-    assert not [w for w in recwarn if "requires_grad=True" in str(w.message)]
-
-    model.gradient_checkpointing_disable()
-    _, after = _gradients(model, x, labels)
-    for name, grad in expected.items():
-        torch.testing.assert_close(after[name], grad, rtol=0, atol=1e-5, msg=name)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# torch.compile
-# --------------------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_torch_compile_without_graph_breaks(arch, adapted):
-    _, model, x = adapted(arch)
-    eager = logits(model, x)
-    torch._dynamo.reset()
-    try:
-        explanation = torch._dynamo.explain(model)(pixel_values=x)
-        assert explanation.graph_break_count == 0, explanation.break_reasons
-        assert explanation.graph_count == 1
-        backend = os.environ.get("MONA_TEST_COMPILE_BACKEND", "aot_eager")
-        compiled = torch.compile(model, backend=backend, fullgraph=True)
-        torch.testing.assert_close(logits(compiled, x), eager, rtol=0, atol=1e-4)
-    finally:
-        torch._dynamo.reset()
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -20,30 +20,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers as tf
+from conftest import build_tiny_model
 from peft import get_peft_model
 
 from mona_peft import VPTConfig, VPTLayer
 
-VIT_KW = dict(
-    hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
-)
-SWIN_KW = dict(
-    image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4, drop_path_rate=0.0
-)
 NUM_PROMPTS = 3
 ATOL = 1e-10  # float64: the brief asks for 1e-5; a misrouted prompt shows as ~1e-6
 
 
 def _build(model_type: str, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    if model_type == "vit":
-        model = tf.ViTForImageClassification(tf.ViTConfig(**VIT_KW, num_labels=3))
-    elif model_type == "dinov2_with_registers":
-        config = tf.Dinov2WithRegistersConfig(**VIT_KW, num_register_tokens=2, num_labels=3)
-        model = tf.Dinov2WithRegistersForImageClassification(config)
-    else:
-        model = tf.SwinForImageClassification(tf.SwinConfig(**SWIN_KW, num_labels=3))
-    return model.double().eval()
+    """The tiny model of ``conftest.py``, with three blocks for the ViT family, in float64."""
+    overrides = {} if model_type == "swin" else {"num_hidden_layers": 3}
+    return build_tiny_model(model_type, seed=seed, **overrides).double().eval()
 
 
 def _adapted(model_type: str, **config):
