@@ -81,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def task_tensors(task: str, task_seed: int, processor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    from mona_peft.benchmarking.tasks import load_task
+    from mona_peft.data import load_task
 
     data = load_task(task, task_seed)
     tensors = {}

@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from mona_peft.backbones import BACKBONES, PretrainConfig, backbone_path, pretrain
+from mona_peft.backbones import BACKBONES, backbone_path
+from mona_peft.backbones.pretraining import PretrainConfig, pretrain
 
 
 def main() -> None:

@@ -14,17 +14,15 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from mona_peft import backbones
-from mona_peft.backbones import (
-    BACKBONES,
+from mona_peft.backbones import BACKBONES, backbone_path, build_backbone
+from mona_peft.backbones.pretraining import evaluate_accuracy
+from mona_peft.data import digits_tensors, fashion_mnist
+from mona_peft.data.fashion_mnist import (
     FASHION_MNIST_CLASSES,
     FashionMNISTNotFoundError,
-    backbone_path,
-    build_backbone,
     load_fashion_mnist,
     pixel_values_from_uint8,
 )
-from mona_peft.offline_data import digits_tensors
 
 ARCHS = sorted(BACKBONES)
 
@@ -115,15 +113,15 @@ def test_pretrained_features_beat_random_init_on_a_linear_probe(name, digits):
 @pytest.mark.parametrize("name", ARCHS)
 def test_shipped_checkpoint_classifies_fashion_mnist(name):
     """Direct evidence of pretraining where the data is installed: the first 500 test images."""
-    if not all((backbones.FASHION_MNIST_DIR / f).is_file() for f in backbones.FASHION_MNIST_FILES["test"]):
+    if not all((fashion_mnist.FASHION_MNIST_DIR / f).is_file() for f in fashion_mnist.FASHION_MNIST_FILES["test"]):
         pytest.skip("dataset-fashion-mnist is not installed")
-    pixels, labels = backbones.fashion_mnist_tensors("test", limit=500)
+    pixels, labels = fashion_mnist.fashion_mnist_tensors("test", limit=500)
     model = AutoModelForImageClassification.from_pretrained(backbone_path(name))
-    assert backbones.evaluate_accuracy(model, pixels, labels) > 0.75  # shipped: ~0.85 (swin), ~0.87 (vit)
+    assert evaluate_accuracy(model, pixels, labels) > 0.75  # shipped: ~0.85 (swin), ~0.87 (vit)
 
 
 def test_loader_reports_how_to_install_missing_data(monkeypatch, tmp_path):
-    monkeypatch.setattr(backbones, "FASHION_MNIST_DIR", tmp_path / "missing")
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_DIR", tmp_path / "missing")
     with pytest.raises(FashionMNISTNotFoundError, match="apt-get install dataset-fashion-mnist"):
         load_fashion_mnist("train")
     with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte.gz"):
@@ -131,7 +129,7 @@ def test_loader_reports_how_to_install_missing_data(monkeypatch, tmp_path):
 
 
 def test_loader_reads_the_installed_test_split():
-    if not all((backbones.FASHION_MNIST_DIR / f).is_file() for f in backbones.FASHION_MNIST_FILES["test"]):
+    if not all((fashion_mnist.FASHION_MNIST_DIR / f).is_file() for f in fashion_mnist.FASHION_MNIST_FILES["test"]):
         pytest.skip("dataset-fashion-mnist is not installed")
     images, labels = load_fashion_mnist("test")
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8

@@ -9,7 +9,7 @@ import pytest
 from datasets import ClassLabel
 
 from mona_peft.benchmarking import TASKS, load_task
-from mona_peft.benchmarking.tasks import (
+from mona_peft.data.offline import (
     DIGITS_FEWSHOT_PER_CLASS,
     DIGITS_PER_CLASS,
     TEXTURE_IMAGES,

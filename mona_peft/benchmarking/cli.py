@@ -6,9 +6,9 @@ import argparse
 import shlex
 import sys
 
+from ..data import TASKS
 from ..registration import methods
 from .runner import LR_GRID, BenchmarkConfig, run_benchmark
-from .tasks import TASKS
 
 QUICK = {"methods": ["linear", "mona"], "tasks": ["digits-fewshot"], "seeds": [0], "lr_grid": [3e-3, 1e-2]}
 

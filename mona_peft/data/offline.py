@@ -1,6 +1,9 @@
-"""Downstream image-classification tasks built from real images that ship with installed packages (offline).
+"""Offline image-classification data built from real images that ship with installed packages.
 
-None of them is Fashion-MNIST, which the shipped backbones were pretrained on:
+scikit-learn's bundled digits are read in one place (:func:`load_digits_arrays`) for the training script's default
+(:func:`digits_dataset`), quick probes (:func:`digits_tensors`), the benchmark tasks below and the segmentation scenes
+(:mod:`mona_peft.data.segmentation`). The benchmark's downstream tasks; none of them is Fashion-MNIST, which the
+shipped backbones were pretrained on:
 
 - ``digits``: scikit-learn's bundled handwritten digits (8x8 grayscale scans, upsampled to 32x32), 10 classes,
   60 / 20 / 50 images per class for train / validation / test.
@@ -12,9 +15,9 @@ None of them is Fashion-MNIST, which the shipped backbones were pretrained on:
   one split only, so training, validation and test crops never share a pixel.
 
 ``load_task(name, seed)`` returns a ``datasets.DatasetDict`` with ``train`` / ``validation`` / ``test`` splits, an
-``image`` column (PIL images) and a ``ClassLabel`` ``label`` column, the format of :mod:`mona_peft.data`. ``seed``
-picks which images (digits) or blocks and crop positions (textures) go where; the split sizes never change.
-Choose hyper-parameters on ``validation``; report ``test``.
+``image`` column (PIL images) and a ``ClassLabel`` ``label`` column (the format of
+:mod:`mona_peft.data.image_classification`). ``seed`` picks which images (digits) or blocks and crop positions
+(textures) go where; the split sizes never change. Choose hyper-parameters on ``validation``; report ``test``.
 """
 
 from __future__ import annotations
@@ -22,12 +25,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 
-__all__ = ["TASKS", "TEXTURE_IMAGES", "Task", "digits_split_indices", "load_task", "texture_crop_boxes"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "DIGITS_NAME",
+    "TASKS",
+    "TEXTURE_IMAGES",
+    "Task",
+    "digits_dataset",
+    "digits_split_indices",
+    "digits_tensors",
+    "load_digits_arrays",
+    "load_task",
+    "texture_crop_boxes",
+]
 
 IMAGE_SIZE = 32
 SPLITS = ("train", "validation", "test")
@@ -58,6 +76,31 @@ class Task:
     low_data: bool = False
 
 
+#: The dataset name of the training script's offline default (cards, results).
+DIGITS_NAME = "sklearn-digits"
+
+
+@lru_cache(maxsize=1)
+def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits: ``(images, targets)``, 1,797 8x8 float images with ink in 0..16, and labels.
+
+    Every offline digits loader (the training script's default, the benchmark tasks, the backbone probe, the
+    segmentation scenes) reads them here. Read-only arrays: callers derive their own.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images, targets = digits.images, digits.target
+    images.setflags(write=False)
+    targets.setflags(write=False)
+    return images, targets
+
+
+def _digits_uint8() -> np.ndarray:
+    """The digits as uint8 grayscale (ink 16 -> 255), as PIL images of them store it."""
+    return (load_digits_arrays()[0] * (255.0 / 16.0)).round().astype(np.uint8)
+
+
 def _features(names: list[str]) -> Features:
     return Features({"image": Image(), "label": ClassLabel(names=names)})
 
@@ -71,9 +114,7 @@ def digits_split_indices(seed: int = 0, per_class: dict[str, int] = DIGITS_PER_C
     Per class, one seeded permutation is cut into test, then validation, then train, so tasks with the same test
     size share the test split.
     """
-    from sklearn.datasets import load_digits
-
-    target = load_digits().target
+    target = load_digits_arrays()[1]
     rng = np.random.default_rng(seed)
     chosen: dict[str, list[int]] = {split: [] for split in SPLITS}
     for label in range(10):
@@ -89,10 +130,7 @@ def digits_split_indices(seed: int = 0, per_class: dict[str, int] = DIGITS_PER_C
 
 
 def _digits(seed: int, per_class: dict[str, int]) -> DatasetDict:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    pixels = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    pixels, targets = _digits_uint8(), load_digits_arrays()[1]
     features = _features([str(d) for d in range(10)])
     splits = {}
     for split, indices in digits_split_indices(seed, per_class).items():
@@ -100,10 +138,43 @@ def _digits(seed: int, per_class: dict[str, int]) -> DatasetDict:
             PILImage.fromarray(pixels[i], mode="L").resize((IMAGE_SIZE, IMAGE_SIZE), PILImage.Resampling.BILINEAR)
             for i in indices
         ]
-        splits[split] = Dataset.from_dict(
-            {"image": images, "label": digits.target[indices].tolist()}, features=features
-        )
+        splits[split] = Dataset.from_dict({"image": images, "label": targets[indices].tolist()}, features=features)
     return DatasetDict(splits)
+
+
+def digits_dataset(seed: int = 0, validation_fraction: float = 0.2) -> DatasetDict:
+    """scikit-learn's bundled handwritten digits (1,797 real 8x8 grayscale images, 10 classes).
+
+    The offline default of the training script: it ships with a dependency, so it needs no network.
+    The split is stratified and seeded.
+    """
+    features = _features([str(d) for d in range(10)])
+    images = [PILImage.fromarray(p, mode="L") for p in _digits_uint8()]
+    data = Dataset.from_dict({"image": images, "label": load_digits_arrays()[1].tolist()}, features=features)
+    split = data.train_test_split(test_size=validation_fraction, seed=seed, stratify_by_column="label")
+    return DatasetDict(train=split["train"], validation=split["test"])
+
+
+def digits_tensors(
+    image_size: int = 32, seed: int = 0, validation_fraction: float = 0.2
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The digits as RGB tensors, for quick probes: ``(train_pixels, train_labels), (val_pixels, val_labels)``.
+
+    Pixels are ``float32`` of shape ``(N, 3, image_size, image_size)`` scaled to [-1, 1] (bilinear upsampling);
+    the split is a seeded permutation (not stratified).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    raw, targets = load_digits_arrays()
+    images = torch.from_numpy(raw.astype(np.float32) / 16.0).unsqueeze(1)
+    images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    images = (images * 2 - 1).expand(-1, 3, -1, -1).contiguous()
+    labels = torch.from_numpy(targets.astype(np.int64))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    cut = int(len(labels) * (1 - validation_fraction))
+    train, validation = order[:cut], order[cut:]
+    return (images[train], labels[train]), (images[validation], labels[validation])
 
 
 # ----------------------------------------------------------------------------------------------------- textures

@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
+from datasets import ClassLabel, DatasetDict, load_dataset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-DIGITS_NAME = "sklearn-digits"
 
 
 class ImageDataError(ValueError):
     """An image folder or dataset that cannot be used, with what is wrong and where."""
-
-
-def digits_dataset(seed: int = 0, validation_fraction: float = 0.2) -> DatasetDict:
-    """scikit-learn's bundled handwritten digits (1,797 real 8x8 grayscale images, 10 classes).
-
-    The offline default of the training script: it ships with a dependency, so it needs no network.
-    The split is stratified and seeded.
-    """
-    from PIL import Image as PILImage
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    pixels = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
-    features = Features({"image": Image(), "label": ClassLabel(names=[str(d) for d in range(10)])})
-    data = Dataset.from_dict(
-        {"image": [PILImage.fromarray(p, mode="L") for p in pixels], "label": digits.target.tolist()},
-        features=features,
-    )
-    split = data.train_test_split(test_size=validation_fraction, seed=seed, stratify_by_column="label")
-    return DatasetDict(train=split["train"], validation=split["test"])
 
 
 def check_image_folder(folder: str | Path) -> list[str]:
@@ -109,6 +89,8 @@ def load_image_classification_data(
     elif validation_dir is not None:
         raise ImageDataError("--validation_dir needs --train_dir.")
     else:
+        from .offline import digits_dataset
+
         return digits_dataset(seed=seed)
     if "validation" not in data:
         split = data["train"].train_test_split(test_size=validation_fraction, seed=seed)
@@ -118,7 +100,7 @@ def load_image_classification_data(
     return DatasetDict(train=data["train"], validation=data["validation"])
 
 
-def image_transform(processor):
+def image_transform(processor: Any) -> Callable[[dict], dict]:
     """A ``with_transform`` function: RGB-convert (grayscale, palette, RGBA...) and run the image processor."""
 
     def transform(batch: dict) -> dict:
@@ -130,6 +112,7 @@ def image_transform(processor):
 
 
 def collate(examples: list[dict]) -> dict:
+    """Stack transformed examples into a batch: ``pixel_values`` and ``labels`` tensors."""
     return {
         "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
         "labels": torch.stack([torch.as_tensor(example["labels"]) for example in examples]),
