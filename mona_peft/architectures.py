@@ -225,3 +225,35 @@ def resolve_architecture(model: nn.Module) -> ResolvedArchitecture:
         f"{type(model).__name__} is not a supported backbone (found model_type: {found}). "
         f"Supported model types: {', '.join(supported_model_types())}."
     )
+
+
+def head_modules(model: nn.Module) -> list[str]:
+    """Names of the modules outside ``model``'s backbone that hold parameters: what every method trains in full.
+
+    The largest such modules are named (``decode_head``, not its convolutions): the decode and auxiliary heads of an
+    UperNet, the neck and head of a DPT, the classifier of an image classifier, the transformer and prediction
+    heads of a detector. The backbone's own modules (its norms included) are never listed.
+    """
+    spec = resolve_architecture(model).spec
+    block_names = {name for name, _ in find_blocks(model, spec)}
+    # The highest sub-model of the backbone's type below the root (the root of a classifier shares its config).
+    backbone = next(
+        module
+        for name, module in model.named_modules()
+        if module is not model
+        and getattr(getattr(module, "config", None), "model_type", None) == spec.model_type
+        and any(block.startswith(f"{name}.") for block in block_names)
+    )
+    names: list[str] = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        for name, child in module.named_children():
+            if child is backbone:
+                continue
+            if any(sub is backbone for sub in child.modules()):
+                visit(f"{prefix}{name}.", child)
+            elif any(True for _ in child.parameters()):
+                names.append(f"{prefix}{name}")
+
+    visit("", model)
+    return names

@@ -30,6 +30,7 @@ ALLOW_PATTERNS = [
     MODEL_CONFIG_FILE,
     *MODEL_WEIGHT_FILES,
     "preprocessor_config.json",
+    "segmentation_config.json",  # the UperNet a segmentation adapter was trained in (mona_peft.segmentation)
     CARD_FILE,
     "*results.json",
 ]

@@ -19,10 +19,15 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from .registration import methods
 
-TEMPLATE_NAME = "image_classification.md"
+#: The card of each task: template file, and the Hub's task type, task name and the metrics of its model-index.
+TASKS = {
+    "image-classification": ("image_classification.md", "image-classification", "Image Classification"),
+    "semantic-segmentation": ("semantic_segmentation.md", "image-segmentation", "Semantic Segmentation"),
+}
 TEMPLATE_DIR = Path(__file__).resolve().parent / "card_templates"
 CARD_MARKER = "<!-- mona_peft model card"
 LIBRARY_TAG = "mona_peft"
@@ -46,8 +51,9 @@ def render_model_card(
     num_labels: int | None = None,
     extra_tags: list[str] | None = None,
     whole_model: bool = False,
+    task: str = "image-classification",
 ) -> str:
-    """The README.md (YAML metadata + Markdown) of an image-classification adapter, or of a whole model.
+    """The README.md (YAML metadata + Markdown) of an adapter, or of a whole model.
 
     Args:
         base_model: Hub id (or local path) of the backbone the adapter was trained on. A local path is shown in the
@@ -64,8 +70,12 @@ def render_model_card(
         num_labels: classes of the trained head (added to the loading snippet).
         extra_tags: more metadata tags.
         whole_model: the card of a whole transformers model (``config.json`` + ``model.safetensors``, loaded with
-            ``AutoModelForImageClassification``) rather than of a PEFT adapter.
+            the task's Auto class) rather than of a PEFT adapter.
+        task: ``"image-classification"`` (top-1/top-5 accuracy in the model-index) or ``"semantic-segmentation"``
+            (mean IoU); chooses the template and the loading snippet.
     """
+    if task not in TASKS:
+        raise ValueError(f"No model card for task {task!r}; available: {', '.join(TASKS)}.")
     if trainable_params < 0 or total_params <= 0 or trainable_params > total_params:
         raise ValueError(
             f"Need 0 <= trainable_params <= total_params and total_params > 0, got {trainable_params=}, "
@@ -75,9 +85,10 @@ def render_model_card(
     spec = methods().get(method_key)
     info = {"display": spec.display_name, "summary": spec.summary} if spec else {"display": method, "summary": ""}
     model_name = repo_id.split("/")[-1] if repo_id else f"{method_key}-{_short_name(base_model)}-{_short_name(dataset)}"
-    card_data = _card_data(base_model, method_key, dataset, metrics, model_name, extra_tags, whole_model)
+    card_data = _card_data(base_model, method_key, dataset, metrics, model_name, extra_tags, whole_model, task)
     context = {
         "card_data": card_data.to_yaml(),
+        "template": TASKS[task][0],
         "whole_model": whole_model,
         "model_name": model_name,
         "method": info,
@@ -106,18 +117,21 @@ def _card_data(
     model_name: str,
     extra_tags: list[str] | None,
     whole_model: bool,
+    task: str,
 ):
-    """The card's metadata: library, base model (a Hub id only), pipeline tag, tags, and top-1/top-5 results."""
+    """The card's metadata: library, base model (a Hub id only), pipeline tag, tags, and the model-index results."""
     from huggingface_hub import EvalResult, ModelCardData
 
+    _, task_type, task_name = TASKS[task]
     dataset_is_id = _is_hub_id(dataset)
     dataset_label = dataset if dataset_is_id else _short_name(dataset)  # no local paths in the metadata
     library = "transformers" if whole_model else "peft"
-    tags = _unique([method, library, "image-classification", dataset_label, LIBRARY_TAG, *(extra_tags or [])])
+    tags = _unique([method, library, task_type, dataset_label, LIBRARY_TAG, *(extra_tags or [])])
+    scores = _accuracy_metrics(metrics) if task == "image-classification" else _segmentation_metrics(metrics)
     eval_results = [
         EvalResult(
-            task_type="image-classification",
-            task_name="Image Classification",
+            task_type=task_type,
+            task_name=task_name,
             dataset_type=dataset_label,
             dataset_name=dataset_label,
             metric_type=metric_type,
@@ -125,12 +139,12 @@ def _card_data(
             metric_value=value,
             metric_args=args,
         )
-        for metric_type, metric_name, value, args in _accuracy_metrics(metrics)
+        for metric_type, metric_name, value, args in scores
     ]
     return ModelCardData(
         library_name=library,
         base_model=base_model if _is_hub_id(base_model) else None,
-        pipeline_tag="image-classification",
+        pipeline_tag=task_type,
         tags=tags,
         datasets=[dataset] if dataset_is_id else None,
         model_name=model_name if eval_results else None,
@@ -138,7 +152,7 @@ def _card_data(
     )
 
 
-def write_model_card(output_dir: str | os.PathLike, **kwargs) -> Path:
+def write_model_card(output_dir: str | os.PathLike, **kwargs: Any) -> Path:
     """Render the card (same keyword arguments as ``render_model_card``) into ``output_dir/README.md``."""
     path = Path(output_dir) / "README.md"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +180,7 @@ def _render_template(context: dict) -> str:
         autoescape=False,  # Markdown, not HTML
     )
     env.filters["md_cell"] = _md_cell
-    return env.get_template(TEMPLATE_NAME).render(**context)
+    return env.get_template(context["template"]).render(**context)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -217,6 +231,13 @@ def _accuracy_metrics(metrics: Mapping[str, float]) -> list[tuple[str, str, floa
     if top5 is not None:
         found.append(("top_k_accuracy", "Top-5 Accuracy", top5, {"k": 5}))
     return found
+
+
+def _segmentation_metrics(metrics: Mapping[str, float]) -> list[tuple[str, str, float, dict | None]]:
+    """(type, name, value, args) of mean IoU, then mean and overall pixel accuracy, for the model-index."""
+    names = {"mean_iou": "Mean IoU", "mean_accuracy": "Mean Accuracy", "overall_accuracy": "Overall Accuracy"}
+    found = {_normalise_metric_key(k): float(v) for k, v in metrics.items() if _normalise_metric_key(k) in names}
+    return [(key, names[key], found[key], None) for key in names if key in found]
 
 
 def _metric_label(key: str) -> str:

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
+from ..data import TASKS, load_task
 from ..registration import get_method, methods
 from ..training import RunConfig, train
-from .tasks import TASKS, load_task  # TEMPORARY until mona_peft.data exports them
 from .timing import PeakRSS, contention, cpu_snapshot, environment, model_state_bytes, summarize, timed_pair
 
 #: One learning-rate grid for every method, wide enough that each method's best rate lies inside it: full

@@ -24,7 +24,13 @@ from .task import TrainingTask
 __all__ = ["FineTuningRun", "ImageClassificationTask", "RunConfig", "TrainingTask", "main", "parse_args", "train"]
 
 
-def main(argv: list[str] | None = None, task: TrainingTask | None = None) -> dict[str, Any]:
-    """Parse the flags (``argv``, default ``sys.argv[1:]``) and run ``task`` (default: image classification)."""
-    task = task or ImageClassificationTask()
-    return train(parse_args(argv, description=f"Fine-tune a model for {task.pipeline_tag} under Accelerate."), task)
+def main(argv: list[str] | None = None, task: type[TrainingTask] = ImageClassificationTask) -> dict[str, Any]:
+    """Parse the flags (``argv``, default ``sys.argv[1:]``) and run ``task`` (default: image classification).
+
+    The flags are :class:`RunConfig`'s plus those of the task's ``arguments_class``.
+    """
+    description = f"Fine-tune a model for {task.pipeline_tag} under Accelerate."
+    if task.arguments_class is None:
+        return train(parse_args(argv, description=description, defaults=task.run_defaults), task())
+    config, arguments = parse_args(argv, description, extra=task.arguments_class, defaults=task.run_defaults)
+    return train(config, task(arguments))

@@ -145,14 +145,24 @@ class RunConfig:
         }
 
 
-def parse_args(argv: list[str] | None = None, description: str | None = None) -> RunConfig:
-    """A :class:`RunConfig` from command-line flags; a setting no run can use exits with ``error: ...``."""
+def parse_args(
+    argv: list[str] | None = None,
+    description: str | None = None,
+    extra: type | None = None,
+    defaults: dict[str, Any] | None = None,
+):
+    """A :class:`RunConfig` from command-line flags; a setting no run can use exits with ``error: ...``.
+
+    ``defaults`` replace ``RunConfig``'s defaults (a task's recipe). With ``extra`` (a dataclass of a task's own
+    flags), returns ``(RunConfig, extra instance)``.
+    """
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(RunConfig, description=description)
-    (config,) = parser.parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser([RunConfig] + ([extra] if extra else []), description=description)
+    parser.set_defaults(**(defaults or {}))
+    parsed = parser.parse_args_into_dataclasses(args=argv)
     try:
-        config.validate()
+        parsed[0].validate()
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
-    return config
+    return tuple(parsed) if extra else parsed[0]

@@ -16,8 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
-from ..benchmarking.tasks import load_task  # TEMPORARY
-from ..data import DIGITS_NAME, collate, image_transform, load_image_classification_data
+from ..data import DIGITS_NAME, collate, image_transform, load_image_classification_data, load_task
 from ..metrics import metric_path
 from .config import RunConfig
 from .task import TrainingTask
@@ -35,20 +34,19 @@ class ImageClassificationTask(TrainingTask):
             return DIGITS_NAME
         return super().dataset_label(config)
 
-    def load_data(self, config: RunConfig) -> DatasetDict:
+    def load_data(self, config: RunConfig) -> tuple[DatasetDict, list[str]]:
         if config.task:
-            return load_task(config.task, config.task_seed or 0)
-        return load_image_classification_data(
-            config.dataset_name,
-            config.dataset_config_name,
-            config.train_dir,
-            config.validation_dir,
-            config.validation_fraction,
-            config.seed,
-        )
-
-    def label_names(self, data: DatasetDict) -> list[str]:
-        return data["train"].features["label"].names
+            data = load_task(config.task, config.task_seed or 0)
+        else:
+            data = load_image_classification_data(
+                config.dataset_name,
+                config.dataset_config_name,
+                config.train_dir,
+                config.validation_dir,
+                config.validation_fraction,
+                config.seed,
+            )
+        return data, data["train"].features["label"].names
 
     def load_processor(self, config: RunConfig) -> Any:
         return AutoImageProcessor.from_pretrained(config.model_name_or_path)

@@ -124,8 +124,7 @@ class FineTuningRun:
     # -- data -----------------------------------------------------------------------------------------------------
     def load_data(self) -> None:
         config, task = self.config, self.task
-        data = task.load_data(config)
-        self.labels = task.label_names(data)
+        data, self.labels = task.load_data(config)
         self.processor = task.load_processor(config)
 
         def loader(split: str, **kwargs: Any) -> DataLoader:
@@ -308,10 +307,11 @@ class FineTuningRun:
     # -- evaluation -------------------------------------------------------------------------------------------------
     def evaluate_epoch(self, epoch: int) -> None:
         self.results = self.task.evaluate(self.model, self.loaders.validation, self.accelerator, self.labels)
-        scores = ", ".join(f"{k} {v:.4f}" for k, v in self.results.items())
+        scalars = {k: v for k, v in self.results.items() if isinstance(v, float)}  # not per-class lists
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in scalars.items())
         self.accelerator.print(f"epoch {epoch}: train loss {self.train_loss:.4f}, {scores}")
         if self.report_to:
-            logged = {f"eval_{k}": v for k, v in self.results.items()} | {"epoch": epoch}
+            logged = {f"eval_{k}": v for k, v in scalars.items()} | {"epoch": epoch}
             self.accelerator.log(logged, step=self.completed_steps)
 
     def _shrink(self, epoch: int) -> None:
@@ -360,6 +360,7 @@ class FineTuningRun:
         else:
             weights_bytes = final["adapter_bytes"] = (output_dir / ADAPTER_FILE).stat().st_size
         (output_dir / "all_results.json").write_text(json.dumps(final, indent=2))
+        self.task.save_extras(model, self.processor, output_dir)
         self.task.write_model_card(
             output_dir,
             base_model=config.model_name_or_path,

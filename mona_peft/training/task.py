@@ -27,6 +27,10 @@ class TrainingTask(ABC):
     pipeline_tag: str
     #: ``--output_dir`` when none is given.
     default_output_dir: str
+    #: A dataclass of the task's own flags (parsed beside ``RunConfig``), passed to the constructor; or None.
+    arguments_class: type | None = None
+    #: ``RunConfig`` defaults of the task's script (its recipe), e.g. ``{"num_train_epochs": 8}``.
+    run_defaults: dict[str, Any] = {}
 
     def default_model(self) -> str:
         """``--model_name_or_path`` when none is given: the shipped pretrained backbone."""
@@ -39,12 +43,9 @@ class TrainingTask(ABC):
         return config.dataset_name or (Path(config.train_dir).name if config.train_dir else config.task or "data")
 
     @abstractmethod
-    def load_data(self, config: RunConfig) -> DatasetDict:
-        """``train`` and ``validation`` splits, and ``test`` when the data has one (evaluated once, at the end)."""
-
-    @abstractmethod
-    def label_names(self, data: DatasetDict) -> list[str]:
-        """The class names, in label-id order."""
+    def load_data(self, config: RunConfig) -> tuple[DatasetDict, list[str]]:
+        """``train`` and ``validation`` splits (and ``test`` when the data has one: evaluated once, at the end), and
+        the class names in label-id order."""
 
     @abstractmethod
     def load_processor(self, config: RunConfig) -> Any:
@@ -76,6 +77,10 @@ class TrainingTask(ABC):
 
         The keyword arguments are those of :func:`mona_peft.model_card.render_model_card`.
         """
+
+    def save_extras(self, model: nn.Module, processor: Any, output_dir: Path) -> None:
+        """Files the saved weights need besides themselves (none unless the task says so)."""
+        return None
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The training loss of one batch."""
