@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
-from peft.utils.other import AuxiliaryTrainingWrapper
+from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
 from torch import nn
+from torch.utils._pytree import tree_map
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .architectures import resolve_architecture
@@ -52,6 +53,35 @@ def _checkpoint_input_pre_hook(module: nn.Module, args: tuple):
         return None
     new_args = require_grad_for_checkpointing(module, args)
     return None if new_args is args else new_args
+
+
+#: Module types whose ``modules_to_save`` copies PEFT itself can mix in one batch.
+_PEFT_MIXABLE = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _forward_row_groups(wrapper: ModulesToSaveWrapper, *args: Any, adapter_names: list[str], **kwargs: Any):
+    """A ``modules_to_save`` head in a mixed batch: each adapter's rows through that adapter's copy of the head.
+
+    Tensors in the inputs (also inside lists, as UperNet's feature maps) with one row per sample are split by
+    adapter; the head's tensor outputs are put back in sample order. ``"__base__"`` rows use the original head.
+    """
+    rows = len(adapter_names)
+    output = None
+    for name in dict.fromkeys(adapter_names):
+        index = torch.tensor([i for i, n in enumerate(adapter_names) if n == name])
+
+        def pick(value: Any, index: torch.Tensor = index) -> Any:
+            is_batch = isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows
+            return value.index_select(0, index.to(value.device)) if is_batch else value
+
+        head = wrapper.modules_to_save[name] if name in wrapper.modules_to_save else wrapper.original_module
+        result = head(*tree_map(pick, args), **tree_map(pick, kwargs))
+        if not isinstance(result, torch.Tensor):
+            raise TypeError(f"Mixed batches need heads that return one tensor; {type(head).__name__} does not.")
+        if output is None:
+            output = result.new_empty((rows, *result.shape[1:]))
+        output[index.to(result.device)] = result
+    return output
 
 
 def _inject_adapter_names(module: nn.Module, args: tuple, kwargs: dict, adapter_names: list[str]):
@@ -218,16 +248,22 @@ class WrappingTuner(BaseTuner):
         if unknown:
             raise ValueError(f"Unknown adapter name(s) {unknown} in adapter_names; available: {sorted(known)}.")
         self._check_mixed_batch([name for name in dict.fromkeys(adapter_names) if name != BASE_ADAPTER_NAME])
-        handles = []
+        handles, routed_heads = [], []
         for module in self.model.modules():
             if isinstance(module, (self.tuner_layer_cls, AuxiliaryTrainingWrapper)):
                 hook = partial(_inject_adapter_names, adapter_names=list(adapter_names))
                 handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            if isinstance(module, ModulesToSaveWrapper) and not isinstance(module.original_module, _PEFT_MIXABLE):
+                # PEFT mixes rows only for single layers; a whole head (UperNet's decode head) runs per group here.
+                module._mixed_batch_forward = partial(_forward_row_groups, module)
+                routed_heads.append(module)
         try:
             yield
         finally:
             for handle in handles:
                 handle.remove()
+            for module in routed_heads:
+                del module._mixed_batch_forward
 
 
 class WrappingLayer(BaseTunerLayer):

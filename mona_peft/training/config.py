@@ -131,6 +131,11 @@ class RunConfig:
         """The method's options as given (unset ones take the method's defaults)."""
         return {name: getattr(self, name) for name in METHOD_OPTION_FIELDS if getattr(self, name) is not None}
 
+    def data_sources(self) -> dict[str, Any]:
+        """The keyword arguments of the tasks' data loaders (Hub dataset, local folders, validation split)."""
+        names = ("dataset_name", "dataset_config_name", "train_dir", "validation_dir", "validation_fraction", "seed")
+        return {name: getattr(self, name) for name in names}
+
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same run (recorded in the output dir; resumption must match it)."""
         values = {k: v for k, v in sorted(asdict(self).items()) if k not in RESUMABLE_FIELDS}

@@ -38,14 +38,7 @@ class ImageClassificationTask(TrainingTask):
         if config.task:
             data = load_task(config.task, config.task_seed or 0)
         else:
-            data = load_image_classification_data(
-                config.dataset_name,
-                config.dataset_config_name,
-                config.train_dir,
-                config.validation_dir,
-                config.validation_fraction,
-                config.seed,
-            )
+            data = load_image_classification_data(**config.data_sources())
         return data, data["train"].features["label"].names
 
     def load_processor(self, config: RunConfig) -> Any:

@@ -1,0 +1,235 @@
+"""Semantic segmentation: UperNet around every backbone with every method, the script, its data and its errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers as tf
+from conftest import build_tiny_model
+from huggingface_hub import ModelCard
+from peft import PeftModel
+from PIL import Image
+from safetensors.torch import load_file
+
+from mona_peft.architectures import head_modules
+from mona_peft.data import ImageDataError
+from mona_peft.data.segmentation import BACKGROUND_BANDS, SCENE_CLASSES, load_segmentation_task, scene_split
+from mona_peft.methods import build_method
+from mona_peft.registration import methods
+from mona_peft.segmentation import SEGMENTATION_CONFIG_FILE, build_upernet, save_segmentation_config
+from mona_peft.training import main
+from mona_peft.training.semantic_segmentation import SemanticSegmentationTask
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = ["background", "a", "b"]
+# Three Swin stages, so the auxiliary head (on the third feature map) exists too.
+BACKBONES = {
+    "swin": dict(depths=[1, 1, 1], num_heads=[2, 2, 4]),
+    "swinv2": dict(depths=[1, 1, 1], num_heads=[2, 2, 4]),
+    "dinov2": {},
+    "dinov2_with_registers": {},
+}
+
+
+def _backbone_checkpoint(model_type: str, folder: Path) -> str:
+    path = folder / model_type
+    if not path.exists():
+        build_tiny_model(model_type, **BACKBONES[model_type]).save_pretrained(path)
+        processor = tf.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        processor.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("backbones")
+    return {model_type: _backbone_checkpoint(model_type, folder) for model_type in BACKBONES}
+
+
+@pytest.mark.parametrize("model_type", sorted(BACKBONES))
+def test_every_method_trains_its_parameters_and_the_heads_and_reloads_identically(model_type, checkpoints, tmp_path):
+    upernet = build_upernet(checkpoints[model_type], LABELS, hidden_size=16)
+    heads = head_modules(upernet)
+    assert heads == (["decode_head", "auxiliary_head"] if model_type.startswith("swin") else ["decode_head"])
+    backbone_norms = [n for n, m in upernet.backbone.named_modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert backbone_norms
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    saved = {}
+    for name, spec in methods().items():
+        if model_type == "swinv2" and name.startswith("vpt"):
+            continue  # VPT does not support Swin v2 (its attention has no bias module to pad)
+        torch.manual_seed(0)
+        model = build_method(build_upernet(checkpoints[model_type], LABELS, hidden_size=16), name, heads)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        for head in heads:  # every parameter of the heads trains (PEFT's frozen original copies aside)
+            params = [n for n, _ in model.named_parameters() if f"{head}." in n and ".original_module." not in n]
+            assert params and set(params) <= trainable, name
+        norms = [n for n in trainable if ".backbone." in f".{n}" and any(f".{norm}." in n for norm in backbone_norms)]
+        if name not in ("full", "ln_tuning", "bitfit", "partial1"):
+            assert not norms, (name, norms[:3])  # the backbone's norms stay frozen
+        if spec.saves_whole_model:
+            continue
+        with torch.no_grad():  # non-trivial adapter weights, so a reload that dropped them would show
+            for n, p in model.named_parameters():
+                if p.requires_grad and spec.is_own_parameter(n):
+                    p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+        model.eval()
+        folder = tmp_path / name
+        model.save_pretrained(folder)
+        save_segmentation_config(model, folder)
+        with torch.no_grad():
+            torch.save(model(pixel_values=x).logits, folder / "logits.pt")
+        saved[name] = folder
+    torch.save(x, tmp_path / "x.pt")
+    code = (
+        "import sys, torch, mona_peft\n"
+        "from peft import PeftModel\n"
+        "from mona_peft.segmentation import load_segmentation_base\n"
+        "x = torch.load(sys.argv[1])\n"
+        "for folder in sys.argv[2:]:\n"
+        "    model = PeftModel.from_pretrained(load_segmentation_base(folder), folder).eval()\n"
+        "    with torch.no_grad():\n"
+        "        torch.save(model(pixel_values=x).logits, folder + '/reloaded.pt')\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "x.pt"), *map(str, saved.values())],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name, folder in saved.items():
+        torch.testing.assert_close(torch.load(folder / "reloaded.pt"), torch.load(folder / "logits.pt"), msg=name)
+
+
+def test_mixed_batch_of_two_segmentation_adapters(checkpoints):
+    heads = ["decode_head", "auxiliary_head"]
+    model = build_method(build_upernet(checkpoints["swin"], LABELS, hidden_size=16), "mona", heads)
+    model.add_adapter("other", model.peft_config["default"])
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".other." in n:
+                p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
+    model.eval()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        mixed = model(pixel_values=x, adapter_names=["default", "other", "__base__"]).logits
+        single = {}
+        for name in ("default", "other"):
+            model.set_adapter(name)
+            single[name] = model(pixel_values=x).logits
+        with model.disable_adapter():
+            base = model(pixel_values=x).logits
+    torch.testing.assert_close(mixed[0], single["default"][0])
+    torch.testing.assert_close(mixed[1], single["other"][1])
+    assert (single["default"] - single["other"]).abs().max() > 1e-4
+    assert mixed.shape == base.shape
+
+
+# ---------------------------------------------------------------------------------------------------- the data
+
+
+def test_offline_scenes_keep_their_splits_apart_and_masks_exact():
+    data, labels = load_segmentation_task("digit-scenes", 0)
+    assert labels == list(SCENE_CLASSES) and {k: len(v) for k, v in data.items()} == {
+        "train": 400,
+        "validation": 100,
+        "test": 200,
+    }
+    masks = np.stack([np.asarray(m) for m in data["train"]["label"]])
+    fractions = np.bincount(masks.ravel(), minlength=len(labels)) / masks.size
+    assert masks.max() < len(labels) and (fractions[1:] > 0.005).all() and 0.7 < fractions[0] < 0.97
+    again = scene_split("train", 5, 0)
+    assert [np.asarray(m).tobytes() for m in again["label"]] == [
+        np.asarray(m).tobytes() for m in data["train"]["label"][:5]
+    ]
+    assert list(BACKGROUND_BANDS) == ["train", "validation", "test"]
+    few, _ = load_segmentation_task("digit-scenes-fewshot", 0)
+    assert len(few["train"]) == 40 and [np.asarray(i).tobytes() for i in few["test"]["image"][:3]] == [
+        np.asarray(i).tobytes() for i in data["test"]["image"][:3]
+    ]
+
+
+def _write_folder(root: Path, count: int = 4, size=(32, 32), labels=LABELS) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+        mask = rng.integers(0, len(labels), size, dtype=np.uint8)
+        Image.fromarray(mask, mode="L").save(root / "masks" / f"{i}.png")
+    (root / "id2label.json").write_text(json.dumps(dict(enumerate(labels))))
+    return root
+
+
+def _args(model, out, *extra):
+    return [
+        "--model_name_or_path", model, "--output_dir", str(out), "--per_device_train_batch_size", "2",
+        "--per_device_eval_batch_size", "4", "--report_to", "none", "--num_warmup_steps", "1",
+        "--image_size", "32", "--decoder_hidden_size", "16", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (lambda root: (root / "masks" / "1.png").unlink(), r"1\.png has no mask in"),
+        (
+            lambda root: Image.new("L", (20, 32)).save(root / "masks" / "2.png"),
+            r"2\.png is 20x32 \(width x height\), its image 32x32",
+        ),
+        (
+            lambda root: Image.fromarray(np.full((32, 32), 7, np.uint8), mode="L").save(root / "masks" / "3.png"),
+            r"3\.png holds class id\(s\) \[7\], outside 0..2 of id2label",
+        ),
+        (lambda root: [p.unlink() for p in (root / "images").iterdir()], r"images holds no images"),
+    ],
+)
+def test_bad_segmentation_data_is_named(breakage, message, checkpoints, tmp_path):
+    root = _write_folder(tmp_path / "data")
+    breakage(root)
+    with pytest.raises(ImageDataError, match=message):
+        main(_args(checkpoints["swin"], tmp_path / "out", "--train_dir", str(root)), task=SemanticSegmentationTask)
+
+
+def test_script_end_to_end_and_resume_equals_an_uninterrupted_run(checkpoints, tmp_path):
+    train, val = _write_folder(tmp_path / "train", 6), _write_folder(tmp_path / "val", 3)
+    data = ["--train_dir", str(train), "--validation_dir", str(val), "--max_train_steps", "4", "--seed", "1"]
+    full = tmp_path / "full"
+    results = main(_args(checkpoints["swin"], full, *data, "--checkpointing_steps", "2"), task=SemanticSegmentationTask)
+    assert 0 <= results["eval_mean_iou"] <= 1 and len(results["eval_per_category_iou"]) == 3
+    files = {p.name for p in full.iterdir()}
+    assert {"adapter_model.safetensors", SEGMENTATION_CONFIG_FILE, "preprocessor_config.json", "README.md"} <= files
+    card = ModelCard((full / "README.md").read_text()).data
+    assert card.pipeline_tag == "image-segmentation" and card.library_name == "peft"
+    assert card.eval_results[0].metric_type == "mean_iou"
+    assert card.eval_results[0].metric_value == pytest.approx(results["eval_mean_iou"])
+    assert "load_segmentation_base" in (full / "README.md").read_text()
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    (resumed / "run_args.json").write_text((full / "run_args.json").read_text())
+    import shutil
+
+    shutil.copytree(full / "checkpoint-2", resumed / "checkpoint-2")
+    main(
+        _args(checkpoints["swin"], resumed, *data, "--checkpointing_steps", "2", "--resume_from_checkpoint", "latest"),
+        task=SemanticSegmentationTask,
+    )
+    expected, again = load_file(full / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
+    assert expected.keys() == again.keys()
+    for key in expected:
+        torch.testing.assert_close(again[key], expected[key], rtol=1e-5, atol=1e-6)
+
+    # The card's loading path, in this process: the adapter over the rebuilt base gives the run's predictions.
+    from mona_peft.segmentation import load_segmentation_base
+
+    model = PeftModel.from_pretrained(load_segmentation_base(full), full).eval()
+    assert model(pixel_values=torch.zeros(1, 3, 32, 32)).logits.shape[1] == 3
