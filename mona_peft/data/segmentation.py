@@ -6,7 +6,7 @@ names in id order.
 
 **Offline scenes** (``digit-scenes``, ``digit-scenes-fewshot``): handwritten digits 0-4 from scikit-learn's bundled
 scans (real 8x8 images) pasted onto crops of scikit-image's sample photographs (brick, grass, gravel, camera, moon,
-coffee, chelsea, astronaut, rocket, immunohistochemistry). Each 64x64 scene gets 2 to 4 digits, each scaled to 14-30
+coffee, chelsea, astronaut, rocket, immunohistochemistry). Each 64x64 scene gets 3 to 5 digits, each scaled to 20-40
 pixels (bilinear upsampling of the scan, so the stroke is smooth) at a random place; later digits cover earlier ones
 (occlusion). A digit's pixels are those where its upsampled ink exceeds half of full ink: the mask is exact, and the
 image blends the digit's colour over the photograph with the ink as opacity. Classes: 0 background, 1-5 digits 0-4.
@@ -111,11 +111,11 @@ def compose_scene(rng: np.random.Generator, photographs, band: tuple[float, floa
     x0 = rng.integers(left, right - SCENE_SIZE + 1)
     image = photo[top : top + SCENE_SIZE, x0 : x0 + SCENE_SIZE].astype(np.float32)
     mask = np.zeros((SCENE_SIZE, SCENE_SIZE), dtype=np.uint8)
-    for _ in range(rng.integers(2, 5)):
+    for _ in range(rng.integers(3, 6)):
         digit = int(rng.choice(SCENE_DIGITS))
         scans = digits[digit]
         scan = scans[rng.integers(len(scans))]
-        size = int(rng.integers(14, 31))
+        size = int(rng.integers(20, 41))
         ink = np.asarray(PILImage.fromarray(scan).resize((size, size), PILImage.Resampling.BILINEAR)).clip(0, 1)
         y, x = rng.integers(0, SCENE_SIZE - size + 1, size=2)
         colour = rng.integers(0, 256, size=3).astype(np.float32)
