@@ -17,6 +17,7 @@ from .architectures import (
     UnsupportedArchitectureError,
     supported_model_types,
 )
+from .config_utils import AdapterMismatchError, ConfigTypeError
 from .houlsby import HoulsbyConfig, HoulsbyLayer, HoulsbyModel
 from .mona import MonaConfig, MonaLayer, MonaModel
 from .vpt import VPTConfig, VPTLayer, VPTModel
@@ -28,7 +29,9 @@ __all__ = [
     "AdaptFormerConfig",
     "AdaptFormerLayer",
     "AdaptFormerModel",
+    "AdapterMismatchError",
     "ArchitectureSpec",
+    "ConfigTypeError",
     "HoulsbyConfig",
     "HoulsbyLayer",
     "HoulsbyModel",

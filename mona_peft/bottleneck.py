@@ -34,25 +34,6 @@ def inner_dim_for(config: Any, module_name: str) -> int:
     return int(pattern.get(key, config.inner_dim))
 
 
-def validate_inner_dims(name: str, inner_dim: Any, inner_dim_pattern: Any, allow_absent: bool = False) -> None:
-    """Raise ``ValueError`` unless the bottleneck widths are positive integers.
-
-    With ``allow_absent``, ``inner_dim_pattern`` may also hold 0: no adapter at those modules (MiMi's removed ones).
-    """
-    if not isinstance(inner_dim, int) or isinstance(inner_dim, bool) or inner_dim < 1:
-        raise ValueError(f"{name}.inner_dim must be a positive integer, got {inner_dim!r}.")
-    if inner_dim_pattern is not None:
-        if not isinstance(inner_dim_pattern, dict):
-            raise ValueError(f"{name}.inner_dim_pattern must be a dict of regex -> width, got {inner_dim_pattern!r}.")
-        smallest = 0 if allow_absent else 1
-        bad = {
-            k: v for k, v in inner_dim_pattern.items() if not isinstance(v, int) or isinstance(v, bool) or v < smallest
-        }
-        if bad:
-            what = "non-negative integers (0: no adapter there)" if allow_absent else "positive integers"
-            raise ValueError(f"{name}.inner_dim_pattern widths must be {what}, got {bad}.")
-
-
 def kaiming_uniform_linear(layer: nn.Linear) -> nn.Linear:
     """PyTorch's default Linear weight init (kaiming-uniform, ``a=sqrt(5)``) with a zero bias."""
     nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5))

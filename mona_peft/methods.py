@@ -18,9 +18,11 @@ from typing import Any
 
 import torch
 from peft import PeftModel, set_peft_model_state_dict
+from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .config_utils import check_safetensors_file
 from .registration import get_method, methods
 
 
@@ -75,7 +77,7 @@ def save_trainable(model: nn.Module, directory: str | Path) -> Path:
     directory = Path(directory)
     if isinstance(model, PeftModel):
         model.save_pretrained(directory)
-        return directory / "adapter_model.safetensors"
+        return directory / SAFETENSORS_WEIGHTS_NAME
     directory.mkdir(parents=True, exist_ok=True)
     state = {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
     save_file(state, directory / TRAINABLE_FILE)
@@ -86,7 +88,10 @@ def load_trainable(model: nn.Module, directory: str | Path) -> None:
     """Load what ``save_trainable`` saved into ``model`` (built with the same method), in place."""
     directory = Path(directory)
     if isinstance(model, PeftModel):
-        set_peft_model_state_dict(model, load_file(directory / "adapter_model.safetensors"))
+        # Strict for mona_peft's methods: their tuners refuse missing, unexpected and mis-shaped keys on load.
+        weights = directory / SAFETENSORS_WEIGHTS_NAME
+        check_safetensors_file(weights)
+        set_peft_model_state_dict(model, load_file(weights))
         return
     state = load_file(directory / TRAINABLE_FILE)
     expected = {name for name, p in model.named_parameters() if p.requires_grad}

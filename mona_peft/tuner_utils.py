@@ -14,16 +14,67 @@ from functools import partial
 from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.tuners.tuners_utils import (
+    BaseTuner,
+    BaseTunerLayer,
+    _filter_state_dict_by_key_prefixes,
+    _get_tuner_state_dict_key_prefixes,
+)
 from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
 from torch import nn
 from torch.utils._pytree import tree_map
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .architectures import resolve_architecture
+from .config_utils import AdapterMismatchError
 
 #: The name that selects the frozen base model for a row of a mixed batch.
 BASE_ADAPTER_NAME = "__base__"
+
+
+def check_adapter_state_dict(
+    model: nn.Module, adapter_name: str, state_dict: dict[str, torch.Tensor], method: str = "adapter"
+) -> None:
+    """Raise ``AdapterMismatchError`` unless ``state_dict`` (keys remapped to the model's) holds exactly the tensors
+    of adapter ``adapter_name`` of ``model``, in their shapes: its tuner layers and its ``modules_to_save`` copies.
+
+    The message names each missing, unexpected or mis-shaped key (the first few of each) and says what it means.
+    """
+    model_state = model.state_dict()
+    expected = set(
+        _filter_state_dict_by_key_prefixes(model_state, _get_tuner_state_dict_key_prefixes(model, adapter_name))
+    )
+    for name, module in model.named_modules():
+        if isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
+            copy = f"{name}.modules_to_save.{adapter_name}."
+            expected.update(key for key in model_state if key.startswith(copy))
+    missing = sorted(expected - set(state_dict))
+    unexpected = sorted(key for key in state_dict if key not in model_state)
+    mis_shaped = [
+        f"{key}: {tuple(tensor.shape)} in the checkpoint, {tuple(model_state[key].shape)} in the model"
+        for key, tensor in state_dict.items()
+        if key in expected and tuple(tensor.shape) != tuple(model_state[key].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing (they would keep their random initial values): {_first(missing)}")
+    if unexpected:
+        problems.append(
+            f"unexpected (no such module or tensor in the model built from the config): {_first(unexpected)}"
+        )
+    if mis_shaped:
+        problems.append(f"of another shape: {_first(mis_shaped)}")
+    if problems:
+        raise AdapterMismatchError(
+            f"The {method} adapter '{adapter_name}' does not fit this model: its adapter_config.json and the base "
+            "model build other modules than its weights file holds. Tensors " + "; ".join(problems) + ". Load it "
+            "onto the base model it was trained with, with its unedited adapter_config.json."
+        )
+
+
+def _first(keys: list[str], count: int = 5) -> str:
+    shown = ", ".join(key.removeprefix("base_model.model.") for key in keys[:count])
+    return shown + (f" and {len(keys) - count} more" if len(keys) > count else "")
 
 
 def require_grad_for_checkpointing(region: nn.Module, args: tuple) -> tuple:
@@ -118,9 +169,41 @@ class WrappingTuner(BaseTuner):
 
     def _prepare_adapter_config(self, peft_config: Any, model_config: dict) -> Any:
         # Runs for every adapter (add_adapter, load_adapter too), unlike _pre_injection_hook.
+        self._check_base_model_type(peft_config)
         if peft_config.target_modules is None:
             peft_config.target_modules = self._default_target_modules()
         return peft_config
+
+    def _check_base_model_type(self, peft_config: Any) -> None:
+        """Record the backbone's ``model_type`` in a new adapter's config; refuse an adapter made for another one.
+
+        Checked before the target modules are matched: a Swin adapter's block pattern matches nothing in a ViT
+        (PEFT then says only that no module matched), and a ViT adapter's matches a DeiT's blocks by suffix.
+        """
+        model_type = self.architecture.spec.model_type
+        recorded = getattr(peft_config, "base_model_type", None)
+        if recorded is None:
+            peft_config.base_model_type = model_type
+        elif recorded != model_type:
+            raise AdapterMismatchError(
+                f"This {self.display_name} adapter was made for a '{recorded}' backbone, but the model is a "
+                f"'{model_type}' ({self.architecture.spec.block_class} blocks). Load it onto the base model it was "
+                "trained with (see base_model_name_or_path in its adapter_config.json)."
+            )
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: Any, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """PEFT's remapping, then a strict check: the checkpoint must hold exactly this adapter's tensors.
+
+        PEFT only warns about missing adapter keys and ignores unexpected ones; for these methods a missing tensor
+        silently keeps its random initialisation and an extra one means the config was built differently from the
+        weights (e.g. ``kernel_sizes`` edited, or a deeper model). Both, and shape mismatches, raise here.
+        """
+        state_dict = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        check_adapter_state_dict(model, adapter_name, state_dict, cls.display_name)
+        return state_dict
 
     def _default_target_modules(self) -> str:
         return self.architecture.spec.block_pattern

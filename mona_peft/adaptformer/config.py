@@ -5,9 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from peft.config import PeftConfig
-
-from ..bottleneck import validate_inner_dims
+from ..config_utils import (
+    WrappingConfig,
+    check_choice,
+    check_fraction,
+    check_number,
+    check_target_modules,
+    validate_inner_dims,
+)
 from ..registration import add_peft_type
 
 ADAPTFORMER = add_peft_type("adaptformer")
@@ -16,7 +21,7 @@ AdaptFormerInit = Literal["lora", "bert"]
 
 
 @dataclass
-class AdaptFormerConfig(PeftConfig):
+class AdaptFormerConfig(WrappingConfig):
     """Configuration for [`AdaptFormerModel`]: a scaled bottleneck parallel to the MLP of every block.
 
     Chen et al., "AdaptFormer: Adapting Vision Transformers for Scalable Visual Recognition" (2022):
@@ -72,9 +77,10 @@ class AdaptFormerConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = ADAPTFORMER
-        validate_inner_dims("AdaptFormerConfig", self.inner_dim, self.inner_dim_pattern)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"AdaptFormerConfig.dropout must be in [0, 1), got {self.dropout!r}.")
-        if self.init_weights not in ("lora", "bert"):
-            raise ValueError(f"AdaptFormerConfig.init_weights must be 'lora' or 'bert', got {self.init_weights!r}.")
-        self.scale = float(self.scale)
+        owner = "AdaptFormerConfig"
+        self.target_modules = check_target_modules(owner, "target_modules", self.target_modules)
+        self.exclude_modules = check_target_modules(owner, "exclude_modules", self.exclude_modules)
+        validate_inner_dims(owner, self.inner_dim, self.inner_dim_pattern)
+        self.scale = check_number(owner, "scale", self.scale)
+        self.dropout = check_fraction(owner, "dropout", self.dropout)
+        check_choice(owner, "init_weights", self.init_weights, ("lora", "bert"))

@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from peft.config import PeftConfig
-
-from ..bottleneck import validate_inner_dims
+from ..config_utils import WrappingConfig, check_choice, check_target_modules, validate_inner_dims
 from ..registration import add_peft_type
 
 HOULSBY = add_peft_type("houlsby")
@@ -16,7 +14,7 @@ HoulsbyInit = Literal["houlsby", "identity"]
 
 
 @dataclass
-class HoulsbyConfig(PeftConfig):
+class HoulsbyConfig(WrappingConfig):
     """Configuration for [`HoulsbyModel`]: a bottleneck adapter after the attention and after the MLP of every block.
 
     Houlsby et al., "Parameter-Efficient Transfer Learning for NLP" (2019), the "Adapter" baseline of the Mona, VPT
@@ -71,10 +69,11 @@ class HoulsbyConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = HOULSBY
-        validate_inner_dims("HoulsbyConfig", self.inner_dim, self.inner_dim_pattern, allow_absent=True)
-        if self.init_weights not in ("houlsby", "identity"):
-            raise ValueError(f"HoulsbyConfig.init_weights must be 'houlsby' or 'identity', got {self.init_weights!r}.")
+        owner = "HoulsbyConfig"
+        self.target_modules = check_target_modules(owner, "target_modules", self.target_modules)
+        self.exclude_modules = check_target_modules(owner, "exclude_modules", self.exclude_modules)
+        validate_inner_dims(owner, self.inner_dim, self.inner_dim_pattern, allow_absent=True)
+        check_choice(owner, "init_weights", self.init_weights, ("houlsby", "identity"))
         from transformers.activations import ACT2FN
 
-        if self.activation not in ACT2FN:
-            raise ValueError(f"HoulsbyConfig.activation must be one of {sorted(ACT2FN)}, got {self.activation!r}.")
+        check_choice(owner, "activation", self.activation, sorted(ACT2FN))

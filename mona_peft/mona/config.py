@@ -5,9 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from peft.config import PeftConfig
 from peft.utils.other import get_pattern_key
 
+from ..config_utils import (
+    ConfigTypeError,
+    WrappingConfig,
+    check_choice,
+    check_fraction,
+    check_target_modules,
+    validate_inner_dims,
+)
 from ..registration import add_peft_type
 
 MONA = add_peft_type("mona")
@@ -17,7 +24,7 @@ PrefixTokenMode = Literal["adapt", "skip"]
 
 
 @dataclass
-class MonaConfig(PeftConfig):
+class MonaConfig(WrappingConfig):
     """Configuration for [`MonaModel`]: two Monas per transformer block, on the residual stream.
 
     Mona (Yin et al., "5%>100%: Breaking Performance Shackles of Full Fine-Tuning on Visual
@@ -46,6 +53,8 @@ class MonaConfig(PeftConfig):
             per-token 1x1 projection, GELU, up projection), so the token the classifier reads is
             adapted too; ``"skip"`` leaves them unchanged.
         modules_to_save: modules trained and saved in full, e.g. ``["classifier"]``.
+        base_model_type: the backbone's ``model_type``, recorded when the adapter is created (loading onto another
+            architecture raises).
 
     Example:
 
@@ -89,38 +98,26 @@ class MonaConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = MONA
+        owner = "MonaConfig"
+        self.target_modules = check_target_modules(owner, "target_modules", self.target_modules)
+        self.exclude_modules = check_target_modules(owner, "exclude_modules", self.exclude_modules)
+        validate_inner_dims(owner, self.inner_dim, self.inner_dim_pattern, allow_absent=True)
+        if isinstance(self.kernel_sizes, (str, bytes)) or not isinstance(self.kernel_sizes, (list, tuple)):
+            raise ConfigTypeError(
+                f"MonaConfig.kernel_sizes must be a list of odd kernel sizes, got {self.kernel_sizes!r} "
+                f"({type(self.kernel_sizes).__name__})."
+            )
         self.kernel_sizes = tuple(self.kernel_sizes)
-        if isinstance(self.target_modules, list):
-            self.target_modules = list(self.target_modules)
-        if not isinstance(self.inner_dim, int) or self.inner_dim < 1:
-            raise ValueError(f"MonaConfig.inner_dim must be a positive integer, got {self.inner_dim!r}.")
-        if self.inner_dim_pattern is not None:
-            if not isinstance(self.inner_dim_pattern, dict):
-                raise ValueError(
-                    f"MonaConfig.inner_dim_pattern must be a dict of regex -> width, got {self.inner_dim_pattern!r}."
-                )
-            bad = {
-                k: v
-                for k, v in self.inner_dim_pattern.items()
-                if not isinstance(v, int) or isinstance(v, bool) or v < 0
-            }
-            if bad:
-                raise ValueError(
-                    f"MonaConfig.inner_dim_pattern widths must be non-negative integers (0: no Mona), got {bad}."
-                )
         if not self.kernel_sizes:
             raise ValueError("MonaConfig.kernel_sizes must name at least one kernel size.")
-        bad = [k for k in self.kernel_sizes if not isinstance(k, int) or k < 1 or k % 2 == 0]
+        bad = [k for k in self.kernel_sizes if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0]
         if bad:
             raise ValueError(
                 f"MonaConfig.kernel_sizes must be positive odd integers (so 'same' padding keeps the grid), got {bad}."
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"MonaConfig.dropout must be in [0, 1), got {self.dropout!r}.")
-        if self.init_weights not in ("official", "identity"):
-            raise ValueError(f"MonaConfig.init_weights must be 'official' or 'identity', got {self.init_weights!r}.")
-        if self.prefix_tokens not in ("adapt", "skip"):
-            raise ValueError(f"MonaConfig.prefix_tokens must be 'adapt' or 'skip', got {self.prefix_tokens!r}.")
+        self.dropout = check_fraction(owner, "dropout", self.dropout)
+        check_choice(owner, "init_weights", self.init_weights, ("official", "identity"))
+        check_choice(owner, "prefix_tokens", self.prefix_tokens, ("adapt", "skip"))
 
 
 def mona_inner_dim(config: MonaConfig, block_name: str, site: str) -> int:

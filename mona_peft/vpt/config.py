@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peft.config import PeftConfig
-
+from ..config_utils import WrappingConfig, check_bool, check_fraction, check_int, check_target_modules
 from ..registration import add_peft_type
 
 VPT = add_peft_type("vpt")
 
 
 @dataclass
-class VPTConfig(PeftConfig):
+class VPTConfig(WrappingConfig):
     """Configuration for [`VPTModel`]: learnable prompt tokens in a frozen Swin/ViT-family backbone.
 
     VPT (Jia et al., "Visual Prompt Tuning", ECCV 2022) adds ``num_prompts`` learnable tokens to the
@@ -74,20 +73,8 @@ class VPTConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = VPT
-        if isinstance(self.target_modules, (list, tuple, set)):
-            self.target_modules = list(self.target_modules)
-        if isinstance(self.num_prompts, bool) or not isinstance(self.num_prompts, int) or self.num_prompts < 1:
-            raise ValueError(f"VPTConfig.num_prompts must be a positive integer, got {self.num_prompts!r}.")
-        if not isinstance(self.deep, bool):
-            raise ValueError(f"VPTConfig.deep must be True (VPT-deep) or False (VPT-shallow), got {self.deep!r}.")
-        if isinstance(self.prompt_dropout, bool) or not isinstance(self.prompt_dropout, (int, float)):
-            raise ValueError(f"VPTConfig.prompt_dropout must be a number in [0, 1), got {self.prompt_dropout!r}.")
-        if not 0.0 <= self.prompt_dropout < 1.0:
-            raise ValueError(f"VPTConfig.prompt_dropout must be in [0, 1), got {self.prompt_dropout!r}.")
-        self.prompt_dropout = float(self.prompt_dropout)
-        if self.target_modules is not None and not isinstance(self.target_modules, (str, list)):
-            raise ValueError(
-                f"VPTConfig.target_modules must be a regex, a list of block names or None, got {self.target_modules!r}."
-            )
-        if isinstance(self.target_modules, list) and not all(isinstance(t, str) for t in self.target_modules):
-            raise ValueError(f"VPTConfig.target_modules must hold strings, got {self.target_modules!r}.")
+        owner = "VPTConfig"
+        check_int(owner, "num_prompts", self.num_prompts)
+        check_bool(owner, "deep", self.deep)
+        self.prompt_dropout = check_fraction(owner, "prompt_dropout", self.prompt_dropout)
+        self.target_modules = check_target_modules(owner, "target_modules", self.target_modules)
