@@ -1,8 +1,8 @@
 """Using the fine-tuning methods that the method packages declare (see :mod:`mona_peft.registration`).
 
 :func:`build_method` applies a method by its ``--method`` name; :func:`is_adapter_parameter` tells the parameters the
-methods add; :func:`save_trainable` / :func:`load_trainable` checkpoint what a method trains; :func:`adamw` is the
-optimizer every method trains with.
+methods add and :func:`parameter_groups` the learning rate of each; :func:`save_trainable` / :func:`load_trainable`
+checkpoint what a method trains; :func:`adamw` is the optimizer every method trains with.
 
 PEFT methods (``mona``, ``vpt_shallow``, ``vpt_deep``, ``adapter``, ``adaptformer``, ``lora``, ``ln_tuning``) return
 a ``PeftModel`` (``save_pretrained`` writes only the adapter and the head); ``full``, ``linear``, ``bitfit`` and
@@ -43,6 +43,27 @@ def build_method(model: nn.Module, method: str, head: list[str], **options: Any)
 def is_adapter_parameter(name: str) -> bool:
     """Parameters inside the backbone that a method added (they get ``--adapter_lr_scale``)."""
     return any(spec.is_own_parameter(name) for spec in methods().values())
+
+
+def parameter_groups(model: nn.Module, learning_rate: float, adapter_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW parameter groups of ``model``'s trainable parameters, one per learning rate (empty groups left out).
+
+    The head and a whole-model method's parameters train at ``learning_rate``; the parameters a method adds inside
+    the backbone at ``learning_rate * adapter_lr_scale``, times the factor the method declares for some of them
+    (``MethodSpec.lr_scales``: Mona's up projections at 0.1, see ``benchmarks/stability``).
+
+    Example::
+
+        optimizer = adamw(parameter_groups(model, 1e-3, adapter_lr_scale=2.0), weight_decay=0.05)
+    """
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        owner = next((spec for spec in methods().values() if spec.is_own_parameter(name)), None)
+        lr = learning_rate if owner is None else learning_rate * adapter_lr_scale * owner.lr_scale(name)
+        groups.setdefault(lr, []).append(parameter)
+    return [{"params": params, "lr": lr} for lr, params in groups.items()]
 
 
 def adamw(params: Iterable, **kwargs: Any) -> torch.optim.AdamW:

@@ -121,6 +121,8 @@ class MethodSpec:
             head always trains).
         parameter_markers: name fragments of the parameters the method adds inside the backbone (they get the
             training script's ``--adapter_lr_scale``).
+        lr_scales: name fragment -> factor: those of the method's parameters train at ``factor`` times the adapter
+            learning rate (see :func:`mona_peft.methods.parameter_groups`); the function is unchanged.
         shrinkable: whether MiMi can shrink its adapters.
 
     Example::
@@ -137,12 +139,14 @@ class MethodSpec:
     peft_config: Callable[..., Any] | None = None
     trains: Callable[[nn.Module], Callable[[str], bool]] | None = None
     parameter_markers: tuple[str, ...] = ()
+    lr_scales: Mapping[str, float] = field(default_factory=dict)
     shrinkable: bool = False
 
     def __post_init__(self) -> None:
         if (self.peft_config is None) == (self.trains is None):
             raise ValueError(f"Method {self.name!r} needs exactly one of peft_config (a PEFT method) and trains.")
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        object.__setattr__(self, "lr_scales", MappingProxyType(dict(self.lr_scales)))
 
     @property
     def saves_whole_model(self) -> bool:
@@ -183,6 +187,10 @@ class MethodSpec:
     def is_own_parameter(self, name: str) -> bool:
         """Whether the parameter ``name`` is one the method added inside the backbone."""
         return any(marker in name for marker in self.parameter_markers)
+
+    def lr_scale(self, name: str) -> float:
+        """The factor on the adapter learning rate of the method's parameter ``name`` (1.0 unless ``lr_scales``)."""
+        return next((factor for marker, factor in self.lr_scales.items() if marker in name), 1.0)
 
 
 _METHODS: dict[str, MethodSpec] = {}

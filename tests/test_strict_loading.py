@@ -181,3 +181,27 @@ def test_configs_accept_json_round_trips():
     # adapter_config.json stores tuples as lists and ints where floats were given: both must load back.
     assert MonaConfig(kernel_sizes=[3, 5], dropout=0).kernel_sizes == (3, 5)
     assert AdaptFormerConfig(scale=1).scale == 1.0
+
+
+# ------------------------------------------------------------------------------------------ case 9: Mona's rates
+
+
+def test_mona_up_projections_train_at_a_tenth_of_the_adapter_rate():
+    from mona_peft.methods import build_method, parameter_groups
+
+    model = build_method(build_tiny_model("swin"), "mona", ["classifier"])
+    groups = parameter_groups(model, 1e-2, adapter_lr_scale=2.0)
+    rate = {id(p): group["lr"] for group in groups for p in group["params"]}
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    for name, parameter in named.items():
+        if "classifier" in name:
+            expected = 1e-2
+        elif ".mona_attn_up." in name or ".mona_mlp_up." in name:
+            expected = 2e-3
+        else:
+            expected = 2e-2
+        assert rate[id(parameter)] == pytest.approx(expected), name
+    assert sum(len(group["params"]) for group in groups) == len(named)
+    # other methods keep one adapter rate
+    adapter = build_method(build_tiny_model("swin"), "adapter", ["classifier"])
+    assert sorted(group["lr"] for group in parameter_groups(adapter, 1e-2, 2.0)) == pytest.approx([1e-2, 2e-2])

@@ -18,6 +18,9 @@ declare_method(
         options={"inner_dim": 64},
         peft_config=lambda model, head, inner_dim: MonaConfig(inner_dim=inner_dim, modules_to_save=head),
         parameter_markers=(".mona_",),
+        # A tenth of the adapter rate for the up projections keeps the stream from blowing up at high rates (the
+        # unnormalised x * gammax path makes each Mona a gain on the residual stream; benchmarks/stability).
+        lr_scales={".mona_attn_up.": 0.1, ".mona_mlp_up.": 0.1},
         shrinkable=True,
     )
 )

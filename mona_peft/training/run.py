@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from ..methods import adamw, build_method, count_parameters, is_adapter_parameter, load_trainable, save_trainable
+from ..methods import adamw, build_method, count_parameters, load_trainable, parameter_groups, save_trainable
 from ..registration import get_method
 from .config import RunConfig
 from .task import TrainingTask
@@ -185,13 +185,8 @@ class FineTuningRun:
     # -- optimizer and schedule -------------------------------------------------------------------------------------
     def build_optimizer(self) -> None:
         config, accelerator = self.config, self.accelerator
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        adapter_lr = config.learning_rate * config.adapter_lr_scale
-        groups = [
-            {"params": [p for n, p in named if is_adapter_parameter(n)], "lr": adapter_lr},
-            {"params": [p for n, p in named if not is_adapter_parameter(n)], "lr": config.learning_rate},
-        ]
-        self.optimizer = adamw([g for g in groups if g["params"]], weight_decay=config.weight_decay)
+        groups = parameter_groups(self.model, config.learning_rate, config.adapter_lr_scale)
+        self.optimizer = adamw(groups, weight_decay=config.weight_decay)
         batches = len(self.loaders.train)
         self.steps_per_epoch = math.ceil(batches / accelerator.num_processes / config.gradient_accumulation_steps)
         self.max_steps = config.max_train_steps or config.num_train_epochs * self.steps_per_epoch
