@@ -31,6 +31,7 @@ ALLOW_PATTERNS = [
     *MODEL_WEIGHT_FILES,
     "preprocessor_config.json",
     "segmentation_config.json",  # the UperNet a segmentation adapter was trained in (mona_peft.segmentation)
+    "labels.json",  # a classifier's class names (mona_peft.labels)
     CARD_FILE,
     "*results.json",
 ]
@@ -50,8 +51,8 @@ def push_to_hub(
 
     Uploaded: ``adapter_config.json`` and ``adapter_model.safetensors`` (or ``.bin``), or for a whole model
     ``config.json``, ``model.safetensors`` (or ``pytorch_model.bin``) and ``preprocessor_config.json``; then
-    ``README.md`` and the ``*results.json`` files at the top of ``folder``. Subfolders (checkpoints, logs) and
-    everything else stay local.
+    ``labels.json`` (class names), ``README.md`` and the ``*results.json`` files at the top of ``folder``. Subfolders
+    (checkpoints, logs) and everything else stay local.
     ``revision`` names a branch, created from the default branch when missing. ``private`` only applies when the
     repository is created.
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .labels import LABELS_FILE
 from .registration import methods
 
 #: The card of each task: template file, and the Hub's task type, task name and the metrics of its model-index.
@@ -52,6 +53,7 @@ def render_model_card(
     extra_tags: list[str] | None = None,
     whole_model: bool = False,
     task: str = "image-classification",
+    labels_file: bool = False,
 ) -> str:
     """The README.md (YAML metadata + Markdown) of an adapter, or of a whole model.
 
@@ -73,6 +75,8 @@ def render_model_card(
             the task's Auto class) rather than of a PEFT adapter.
         task: ``"image-classification"`` (top-1/top-5 accuracy in the model-index) or ``"semantic-segmentation"``
             (mean IoU); chooses the template and the loading snippet.
+        labels_file: the adapter has a ``labels.json`` (class names): the snippet loads the base model with them
+            (``write_model_card`` sets it when the folder has one).
     """
     if task not in TASKS:
         raise ValueError(f"No model card for task {task!r}; available: {', '.join(TASKS)}.")
@@ -96,6 +100,7 @@ def render_model_card(
         "base_model_is_hub_id": _is_hub_id(base_model),
         "dataset": dataset,
         "num_labels": num_labels,
+        "labels_file": labels_file,
         "adapter_ref": repo_id or f"path/to/this/{'model' if whole_model else 'adapter'}",
         "hyperparameters": [(str(k), _format_value(v)) for k, v in hyperparameters.items()],
         "trainable_params": int(trainable_params),
@@ -154,6 +159,7 @@ def _card_data(
 
 def write_model_card(output_dir: str | os.PathLike, **kwargs: Any) -> Path:
     """Render the card (same keyword arguments as ``render_model_card``) into ``output_dir/README.md``."""
+    kwargs.setdefault("labels_file", (Path(output_dir) / LABELS_FILE).is_file())
     path = Path(output_dir) / "README.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_model_card(**kwargs), encoding="utf-8")

@@ -95,6 +95,34 @@ def test_image_folders_with_mixed_modes_train(tiny_swin, tmp_path):
     assert "eval_top1" in results and "eval_top5" not in results  # two classes: no top-5
 
 
+def test_class_names_come_back_through_the_cards_snippet_and_the_pipeline(tiny_swin, tmp_path):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for label in ("cat", "dog"):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(
+                    tmp_path / split / label / f"{i}.png"
+                )
+    out = tmp_path / "out"
+    folders = ["--train_dir", str(tmp_path / "train"), "--validation_dir", str(tmp_path / "val")]
+    main(_args(tiny_swin, out, *folders, "--max_train_steps", "1"))
+    assert json.loads((out / "labels.json").read_text()) == {"id2label": {"0": "cat", "1": "dog"}}
+    # Run the card's own loading snippet, as a user would, in a fresh process.
+    card = (out / "README.md").read_text()
+    snippet = card.split("## How to load", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert "load_labels" in snippet and 'pipeline("image-classification"' in snippet
+    script = snippet.replace("path/to/this/adapter", str(out))
+    image = tmp_path / "val" / "dog" / "0.png"
+    script = f"from PIL import Image\nimage = Image.open({str(image)!r})\n{script}\n"
+    script += "import json\nprint(json.dumps({'id2label': model.config.id2label, 'top': predictions[0]['label']}))\n"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["id2label"] == {"0": "cat", "1": "dog"} and answer["top"] in {"cat", "dog"}
+
+
 def test_folder_without_class_folders_is_refused(tiny_swin, tmp_path):
     (tmp_path / "flat").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "a.png")
@@ -160,6 +188,7 @@ def test_push_to_hub_uploads_adapter_and_our_card(tiny_swin, tmp_path, monkeypat
     from hub_server import HubServer, isolate_hf_home, patch_endpoint
     from huggingface_hub import HfApi, hf_hub_download
 
+    from mona_peft.labels import load_labels
     from mona_peft.model_card import is_mona_peft_card
 
     with HubServer(tokens={"hf_test": "test-user"}) as server:
@@ -173,3 +202,7 @@ def test_push_to_hub_uploads_adapter_and_our_card(tiny_swin, tmp_path, monkeypat
         assert not any(name.startswith("checkpoint-") or name == "run_args.json" for name in files)
         card = Path(hf_hub_download(repo_id, "README.md", token="hf_test")).read_text()
         assert is_mona_peft_card(card) and "import mona_peft" in card
+        # the class names travel with the adapter (the digits, not the base checkpoint's names)
+        assert "labels.json" in files and "load_labels" in card
+        labels = load_labels(repo_id, token="hf_test")
+        assert labels == load_labels(tmp_path / "out") and len(labels["id2label"]) == 10

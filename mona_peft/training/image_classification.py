@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
 from ..data import DIGITS_NAME, collate, image_transform, load_image_classification_data, load_task
+from ..labels import save_labels
 from ..metrics import metric_path
 from .config import RunConfig
 from .task import TrainingTask
@@ -84,6 +85,11 @@ class ImageClassificationTask(TrainingTask):
         from ..model_card import write_model_card
 
         return write_model_card(output_dir, **card)
+
+    def save_extras(self, model: nn.Module, processor: Any, output_dir: Path) -> None:
+        """``labels.json``: the trained class names, which an adapter alone does not carry (the card's snippet and
+        ``mona_peft.labels.load_labels`` give them back to the base model)."""
+        save_labels(model.config, output_dir)
 
 
 def _head_modules(model: nn.Module) -> list[str]:
