@@ -186,7 +186,7 @@ def test_configs_accept_json_round_trips():
 # ------------------------------------------------------------------------------------------ case 9: Mona's rates
 
 
-def test_mona_up_projections_train_at_a_tenth_of_the_adapter_rate():
+def test_mona_projections_train_at_a_tenth_of_the_adapter_rate():
     from mona_peft.methods import build_method, parameter_groups
 
     model = build_method(build_tiny_model("swin"), "mona", ["classifier"])
@@ -196,7 +196,7 @@ def test_mona_up_projections_train_at_a_tenth_of_the_adapter_rate():
     for name, parameter in named.items():
         if "classifier" in name:
             expected = 1e-2
-        elif ".mona_attn_up." in name or ".mona_mlp_up." in name:
+        elif any(f".mona_{site}_{proj}." in name for site in ("attn", "mlp") for proj in ("down", "up")):
             expected = 2e-3
         else:
             expected = 2e-2

@@ -18,9 +18,10 @@ declare_method(
         options={"inner_dim": 64},
         peft_config=lambda model, head, inner_dim: MonaConfig(inner_dim=inner_dim, modules_to_save=head),
         parameter_markers=(".mona_",),
-        # A tenth of the adapter rate for the up projections keeps the stream from blowing up at high rates (the
-        # unnormalised x * gammax path makes each Mona a gain on the residual stream; benchmarks/stability).
-        lr_scales={".mona_attn_up.": 0.1, ".mona_mlp_up.": 0.1},
+        # The projections at a tenth of the adapter rate: through the unnormalised `x * gammax` input, each Mona
+        # adds up(filter(down(x))) to the stream it reads, and Adam's per-element steps grow that gain until the
+        # stream blows up at high rates (benchmarks/stability). Same function, only the optimiser's step differs.
+        lr_scales={f".mona_{site}_{projection}.": 0.1 for site in ("attn", "mlp") for projection in ("down", "up")},
         shrinkable=True,
     )
 )
