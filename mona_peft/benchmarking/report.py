@@ -110,7 +110,7 @@ def markdown(results: dict) -> str:
         "",
         f"Schedules (every method alike): {schedules}; AdamW, weight decay {config['weight_decay']}, gradient clipping "
         f"{config['max_grad_norm']}, {100 * config['warmup_fraction']:.0f}% linear warm-up then cosine, one learning "
-        "rate for head and method parameters"
+        "rate for head and method parameters (times a method's declared factors: Mona's projections 0.1)"
         + (f", at most {config['max_train_steps']} steps (quick run)" if config.get("max_train_steps") else "")
         + ".",
         "Saved trainable state: the adapter file (`adapter_model.safetensors`, head included) of PEFT methods, the "

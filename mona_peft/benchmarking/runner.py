@@ -2,7 +2,8 @@
 
 Each run is one call of the training core (:func:`mona_peft.training.train` with a ``RunConfig`` of ``task=...``) with
 the task's fixed schedule (epochs, batch size, 10 % linear warm-up then cosine, AdamW, weight decay 0.05, gradient
-clipping 5, the same learning rate for the head and the method's parameters). Every method runs every value of one
+clipping 5, the same learning rate for the head and the method's parameters, times the factors a method declares
+(``MethodSpec.lr_scales``: Mona's projections at 0.1)). Every method runs every value of one
 learning-rate grid with every seed; per method and task the rate with the best mean validation top-1 over the seeds
 is chosen, and its runs are the result. Choosing on one seed picked rates where some seeds diverge (Mona at 1e-2:
 50 +- 16 % on digits); the mean over seeds penalises that. The test split is evaluated once per run and never used
