@@ -43,6 +43,12 @@ def check_image_folder(folder: str | Path) -> list[str]:
         raise ImageDataError("Unreadable image file(s):\n  " + "\n  ".join(corrupt))
     if count == 0:
         raise ImageDataError(f"{folder} has class folders {classes} but no image files ({sorted(IMAGE_SUFFIXES)}).")
+    if len(classes) < 2:
+        # The imagefolder loader drops the label column of a single class (a bare KeyError: 'label' later).
+        raise ImageDataError(
+            f"{folder} has a single class folder ({classes[0]!r}): classification needs at least 2 classes, "
+            f"one folder per class ({folder}/<class name>/<image files>)."
+        )
     return classes
 
 
@@ -97,6 +103,10 @@ def load_image_classification_data(
         data = DatasetDict(train=split["train"], validation=split["test"])
     if not isinstance(data["train"].features["label"], ClassLabel):
         raise ImageDataError("The label column must be a ClassLabel (class names), got " + str(data["train"].features))
+    names = data["train"].features["label"].names
+    if len(names) < 2:
+        source = dataset_name or train_dir
+        raise ImageDataError(f"{source} has {len(names)} class(es) {names}: classification needs at least 2 classes.")
     return DatasetDict(train=data["train"], validation=data["validation"])
 
 

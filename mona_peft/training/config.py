@@ -108,9 +108,18 @@ class RunConfig:
         """Raise ``ValueError`` naming the flag for a setting no run can use."""
         if self.method not in methods():
             raise ValueError(f"unknown --method {self.method!r}; available: {', '.join(sorted(methods()))}.")
-        if self.checkpointing_steps not in ("epoch", "no") and not str(self.checkpointing_steps).isdigit():
+        steps = str(self.checkpointing_steps)
+        if steps not in ("epoch", "no") and not (steps.isdigit() and int(steps) > 0):
             raise ValueError(
-                f"--checkpointing_steps must be 'epoch', 'no' or a number, got {self.checkpointing_steps!r}."
+                f"--checkpointing_steps must be 'epoch', 'no' or a positive number of steps, got "
+                f"{self.checkpointing_steps!r}."
+            )
+        # Zero steps would save an untrained adapter and a model card as if training had finished.
+        if self.max_train_steps is not None and self.max_train_steps < 1:
+            raise ValueError(f"--max_train_steps must be at least 1, got {self.max_train_steps}.")
+        if self.max_train_steps is None and self.num_train_epochs < 1:
+            raise ValueError(
+                f"--num_train_epochs must be at least 1 (or give --max_train_steps), got {self.num_train_epochs}."
             )
         spec = get_method(self.method)
         for name in METHOD_OPTION_FIELDS:

@@ -7,9 +7,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
+import shutil
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +22,23 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
+from peft import PeftModel
+from safetensors.torch import save_file
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from ..methods import adamw, build_method, count_parameters, load_trainable, parameter_groups, save_trainable
+from ..config_utils import AdapterMismatchError
+from ..methods import (
+    TRAINABLE_FILE,
+    adamw,
+    build_method,
+    count_parameters,
+    load_trainable,
+    parameter_groups,
+    save_trainable,
+)
 from ..registration import get_method
 from .config import RunConfig
 from .task import TrainingTask
@@ -29,43 +46,225 @@ from .task import TrainingTask
 ADAPTER_FILE = "adapter_model.safetensors"
 RUN_ARGS_FILE = "run_args.json"
 TRAINING_STATE_FILE = "training_state.json"
+RESULTS_FILE = "all_results.json"
+CHECKPOINT_NAME = re.compile(r"checkpoint-\d+")
+#: A checkpoint is written under this prefix, then renamed: ``checkpoint-N`` only ever names a whole one.
+TEMPORARY_PREFIX = ".incomplete-"
 
 
 # ------------------------------------------------------------------------------------------------- output dir
 
 
+def read_run_record(output_dir: Path) -> dict[str, Any] | None:
+    """``run_args.json`` of ``output_dir`` (the run's identity and ``run_id``), or None when there is none."""
+    record = output_dir / RUN_ARGS_FILE
+    return json.loads(record.read_text()) if record.is_file() else None
+
+
+def _identity_of(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "run_id"}
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    """A short hash of a run's settings (``RunConfig.identity``): the first part of every run id."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def new_run_id(identity: dict[str, Any]) -> str:
+    """The settings' hash plus a nonce: two starts of the same settings (say after ``--overwrite_output_dir``
+    with other data in the same folder) are still two runs."""
+    return f"{identity_hash(identity)}-{uuid.uuid4().hex[:12]}"
+
+
+def checkpoint_folders(output_dir: Path) -> list[Path]:
+    """The ``checkpoint-N`` folders of ``output_dir``, highest ``N`` first."""
+    found = [p for p in output_dir.glob("checkpoint-*") if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]), reverse=True)
+
+
+def _has_saved_anything(output_dir: Path) -> bool:
+    """Whether the run recorded in ``output_dir`` finished or wrote a whole checkpoint (else nothing is lost by
+    replacing it: a run that failed on its data or model must not poison its folder)."""
+    if (output_dir / RESULTS_FILE).is_file():
+        return True
+    return any((path / TRAINING_STATE_FILE).is_file() for path in checkpoint_folders(output_dir))
+
+
 def prepare_output_dir(config: RunConfig) -> Path:
     """Refuse to mix two different runs in one output dir, unless ``overwrite_output_dir``."""
     output_dir = Path(config.output_dir)
-    record = output_dir / RUN_ARGS_FILE
-    if record.exists() and not config.overwrite_output_dir:
-        previous, current = json.loads(record.read_text()), config.identity()
+    previous = read_run_record(output_dir)
+    if previous is not None and not config.overwrite_output_dir and _has_saved_anything(output_dir):
+        previous, current = _identity_of(previous), config.identity()
         if previous != current:
             changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
             raise SystemExit(
                 f"error: {output_dir} already holds a different run (differs in {', '.join(changed)}); "
                 "pass --overwrite_output_dir to replace it, or choose another --output_dir."
             )
-    elif output_dir.exists() and any(output_dir.iterdir()) and not record.exists() and not config.overwrite_output_dir:
+    elif previous is None and output_dir.exists() and any(output_dir.iterdir()) and not config.overwrite_output_dir:
         raise SystemExit(f"error: {output_dir} is not empty and holds no mona_peft run; pass --overwrite_output_dir.")
     return output_dir
 
 
-def find_checkpoint(config: RunConfig) -> Path | None:
-    """The checkpoint ``resume_from_checkpoint`` names (``latest``: the highest ``checkpoint-N`` in the output dir)."""
+class CheckpointProblem(Exception):
+    """Why a checkpoint folder cannot be resumed from (incomplete, corrupt, or of another run)."""
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_files(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of every file under ``folder`` (recorded in ``training_state.json`` when saving)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != TRAINING_STATE_FILE)
+    return {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _file_digest(p)} for p in files}
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's ``training_state.json`` after checking that every file it records is there, whole and
+    unchanged; raises :class:`CheckpointProblem` naming the file otherwise."""
+    state_file = path / TRAINING_STATE_FILE
+    if not state_file.is_file():
+        raise CheckpointProblem(f"it is incomplete (no {TRAINING_STATE_FILE}: its save did not finish)")
+    try:
+        state = json.loads(state_file.read_text())
+        int(state["completed_steps"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointProblem(f"{state_file} is corrupt ({type(error).__name__}: {error})") from None
+    for name, recorded in state.get("files", {}).items():  # checkpoints older than run ids record no files
+        file = path / name
+        if not file.is_file():
+            raise CheckpointProblem(f"{file} is missing")
+        if file.stat().st_size != recorded["bytes"]:
+            raise CheckpointProblem(
+                f"{file} is truncated or overwritten ({file.stat().st_size} bytes, {recorded['bytes']} were saved)"
+            )
+        if _file_digest(file) != recorded["sha256"]:
+            raise CheckpointProblem(f"{file} is corrupt (its SHA-256 differs from the one recorded when saved)")
+    return state
+
+
+def latest_checkpoint(output_dir: Path, run_id: str, say: Callable[[str], None] = print) -> Path:
+    """The highest ``checkpoint-N`` of run ``run_id`` that is complete and intact; every other one passed over is
+    named with the reason."""
+    skipped = []
+    for path in checkpoint_folders(output_dir):
+        try:
+            state = verify_checkpoint(path)
+            if state.get("run_id") != run_id:
+                other = state.get("run_id") or "none recorded"
+                raise CheckpointProblem(f"it belongs to another run (run id {other}, this run is {run_id})")
+        except CheckpointProblem as problem:
+            skipped.append(f"{path.name}: {problem}")
+            say(f"--resume_from_checkpoint latest: skipping {path}: {problem}")
+            continue
+        return path
+    reasons = "".join(f"\n  {line}" for line in skipped)
+    raise SystemExit(
+        f"error: --resume_from_checkpoint latest: no usable checkpoint of this run in {output_dir}"
+        + (f"; skipped:{reasons}" if skipped else " (no checkpoint-* folder).")
+    )
+
+
+def find_checkpoint(config: RunConfig, run_id: str | None, say: Callable[[str], None] = print) -> Path | None:
+    """The checkpoint ``resume_from_checkpoint`` names (``latest``: the highest usable one of ``run_id`` in the
+    output dir); an explicitly named one must be intact and have been written with the same settings."""
     if config.resume_from_checkpoint is None:
         return None
     if config.resume_from_checkpoint == "latest":
-        candidates = sorted(Path(config.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        if not candidates:
+        if not checkpoint_folders(Path(config.output_dir)):
             raise SystemExit(f"error: --resume_from_checkpoint latest: no checkpoint-* folder in {config.output_dir}.")
-        return candidates[-1]
+        if run_id is None:
+            raise SystemExit(
+                f"error: --resume_from_checkpoint latest: {config.output_dir} holds no run with these settings "
+                f"to resume (no {RUN_ARGS_FILE} of them there)."
+            )
+        return latest_checkpoint(Path(config.output_dir), run_id, say)
     path = Path(config.resume_from_checkpoint)
     if not (path / TRAINING_STATE_FILE).is_file():
         raise SystemExit(
             f"error: --resume_from_checkpoint {path} is not a checkpoint (no {TRAINING_STATE_FILE} there)."
         )
+    try:
+        state = verify_checkpoint(path)
+    except CheckpointProblem as problem:
+        raise SystemExit(f"error: --resume_from_checkpoint {path}: {problem}.") from None
+    written_by = state.get("run_id")
+    if written_by is not None and written_by.split("-")[0] != identity_hash(config.identity()):
+        raise SystemExit(
+            f"error: --resume_from_checkpoint {path} was written by a run with other settings (run id {written_by}); "
+            "resume with the settings it was trained with."
+        )
     return path
+
+
+def replace_folder(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``, replacing a ``target`` of an earlier attempt (a rename cannot overwrite a
+    folder that holds files)."""
+    if target.exists():
+        old = target.with_name(f"{TEMPORARY_PREFIX}old-{target.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        source.rename(target)
+        shutil.rmtree(old)
+    else:
+        source.rename(target)
+
+
+# ------------------------------------------------------------------------------------------------- sharded weights
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether FSDP2 (``torch.distributed.fsdp.fully_shard``) shards ``model`` or one of its submodules."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(module, FSDPModule) for module in model.modules())
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole state of an FSDP2-sharded ``model`` on the CPU of the main process (empty elsewhere).
+
+    A collective: every process must call it. PEFT's ``save_pretrained`` cannot read sharded parameters itself
+    ("invalid python storage").
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def save_trainable_weights(model: nn.Module, directory: Path, accelerator: Any) -> None:
+    """``methods.save_trainable`` from the main process only, gathering the weights first under FSDP2.
+
+    Every process must call it (``accelerator``: anything with ``is_main_process``).
+    """
+    if not is_sharded(model):
+        if accelerator.is_main_process:
+            save_trainable(model, directory)
+        return
+    state = full_state_dict(model)
+    if not accelerator.is_main_process:
+        return
+    if isinstance(model, PeftModel):
+        model.save_pretrained(directory, state_dict=state)
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    save_file({name: state[name].contiguous() for name in trainable}, directory / TRAINABLE_FILE)
+
+
+def save_final_weights(model: nn.Module, output_dir: Path, accelerator: Any) -> None:
+    """``save_pretrained`` (the adapter, or the whole model) from the main process, gathered first under FSDP2.
+
+    Every process must call it.
+    """
+    state = full_state_dict(model) if is_sharded(model) else None
+    if accelerator.is_main_process:
+        model.save_pretrained(output_dir, **({"state_dict": state} if state is not None else {}))
 
 
 # ------------------------------------------------------------------------------------------------- the run
@@ -91,10 +290,14 @@ class FineTuningRun:
         self.started = time.perf_counter()
         self.mimi = None
         self.completed_steps = 0
+        self.train_loss = float("nan")
+        self.epoch_loss = (0.0, 0)  # the current epoch's loss sum and batches (a checkpoint carries them)
 
     def execute(self) -> dict[str, Any]:
         """Run every step; returns the final results (also written to ``all_results.json``)."""
         self.setup()
+        if self.finished is not None:
+            return self.finished
         self.load_data()
         self.build_model()
         self.build_optimizer()
@@ -105,21 +308,66 @@ class FineTuningRun:
     # -- setup: output dir, Accelerate, seed --------------------------------------------------------------------
     def setup(self) -> None:
         config = self.config
-        self.output_dir = prepare_output_dir(config)
-        self.checkpoint = find_checkpoint(config)
         self.report_to = None if config.report_to == "none" else config.report_to
         self.accelerator = Accelerator(
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             mixed_precision=config.mixed_precision,
             log_with=self.report_to,
-            project_dir=str(self.output_dir),
+            project_dir=str(config.output_dir),
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         )
+        self.output_dir = prepare_output_dir(config)
+        self.finished = self._start_run()
         set_seed(config.seed)
-        if self.accelerator.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / RUN_ARGS_FILE).write_text(json.dumps(config.identity(), indent=2))
-        self.accelerator.wait_for_everyone()
+
+    def _start_run(self) -> dict[str, Any] | None:
+        """Choose the run id and the checkpoint, then record the run; the results of a finished run that is resumed
+        (nothing else is done then)."""
+        config, accelerator, output_dir = self.config, self.accelerator, self.output_dir
+        identity, record = config.identity(), read_run_record(output_dir)
+        # The output dir's own run, when it holds these settings (a record without run id predates run ids).
+        own_run = record.get("run_id") if record is not None and _identity_of(record) == identity else None
+        if own_run is not None and config.resume_from_checkpoint is not None:
+            results = output_dir / RESULTS_FILE
+            finished = json.loads(results.read_text()) if results.is_file() else {}
+            if finished.get("run_id") == own_run:
+                # Training again from a checkpoint would only rewrite its results (the steps are done).
+                accelerator.print(
+                    f"{output_dir} holds this run already finished ({finished.get('completed_steps')} steps); "
+                    f"its results ({results}) and model card are left as they are."
+                )
+                if config.push_to_hub and accelerator.is_main_process:
+                    self.push()
+                accelerator.wait_for_everyone()
+                return finished
+        # Every process decides (they read the same files) before the main one changes anything.
+        self.checkpoint = find_checkpoint(config, own_run, accelerator.print)
+        if self.checkpoint is not None:
+            state = json.loads((self.checkpoint / TRAINING_STATE_FILE).read_text())
+            run_id = state.get("run_id") or own_run  # resuming continues the checkpoint's run
+        else:
+            run_id = None  # a new start: a new run id
+        if record is not None and _identity_of(record) != identity and not config.overwrite_output_dir:
+            accelerator.print(f"{output_dir} held a run with other settings that saved nothing: starting over.")
+        if accelerator.is_main_process:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            for stale in output_dir.glob(f"{TEMPORARY_PREFIX}*"):  # saves that were killed
+                shutil.rmtree(stale, ignore_errors=True)
+            if config.overwrite_output_dir and (run_id is None or run_id != own_run):
+                self._remove_old_checkpoints()
+            record = {**identity, "run_id": run_id or new_run_id(identity)}
+            (output_dir / RUN_ARGS_FILE).write_text(json.dumps(record, indent=2))
+        accelerator.wait_for_everyone()
+        self.run_id = read_run_record(output_dir)["run_id"]  # the main process drew a new one
+        return None
+
+    def _remove_old_checkpoints(self) -> None:
+        """--overwrite_output_dir: the replaced run's checkpoints go, so that no later resumption can pick one."""
+        keep = self.checkpoint.resolve() if self.checkpoint is not None else None
+        for path in checkpoint_folders(self.output_dir):
+            if path.resolve() != keep:
+                self.accelerator.print(f"--overwrite_output_dir: removing {path} of the replaced run")
+                shutil.rmtree(path)
 
     # -- data -----------------------------------------------------------------------------------------------------
     def load_data(self) -> None:
@@ -213,8 +461,10 @@ class FineTuningRun:
         accelerator = self.accelerator
 
         def save_hook(models, weights, output_dir):
+            # Accelerate calls this on every process: one writer (the main process), else under DDP every rank
+            # writes the same files at once.
             for model in models:
-                save_trainable(accelerator.unwrap_model(model), Path(output_dir) / "adapter")
+                save_trainable_weights(accelerator.unwrap_model(model), Path(output_dir) / "adapter", accelerator)
             weights.clear()
 
         def load_hook(models, input_dir):
@@ -230,17 +480,48 @@ class FineTuningRun:
         if self.checkpoint is None:
             return
         self.accelerator.print(f"Resuming from {self.checkpoint}")
-        self.accelerator.load_state(str(self.checkpoint))
-        self.completed_steps = json.loads((self.checkpoint / TRAINING_STATE_FILE).read_text())["completed_steps"]
+        try:
+            self.accelerator.load_state(str(self.checkpoint))
+        except AdapterMismatchError:
+            raise
+        except Exception as error:  # a checkpoint older than file records (those are checked before)
+            raise SystemExit(
+                f"error: cannot load checkpoint {self.checkpoint}: {type(error).__name__}: {error}"
+            ) from error
+        state = json.loads((self.checkpoint / TRAINING_STATE_FILE).read_text())
+        self.completed_steps = state["completed_steps"]
+        self.train_loss = state.get("train_loss", float("nan"))
         self.start_epoch = self.completed_steps // self.steps_per_epoch
         batches_done = self.completed_steps % self.steps_per_epoch
         self.skip_batches = batches_done * self.config.gradient_accumulation_steps
+        if self.skip_batches:  # resumed inside an epoch: its mean loss covers the batches before the checkpoint too
+            self.epoch_loss = tuple(state.get("epoch_loss", (0.0, 0)))
 
     def save_checkpoint(self) -> None:
-        path = self.output_dir / f"checkpoint-{self.completed_steps}"
-        self.accelerator.save_state(str(path))
-        if self.accelerator.is_main_process:
-            (path / TRAINING_STATE_FILE).write_text(json.dumps({"completed_steps": self.completed_steps}))
+        """Write ``checkpoint-N`` whole or not at all: into a temporary folder, then renamed by the main process.
+
+        ``training_state.json`` records the run id and each file's size and hash, so that resuming can refuse a
+        checkpoint of another run or one whose files were cut short.
+        """
+        accelerator = self.accelerator
+        final = self.output_dir / f"checkpoint-{self.completed_steps}"
+        temporary = self.output_dir / f"{TEMPORARY_PREFIX}{final.name}"
+        if accelerator.is_main_process and temporary.exists():
+            shutil.rmtree(temporary)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(temporary))
+        accelerator.wait_for_everyone()  # every process has written its part (its RNG state)
+        if accelerator.is_main_process:
+            state = {
+                "completed_steps": self.completed_steps,
+                "run_id": self.run_id,
+                "train_loss": self.epoch_loss[0] / self.epoch_loss[1] if self.epoch_loss[1] else self.train_loss,
+                "epoch_loss": self.epoch_loss,
+                "files": describe_files(temporary),
+            }
+            (temporary / TRAINING_STATE_FILE).write_text(json.dumps(state, indent=2))
+            replace_folder(temporary, final)
+        accelerator.wait_for_everyone()
 
     def train_loop(self) -> None:
         self.progress = tqdm(
@@ -249,9 +530,10 @@ class FineTuningRun:
             disable=not self.accelerator.is_local_main_process,
         )
         self.results: dict[str, float] = {}
-        self.train_loss = float("nan")
         self.train_loop_s, self.train_samples = 0.0, 0  # the training loop alone (no evaluation), for throughput
         for epoch in range(self.start_epoch, self.epochs):
+            if self.completed_steps >= self.max_steps:  # resumed from the last step's checkpoint
+                break
             self.train_epoch(epoch)
             last_epoch = epoch == self.epochs - 1 or self.completed_steps >= self.max_steps
             if self.config.eval_strategy == "epoch" or last_epoch:
@@ -262,6 +544,8 @@ class FineTuningRun:
                 self.save_checkpoint()
             if self.completed_steps >= self.max_steps:
                 break
+        if not self.results:  # resumed from the last step (killed while finishing): evaluate the restored weights
+            self.evaluate_epoch(self.epochs - 1)
         if self.report_to:
             self.accelerator.end_training()
 
@@ -272,7 +556,7 @@ class FineTuningRun:
         if epoch == self.start_epoch:
             loader = accelerator.skip_first_batches(loader, self.skip_batches)
         every = int(config.checkpointing_steps) if config.checkpointing_steps.isdigit() else 0
-        running, seen = 0.0, 0
+        running, seen = self.epoch_loss if epoch == self.start_epoch else (0.0, 0)
         loop_start = time.perf_counter()
         for batch in loader:
             self.train_samples += len(batch["labels"])
@@ -285,6 +569,7 @@ class FineTuningRun:
                 self.scheduler.step()
                 self.optimizer.zero_grad()
             running, seen = running + loss.item(), seen + 1
+            self.epoch_loss = (running, seen)
             if accelerator.sync_gradients:
                 self.completed_steps += 1
                 self.progress.update(1)
@@ -325,6 +610,8 @@ class FineTuningRun:
         test = self.loaders.test
         test_results = self.task.evaluate(self.model, test, accelerator, self.labels) if test is not None else {}
         accelerator.wait_for_everyone()
+        # Under FSDP gathering the weights takes every process; the main one writes them.
+        save_final_weights(accelerator.unwrap_model(self.model), self.output_dir, accelerator)
         final = {
             **{f"eval_{k}": v for k, v in self.results.items()},
             **{f"test_{k}": v for k, v in test_results.items()},
@@ -335,6 +622,7 @@ class FineTuningRun:
             "num_processes": accelerator.num_processes,
             "trainable_params": self.trainable,
             "total_params": self.total,
+            "run_id": self.run_id,
         }
         if self.mimi is not None:
             final["mimi"] = self.mimi.summary()
@@ -344,17 +632,15 @@ class FineTuningRun:
         return final
 
     def write_outputs(self, final: dict[str, Any]) -> None:
-        """The trained weights, ``all_results.json`` and the model card; the push when asked for."""
+        """``all_results.json`` and the model card beside the saved weights; the push when asked for."""
         config, output_dir = self.config, self.output_dir
         model = self.accelerator.unwrap_model(self.model)
-        model.save_pretrained(output_dir)
         whole_model = self.method.saves_whole_model
         if whole_model:  # config.json + model.safetensors + the processor: loads with transformers alone
             self.processor.save_pretrained(output_dir)
             weights_bytes = final["model_bytes"] = (output_dir / "model.safetensors").stat().st_size
         else:
             weights_bytes = final["adapter_bytes"] = (output_dir / ADAPTER_FILE).stat().st_size
-        (output_dir / "all_results.json").write_text(json.dumps(final, indent=2))
         self.task.save_extras(model, self.processor, output_dir)
         self.task.write_model_card(
             output_dir,
@@ -370,11 +656,19 @@ class FineTuningRun:
             num_labels=model.config.num_labels if hasattr(model, "config") else None,
             whole_model=whole_model,
         )
+        # Last, and whole or not at all: its run id marks the run finished (a resumption then changes nothing).
+        temporary = output_dir / f"{TEMPORARY_PREFIX}{RESULTS_FILE}"
+        temporary.write_text(json.dumps(final, indent=2))
+        temporary.replace(output_dir / RESULTS_FILE)
         if config.push_to_hub:
-            from ..hub import push_to_hub
+            self.push()
 
-            url = push_to_hub(output_dir, config.hub_model_id or output_dir.name, token=config.hub_token)
-            print(f"Pushed to {url}")
+    def push(self) -> None:
+        from ..hub import push_to_hub
+
+        config = self.config
+        url = push_to_hub(self.output_dir, config.hub_model_id or self.output_dir.name, token=config.hub_token)
+        print(f"Pushed to {url}")
 
     def hyperparameters(self, num_processes: int) -> dict[str, Any]:
         """The card's hyperparameter table: the recipe, then the method's own options."""
