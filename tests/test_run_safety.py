@@ -251,8 +251,9 @@ def test_ddp_checkpoints_are_written_by_the_main_process_only(tiny_swin_dir, tmp
     command = [*launch, str(script), *_args(tiny_swin_dir, out, "--max_train_steps", "2", "--checkpointing_steps", "1")]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    writers = sorted(log.read_text().split("\n")[:-1])
-    assert writers == ["0 .incomplete-checkpoint-1", "0 .incomplete-checkpoint-2"]  # one writer per checkpoint
+    writers = sorted(line.split() for line in log.read_text().splitlines())
+    assert [rank for rank, _ in writers] == ["0", "0"]  # one writer per checkpoint: the main process
+    assert [folder for _, folder in writers] == [".incomplete-checkpoint-1", ".incomplete-checkpoint-2"]
     run_id = json.loads((out / "run_args.json").read_text())["run_id"]
     for step in (1, 2):
         state = json.loads((out / f"checkpoint-{step}" / "training_state.json").read_text())

@@ -349,10 +349,14 @@ class FineTuningRun:
             run_id = None  # a new start: a new run id
         if record is not None and _identity_of(record) != identity and not config.overwrite_output_dir:
             accelerator.print(f"{output_dir} held a run with other settings that saved nothing: starting over.")
+        accelerator.wait_for_everyone()  # all have read the output dir before the main process changes it
         if accelerator.is_main_process:
             output_dir.mkdir(parents=True, exist_ok=True)
             for stale in output_dir.glob(f"{TEMPORARY_PREFIX}*"):  # saves that were killed
-                shutil.rmtree(stale, ignore_errors=True)
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
             if config.overwrite_output_dir and (run_id is None or run_id != own_run):
                 self._remove_old_checkpoints()
             record = {**identity, "run_id": run_id or new_run_id(identity)}
