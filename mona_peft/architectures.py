@@ -135,6 +135,21 @@ SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
         ArchitectureSpec(
             "vit", "ViTLayer", _VIT_BLOCKS, "layernorm_after", "patch_embedding", num_prefix_tokens=lambda c: 1
         ),
+        # DPT's ViT (non-hybrid) keeps the BERT-style names; its MLP is `intermediate`, then `output` (which also adds
+        # the residual, so an adapter on `output` still adds to the block's output).
+        ArchitectureSpec(
+            "dpt",
+            "DPTViTLayer",
+            _VIT_BLOCKS,
+            "layernorm_after",
+            "patch_embedding",
+            num_prefix_tokens=lambda c: 1,
+            attention_projections=("attention.attention.query", "attention.attention.key", "attention.attention.value"),
+            attention_output="attention.output.dense",
+            mlp_input="intermediate",
+            mlp_output="output",
+            mlp_output_projection="output.dense",
+        ),
         # DeiT prepends a CLS and a distillation token.
         ArchitectureSpec(
             "deit", "DeiTLayer", _VIT_BLOCKS, "layernorm_after", "patch_embedding", num_prefix_tokens=lambda c: 2

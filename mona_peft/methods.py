@@ -37,7 +37,28 @@ def build_method(model: nn.Module, method: str, head: list[str], **options: Any)
         base = AutoModelForImageClassification.from_pretrained(path)
         model = build_method(base, "mona", ["classifier"], inner_dim=32)
     """
-    return get_method(method).build(model, head, **options)
+    spec = get_method(method)
+    if not spec.saves_whole_model:
+        _refuse_ambiguous_heads(model, head)
+    return spec.build(model, head, **options)
+
+
+def _refuse_ambiguous_heads(model: nn.Module, head: list[str]) -> None:
+    """PEFT wraps every module whose name merely ends with a ``modules_to_save`` entry (``"head"`` also catches
+    ``"head.head"`` and ``"auxiliary_head"``, huggingface/peft#1917); such an adapter saves keys it cannot load back."""
+    names = [name for name, _ in model.named_modules()]
+    clashes = {entry: [n for n in names if n != entry and n.endswith(entry)] for entry in head}
+    clashes = {entry: others for entry, others in clashes.items() if others}
+    if clashes:
+        listed = "; ".join(
+            f"{entry!r} also matches {', '.join(map(repr, others))}" for entry, others in clashes.items()
+        )
+        raise ValueError(
+            f"Cannot train the heads {head} of {type(model).__name__} through PEFT's modules_to_save: PEFT matches "
+            f"them by name suffix, so {listed}, and the saved adapter would not load back (huggingface/peft#1917). "
+            "Train the backbone's adapters with modules_to_save=[] and save the heads yourself, or use a model whose "
+            "head names are not suffixes of other module names (UperNet: decode_head, auxiliary_head)."
+        )
 
 
 def is_adapter_parameter(name: str) -> bool:

@@ -18,7 +18,15 @@ from safetensors.torch import load_file
 
 from mona_peft.architectures import head_modules
 from mona_peft.data import ImageDataError
-from mona_peft.data.segmentation import BACKGROUND_BANDS, SCENE_CLASSES, load_segmentation_task, scene_split
+from mona_peft.data.segmentation import (
+    BACKGROUND_BANDS,
+    MIN_CONTRAST,
+    SCENE_CLASSES,
+    SCENE_SIZE,
+    _visible_colour,
+    load_segmentation_task,
+    scene_split,
+)
 from mona_peft.methods import build_method
 from mona_peft.registration import methods
 from mona_peft.segmentation import SEGMENTATION_CONFIG_FILE, build_upernet, save_segmentation_config
@@ -139,10 +147,11 @@ def test_mixed_batch_of_two_segmentation_adapters(checkpoints):
 def test_offline_scenes_keep_their_splits_apart_and_masks_exact():
     data, labels = load_segmentation_task("digit-scenes", 0)
     assert labels == list(SCENE_CLASSES) and {k: len(v) for k, v in data.items()} == {
-        "train": 400,
-        "validation": 100,
+        "train": 1500,
+        "validation": 200,
         "test": 200,
     }
+    assert data["train"][0]["image"].size == (SCENE_SIZE, SCENE_SIZE)
     masks = np.stack([np.asarray(m) for m in data["train"]["label"]])
     fractions = np.bincount(masks.ravel(), minlength=len(labels)) / masks.size
     assert masks.max() < len(labels) and (fractions[1:] > 0.005).all() and 0.7 < fractions[0] < 0.97
@@ -152,9 +161,22 @@ def test_offline_scenes_keep_their_splits_apart_and_masks_exact():
     ]
     assert list(BACKGROUND_BANDS) == ["train", "validation", "test"]
     few, _ = load_segmentation_task("digit-scenes-fewshot", 0)
-    assert len(few["train"]) == 40 and [np.asarray(i).tobytes() for i in few["test"]["image"][:3]] == [
+    assert len(few["train"]) == 100 and [np.asarray(i).tobytes() for i in few["test"]["image"][:3]] == [
         np.asarray(i).tobytes() for i in data["test"]["image"][:3]
     ]
+
+
+@pytest.mark.parametrize(
+    ("under", "colour"),
+    [(120, [128, 128, 128]), (20, [10, 30, 0]), (240, [250, 240, 230]), (128, [200, 200, 200])],
+)
+def test_digit_colours_stand_out_from_the_photograph_under_them(under, colour):
+    luminance = np.array([0.299, 0.587, 0.114])
+    region = np.full((6, 6, 3), under, dtype=np.float32)
+    chosen = _visible_colour(np.array(colour, dtype=np.float32), region)
+    assert abs(chosen @ luminance - under) >= MIN_CONTRAST
+    if abs(np.array(colour) @ luminance - under) >= MIN_CONTRAST:  # already visible: kept as drawn
+        np.testing.assert_array_equal(chosen, colour)
 
 
 def _write_folder(root: Path, count: int = 4, size=(32, 32), labels=LABELS) -> Path:
@@ -233,3 +255,60 @@ def test_script_end_to_end_and_resume_equals_an_uninterrupted_run(checkpoints, t
 
     model = PeftModel.from_pretrained(load_segmentation_base(full), full).eval()
     assert model(pixel_values=torch.zeros(1, 3, 32, 32)).logits.shape[1] == 3
+
+
+DPT = dict(
+    hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8,
+    neck_hidden_sizes=[16, 16, 16, 16], fusion_hidden_size=16, backbone_out_indices=[0, 1, 2, 3], num_labels=3,
+)  # fmt: skip
+
+
+def test_dpt_vit_takes_every_method_and_reloads_identically_in_a_fresh_process(tmp_path):
+    """DPT's heads are named 'head' (holding 'head.head') and 'auxiliary_head': PEFT's suffix matching of
+    modules_to_save would wrap them twice and the adapter would not load, so that is refused by name; the ViT's
+    adapters (with the neck) save and reload."""
+    torch.manual_seed(0)
+    base = tf.DPTForSemanticSegmentation(tf.DPTConfig(**DPT)).eval()
+    base.save_pretrained(tmp_path / "base")
+    heads = head_modules(base)
+    assert heads == ["neck", "head", "auxiliary_head"]
+    with pytest.raises(ValueError, match=r"'head' also matches 'head.head'.*auxiliary_head"):
+        build_method(base, "mona", heads)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    saved = []
+    for name, spec in methods().items():
+        if spec.saves_whole_model:
+            continue
+        model = build_method(tf.DPTForSemanticSegmentation.from_pretrained(tmp_path / "base"), name, ["neck"])
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        own = [n for n in trainable if spec.is_own_parameter(n)]
+        assert own and all(".dpt." in n for n in own), name  # the method acts inside the ViT
+        if name != "ln_tuning":  # the ViT's norms stay frozen
+            assert not [n for n in trainable if ".dpt." in n and "layernorm" in n], name
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if p.requires_grad and spec.is_own_parameter(n):
+                    p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+        model.eval()
+        model.save_pretrained(tmp_path / name)
+        with torch.no_grad():
+            torch.save(model(pixel_values=x).logits, tmp_path / name / "logits.pt")
+        saved.append(str(tmp_path / name))
+    torch.save(x, tmp_path / "x.pt")
+    code = (
+        "import sys, torch, mona_peft\n"
+        "from peft import PeftModel\n"
+        "from transformers import DPTForSemanticSegmentation\n"
+        "x = torch.load(sys.argv[1])\n"
+        "for folder in sys.argv[3:]:\n"
+        "    base = DPTForSemanticSegmentation.from_pretrained(sys.argv[2])\n"
+        "    model = PeftModel.from_pretrained(base, folder).eval()\n"
+        "    with torch.no_grad():\n"
+        "        torch.save(model(pixel_values=x).logits, folder + '/reloaded.pt')\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    args = [sys.executable, "-c", code, str(tmp_path / "x.pt"), str(tmp_path / "base"), *saved]
+    done = subprocess.run(args, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for folder in saved:
+        torch.testing.assert_close(torch.load(f"{folder}/reloaded.pt"), torch.load(f"{folder}/logits.pt"))

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch_size", type=int, default=2, help="--speed: Swin-T batch.")
     add("--repeats", type=int, default=10, help="--speed: timed interleaved repetitions.")
     add("--warmup", type=int, default=2, help="--speed: untimed calls per variant first.")
-    add("--image_size", type=int, default=224, help="--speed: input resolution.")
+    add("--image_size", type=int, default=None, help="--speed: input resolution (224; 512 for upernet-swin-t).")
+    add("--speed_model", default="swin-t", choices=["swin-t", "upernet-swin-t"], help="--speed: the network.")
     add("--device", default="cpu", choices=["cpu", "cuda"], help="--speed: device.")
     add("--speed_threads", type=int, default=None, help="--speed: torch threads (default: torch's).")
     add("--speed_output", default=None, help="--speed: output file (default <output_dir>/speed.json).")
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
             batch_size=args.batch_size,
             repeats=args.repeats,
             warmup=args.warmup,
-            image_size=args.image_size,
+            image_size=args.image_size or (224 if args.speed_model == "swin-t" else 512),
+            model=args.speed_model,
             device=args.device,
             threads=args.speed_threads,
         )

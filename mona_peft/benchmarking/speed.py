@@ -1,10 +1,12 @@
-"""Training step, peak training memory and inference latency of every method on a Swin-T at 224x224, side by side.
+"""Training step, peak training memory and inference latency of every method, side by side: a Swin-T classifier at
+224x224 (``--speed_model swin-t``) or UperNet around a Swin-T at 512x512 (``upernet-swin-t``, the paper's
+segmentation setting: 150 classes, UperNet channels 512, auxiliary head).
 
 Random init (``SwinConfig()`` defaults: embed dim 96, depths 2-2-6-2, window 7), no downloads. Every method gets its
-own copy of the same backbone weights. All variants run interleaved in one process (order alternating every
-repetition, after warm-up); the reported ratios are ratios of medians, with the quartiles of the per-repetition
-ratios as the spread. Peak training memory is weights + buffers + AdamW state + the step's peak allocation (CUDA) or
-peak resident-size increase (CPU; see :mod:`mona_peft.benchmarking.timing`).
+own copy of the same weights; the bare model is the same network without a method. All variants run interleaved in
+one process (order alternating every repetition, after warm-up); the reported ratios are ratios of medians, with the
+quartiles of the per-repetition ratios as the spread. Peak training memory is weights + buffers + AdamW state + the
+step's peak allocation (CUDA) or peak resident-size increase (CPU; see :mod:`mona_peft.benchmarking.timing`).
 """
 
 from __future__ import annotations
@@ -20,12 +22,22 @@ import torch
 
 from .timing import contention, cpu_snapshot, environment, summarize, timed_pair, training_peak_bytes
 
-#: Mona's targets (ratios): train step vs full fine-tuning and vs LoRA, peak train memory vs full, latency vs base.
+#: Mona's targets per model (ratios): train step vs full fine-tuning and vs LoRA, peak train memory vs full, latency
+#: vs the bare model.
 MONA_TARGETS = {
-    "train_step_ratio_vs_full": 0.75,
-    "train_step_ratio_vs_lora": 1.25,
-    "peak_memory_ratio_vs_full": 0.8,
-    "infer_latency_ratio_vs_base": 1.15,
+    "swin-t": {
+        "train_step_ratio_vs_full": 0.75,
+        "train_step_ratio_vs_lora": 1.25,
+        "peak_memory_ratio_vs_full": 0.8,
+        "infer_latency_ratio_vs_base": 1.15,
+    },
+    "upernet-swin-t": {"train_step_ratio_vs_lora": 1.2, "peak_memory_ratio_vs_full": 0.6},
+}
+#: The models' descriptions in the report.
+SPEED_MODELS = {
+    "swin-t": "SwinForImageClassification(SwinConfig()) (Swin-T), random init",
+    "upernet-swin-t": "UperNetForSemanticSegmentation around SwinConfig() (Swin-T), hidden 512, 150 classes, "
+    "auxiliary head, random init",
 }
 
 
@@ -36,6 +48,7 @@ class SpeedConfig:
     repeats: int = 10
     warmup: int = 2
     image_size: int = 224
+    model: str = "swin-t"
     device: str = "cpu"
     threads: int | None = None
     seed: int = 0
@@ -48,16 +61,30 @@ def swin_t(image_size: int = 224, seed: int = 0) -> torch.nn.Module:
     return SwinForImageClassification(SwinConfig(image_size=image_size))
 
 
+def upernet_swin_t(image_size: int = 512, seed: int = 0, num_labels: int = 150) -> torch.nn.Module:
+    from transformers import SwinConfig, UperNetConfig, UperNetForSemanticSegmentation
+
+    torch.manual_seed(seed)
+    backbone = SwinConfig(image_size=image_size, out_features=["stage1", "stage2", "stage3", "stage4"])
+    config = UperNetConfig(backbone_config=backbone, hidden_size=512, num_labels=num_labels, use_auxiliary_head=True)
+    return UperNetForSemanticSegmentation(config)
+
+
 def build_models(config: SpeedConfig) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
-    """The bare Swin-T (eval) and one copy per method, all with the same backbone weights."""
+    """The bare model (eval) and one copy per method, all with the same weights."""
+    from ..architectures import head_modules
     from ..methods import build_method
 
+    if config.model not in SPEED_MODELS:
+        raise ValueError(f"Unknown speed model {config.model!r}; available: {', '.join(SPEED_MODELS)}.")
     device = torch.device(config.device)
-    base = swin_t(config.image_size, config.seed).to(device)
+    builder = swin_t if config.model == "swin-t" else upernet_swin_t
+    base = builder(config.image_size, config.seed).to(device)
+    heads = head_modules(base)
     models = {}
     for method in config.methods:
         torch.manual_seed(config.seed)
-        models[method] = build_method(copy.deepcopy(base), method, ["classifier"])
+        models[method] = build_method(copy.deepcopy(base), method, heads)
     return base.eval(), models
 
 
@@ -75,7 +102,8 @@ def run_speed(config: SpeedConfig, output: str | Path | None, command: str, log=
     bare, models = build_models(config)
     generator = torch.Generator().manual_seed(config.seed)
     x = torch.randn(config.batch_size, 3, config.image_size, config.image_size, generator=generator).to(device)
-    y = torch.randint(bare.config.num_labels, (config.batch_size,), generator=generator).to(device)
+    label_shape = (config.batch_size,) if config.model == "swin-t" else x.shape[:1] + x.shape[2:]  # a class per pixel
+    y = torch.randint(bare.config.num_labels, label_shape, generator=generator).to(device)
 
     # Inference first: eval mode, no_grad, the bare backbone as one more variant.
     def infer(net: torch.nn.Module):
@@ -138,16 +166,15 @@ def run_speed(config: SpeedConfig, output: str | Path | None, command: str, log=
     env["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     env["cpu_share_used_elsewhere"] = contention(cpu_start)
     mona = next((row for row in rows if row["method"] == "mona"), None)
+    targets = MONA_TARGETS[config.model]
     report = {
         "command": command,
         "config": asdict(config),
-        "model": f"SwinForImageClassification(SwinConfig(image_size={config.image_size})), random init (Swin-T)",
+        "model": f"{SPEED_MODELS[config.model]}, at {config.image_size}x{config.image_size}",
         "environment": env,
         "bare_infer_median_ms": 1e3 * sorted(infer_times["__bare__"])[len(infer_times["__bare__"]) // 2],
-        "mona_targets": MONA_TARGETS,
-        "mona_meets_targets": None
-        if mona is None
-        else {key: mona[key] <= target for key, target in MONA_TARGETS.items()},
+        "mona_targets": targets,
+        "mona_meets_targets": None if mona is None else {key: mona[key] <= target for key, target in targets.items()},
         "rows": rows,
         "wall_time_s": round(wall, 1),
     }

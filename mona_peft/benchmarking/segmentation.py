@@ -1,0 +1,340 @@
+"""The semantic-segmentation benchmark: every method x learning rate x seed on an offline digit-scene task.
+
+The classification benchmark's protocol on UperNet around the shipped pretrained Swin: each run is one call of the
+training core with the segmentation task's recipe (AdamW, weight decay 0.01, the paper's poly schedule with 10 %
+warm-up, gradient clipping 5, the same learning rate for the heads and the method's parameters times the factors a
+method declares). Validation mean IoU is recorded after every epoch (the curves); per method, the rate with the best
+mean final validation mIoU over the seeds is chosen, and its runs are the result. The test split is evaluated once
+per run and never chooses.
+
+Runs append to ``<work_dir>/runs.jsonl`` as they finish, so an interrupted benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import statistics
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data.segmentation import SEGMENTATION_TASKS
+from ..registration import methods
+from ..training import RunConfig, train
+from ..training.semantic_segmentation import SemanticSegmentationTask
+from .timing import environment
+
+#: The methods of the segmentation benchmark (what 2 CPU cores allow; the issue's list minus BitFit and the rest).
+SEGMENTATION_METHODS = ["full", "linear", "lora", "adapter", "adaptformer", "mona"]
+#: One grid for every method. 1e-3 is left out: full fine-tuning stayed at all-background for 300 steps there.
+SEGMENTATION_LR_GRID = [3e-3, 1e-2]
+
+
+@dataclass
+class SegmentationBenchmarkConfig:
+    """What to run. ``max_train_steps`` (quick runs) cuts the task's epochs short."""
+
+    methods: list[str] = field(default_factory=lambda: list(SEGMENTATION_METHODS))
+    task: str = "digit-scenes"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    lr_grid: list[float] = field(default_factory=lambda: list(SEGMENTATION_LR_GRID))
+    workers: int = 2
+    threads: int = 1
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 5.0
+    max_train_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in methods()]
+        if unknown or self.task not in SEGMENTATION_TASKS:
+            raise ValueError(
+                f"Unknown methods {unknown} or task {self.task!r}; methods: {sorted(methods())}, "
+                f"tasks: {list(SEGMENTATION_TASKS)}."
+            )
+        if not self.seeds or not self.lr_grid:
+            raise ValueError("Need at least one seed and one learning rate.")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        task = SEGMENTATION_TASKS[self.task]
+        return math.ceil(task.sizes["train"] / task.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.max_train_steps or SEGMENTATION_TASKS[self.task].epochs * self.steps_per_epoch
+
+
+@dataclass(frozen=True)
+class Job:
+    method: str
+    lr: float
+    seed: int
+
+
+class _CurveRecordingTask(SemanticSegmentationTask):
+    """The segmentation task, keeping every evaluation's scores (the validation after each epoch, then the test)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.evaluations: list[dict] = []
+
+    def evaluate(self, model, loader, accelerator, labels) -> dict:
+        scores = super().evaluate(model, loader, accelerator, labels)
+        self.evaluations.append(scores)
+        return scores
+
+
+def run_config(job: Job, config: SegmentationBenchmarkConfig, output_dir: Path) -> RunConfig:
+    """The training run of ``job`` (the same recipe for every method)."""
+    task = SEGMENTATION_TASKS[config.task]
+    return RunConfig(
+        task=config.task,
+        method=job.method,
+        output_dir=str(output_dir),
+        overwrite_output_dir=True,
+        report_to="none",
+        checkpointing_steps="no",
+        eval_strategy="epoch",
+        num_train_epochs=task.epochs,
+        max_train_steps=config.max_train_steps,
+        per_device_train_batch_size=task.batch_size,
+        per_device_eval_batch_size=100,
+        learning_rate=job.lr,
+        adapter_lr_scale=1.0,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        lr_scheduler_type="polynomial",
+        num_warmup_steps=max(1, round(config.warmup_fraction * config.total_steps)),
+        seed=job.seed,
+    )
+
+
+def run_job(job: Job, config: SegmentationBenchmarkConfig, work_dir: Path) -> dict:
+    """Train ``job``; returns its row: final validation and test scores, the validation curve, sizes, speed."""
+    import shutil
+
+    started = time.perf_counter()
+    output_dir = work_dir / job.method / f"lr{job.lr:g}" / f"seed{job.seed}"
+    task = _CurveRecordingTask()
+    final = train(run_config(job, config, output_dir), task)
+    *validation, test = task.evaluations  # the task has a test split: evaluated once, last
+    steps = [min((epoch + 1) * config.steps_per_epoch, config.total_steps) for epoch in range(len(validation))]
+    row = {
+        **asdict(job),
+        "val_miou": final["eval_mean_iou"],
+        "test_miou": test["mean_iou"],
+        "test_per_category_iou": test["per_category_iou"],
+        "test_overall_accuracy": test["overall_accuracy"],
+        "curve": [{"step": s, "val_miou": scores["mean_iou"]} for s, scores in zip(steps, validation, strict=True)],
+        "trainable_params": final["trainable_params"],
+        "total_params": final["total_params"],
+        "weights_bytes": final.get("adapter_bytes") or final.get("model_bytes"),
+        "train_images_per_s": final["train_samples_per_second"],
+        "train_loss": final["train_loss"],
+        "run_wall_s": round(time.perf_counter() - started, 1),
+    }
+    shutil.rmtree(output_dir, ignore_errors=True)
+    return row
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(config: SegmentationBenchmarkConfig, work_dir: str) -> None:
+    torch.set_num_threads(config.threads)
+    import mona_peft  # noqa: F401  (registers the PEFT methods in a spawned process)
+
+    _WORKER.update(config=config, work_dir=Path(work_dir))
+
+
+def _worker_run(job: Job) -> dict:
+    return run_job(job, _WORKER["config"], _WORKER["work_dir"])
+
+
+def pending_jobs(config: SegmentationBenchmarkConfig, done: list[dict]) -> list[Job]:
+    """Jobs not in ``done``, seed by seed, so that an interrupted benchmark has whole seeds of every method."""
+    finished = {(row["method"], row["lr"], row["seed"]) for row in done}
+    jobs = [Job(m, lr, s) for s in config.seeds for m in config.methods for lr in config.lr_grid]
+    return [job for job in jobs if (job.method, job.lr, job.seed) not in finished]
+
+
+def run_jobs(jobs: list[Job], config: SegmentationBenchmarkConfig, work_dir: Path) -> Iterable[dict]:
+    """Rows of ``jobs``, in ``config.workers`` spawned processes of ``config.threads`` threads each."""
+    if config.workers <= 1:
+        _init_worker(config, str(work_dir))
+        yield from map(_worker_run, jobs)
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(config.workers, initializer=_init_worker, initargs=(config, str(work_dir))) as pool:
+        yield from pool.imap_unordered(_worker_run, jobs)
+
+
+def choose_learning_rates(rows: list[dict], config: SegmentationBenchmarkConfig) -> dict[str, dict]:
+    """Per method: mean final validation mIoU of each rate (over its seeds), and the rate with the best one."""
+    chosen = {}
+    for method in config.methods:
+        by_lr = {lr: [r["val_miou"] for r in rows if r["method"] == method and r["lr"] == lr] for lr in config.lr_grid}
+        means = {lr: statistics.fmean(values) for lr, values in by_lr.items() if values}
+        if means:
+            chosen[method] = {"val_miou_by_lr": {f"{lr:g}": m for lr, m in means.items()}}
+            chosen[method]["chosen_lr"] = max(means, key=means.get)
+    return chosen
+
+
+def run_segmentation_benchmark(config: SegmentationBenchmarkConfig, work_dir: str | Path, log=print) -> dict:
+    """Run every pending job (resuming ``work_dir/runs.jsonl``), choose rates on validation; returns the results."""
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    runs = work_dir / "runs.jsonl"
+    rows = [json.loads(line) for line in runs.read_text().splitlines()] if runs.exists() else []
+    jobs = pending_jobs(config, rows)
+    log(f"{len(rows)} runs done, {len(jobs)} to go")
+    with runs.open("a") as sink:
+        for row in run_jobs(jobs, config, work_dir):
+            rows.append(row)
+            sink.write(json.dumps(row) + "\n")
+            sink.flush()
+            job = f"{row['method']} lr {row['lr']:g} seed {row['seed']}"
+            log(f"{job}: val mIoU {row['val_miou']:.3f} ({row['run_wall_s']} s)")
+    return {
+        "config": asdict(config) | {"steps_per_epoch": config.steps_per_epoch, "total_steps": config.total_steps},
+        "task": asdict(SEGMENTATION_TASKS[config.task]),
+        "environment": environment(),
+        "learning_rates": choose_learning_rates(rows, config),
+        "rows": rows,
+    }
+
+
+# ------------------------------------------------------------------------------------------------- report
+
+
+def _chosen_rows(results: dict, method: str) -> list[dict]:
+    chosen = results["learning_rates"].get(method, {}).get("chosen_lr")
+    return [r for r in results["rows"] if r["method"] == method and r["lr"] == chosen]
+
+
+def _mean_curve(rows: list[dict]) -> tuple[list[int], list[float]]:
+    """Validation mIoU after each epoch, averaged over the seeds that reached it."""
+    by_step: dict[int, list[float]] = {}
+    for row in rows:
+        for point in row["curve"]:
+            by_step.setdefault(point["step"], []).append(point["val_miou"])
+    steps = sorted(by_step)
+    return steps, [statistics.fmean(by_step[s]) for s in steps]
+
+
+def markdown(results: dict) -> str:
+    """The report: test mIoU per method at its chosen rate, the grid on validation, the curves as numbers."""
+    from .report import _pm, _size
+
+    config, task = results["config"], results["task"]
+    present = [m for m in config["methods"] if _chosen_rows(results, m)]
+    head_params = min(_chosen_rows(results, m)[0]["trainable_params"] for m in present)  # linear: the heads only
+    lines = [
+        "# Semantic segmentation benchmark",
+        "",
+        f"UperNet (fresh decode and auxiliary heads) around the shipped Swin pretrained on Fashion-MNIST, on the "
+        f"offline `{config['task']}` task ({task['description']}). Test mean IoU (%) over background and the digit "
+        f"classes, mean ± sample std over the seeds at each method's chosen rate. Rates from the grid "
+        f"{', '.join(f'{lr:g}' for lr in config['lr_grid'])}, chosen per method on the mean final validation mIoU "
+        f"over the seeds; the test split never chooses. {config['total_steps']} steps of batch "
+        f"{task['batch_size']} ({task['epochs']} epochs), AdamW (weight decay {config['weight_decay']}), poly "
+        f"schedule with {100 * config['warmup_fraction']:.0f} % warm-up, clipping {config['max_grad_norm']}, the "
+        "same rate for heads and method parameters (times Mona's declared 0.1 on its projections).",
+        "",
+        "| method | seeds | chosen lr | trainable params | in the backbone | weights file | test mIoU | "
+        "per class (bg, digits) | val mIoU |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for method in present:
+        rows = _chosen_rows(results, method)
+        per_class = [statistics.fmean(c) for c in zip(*(r["test_per_category_iou"] for r in rows), strict=True)]
+        lines.append(
+            f"| {method} | {len(rows)} | {rows[0]['lr']:g} | {rows[0]['trainable_params']:,} | "
+            f"{rows[0]['trainable_params'] - head_params:,} | {_size(rows[0]['weights_bytes'])} | "
+            f"{_pm([r['test_miou'] for r in rows], 100)} | {', '.join(f'{100 * v:.0f}' for v in per_class)} | "
+            f"{_pm([r['val_miou'] for r in rows], 100)} |"
+        )
+    grid = config["lr_grid"]
+    lines += [
+        "",
+        '"In the backbone": trainable parameters beyond the heads (what linear probing trains). Full fine-tuning\'s '
+        "weights file is the whole model.",
+        "",
+        "## Learning-rate grid (mean final validation mIoU %, over seeds)",
+        "",
+        "| method | " + " | ".join(f"{lr:g}" for lr in grid) + " |",
+        "|---|" + "---:|" * len(grid),
+    ]
+    for method in present:
+        by_lr = results["learning_rates"][method]["val_miou_by_lr"]
+        cells = [f"{100 * by_lr[f'{lr:g}']:.1f}" if f"{lr:g}" in by_lr else "-" for lr in grid]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "## Validation curves at the chosen rates (mean mIoU % over seeds)", ""]
+    steps = _mean_curve(_chosen_rows(results, present[0]))[0]
+    lines += ["| method | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---:|" * len(steps)]
+    for method in present:
+        _, curve = _mean_curve(_chosen_rows(results, method))
+        lines.append(f"| {method} | " + " | ".join(f"{100 * v:.1f}" for v in curve) + " |")
+    env = results["environment"]
+    lines += [
+        "",
+        f"Run on {env.get('cpu', 'CPU')} with {config['workers']} worker process(es) of {config['threads']} "
+        f"thread(s); command: `{results.get('command', 'python scripts/benchmark_segmentation.py')}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: str | Path) -> None:
+    """Left: test mIoU vs trainable parameters (log scale). Right: validation curves at the chosen rates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .report import mean_std
+
+    config = results["config"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
+    colors = plt.get_cmap("tab10")
+    for index, method in enumerate(config["methods"]):
+        rows = _chosen_rows(results, method)
+        if not rows:
+            continue
+        mean, std = mean_std([100 * r["test_miou"] for r in rows])
+        x = rows[0]["trainable_params"]
+        style = {"marker": "*", "markersize": 14} if method == "mona" else {"marker": "o", "markersize": 7}
+        left.errorbar(x, mean, yerr=std or 0.0, capsize=3, color=colors(index), label=method, **style)
+        left.annotate(method, (x, mean), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        steps, curve = _mean_curve(rows)
+        right.plot(
+            steps, [100 * v for v in curve], marker="o", color=colors(index), label=f"{method} ({rows[0]['lr']:g})"
+        )
+    left.set_xscale("log")
+    left.set_xlabel("trainable parameters (log scale, heads included)")
+    left.set_ylabel("test mIoU (%)")
+    right.set_xlabel("training step")
+    right.set_ylabel("validation mIoU (%)")
+    right.legend(fontsize=8)
+    for axis in (left, right):
+        axis.grid(True, alpha=0.3)
+    figure.suptitle(f"UperNet on the shipped Swin, {config['task']} (mean over {len(config['seeds'])} seeds)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_results(results: dict, output_dir: str | Path) -> None:
+    """``results.json``, ``results.md`` and ``results.png`` in ``output_dir``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (output_dir / "results.md").write_text(markdown(results))
+    plot(results, output_dir / "results.png")

@@ -1,0 +1,79 @@
+"""The semantic-segmentation benchmark: rows with curves, rates chosen on validation, resumption, the report."""
+
+import json
+
+import pytest
+
+from mona_peft.benchmarking.segmentation import (
+    Job,
+    SegmentationBenchmarkConfig,
+    choose_learning_rates,
+    pending_jobs,
+    run_segmentation_benchmark,
+    write_results,
+)
+
+
+def test_quick_benchmark_records_curves_chooses_on_validation_resumes_and_reports(tmp_path):
+    config = SegmentationBenchmarkConfig(
+        methods=["linear", "mona"], task="digit-scenes-fewshot", seeds=[0], lr_grid=[1e-2, 3e-3],
+        workers=1, max_train_steps=2,
+    )  # fmt: skip
+    results = run_segmentation_benchmark(config, tmp_path / "work", log=lambda _: None)
+    rows = results["rows"]
+    assert sorted((r["method"], r["lr"]) for r in rows) == [
+        ("linear", 3e-3),
+        ("linear", 1e-2),
+        ("mona", 3e-3),
+        ("mona", 1e-2),
+    ]
+    for row in rows:
+        assert row["curve"][-1] == {"step": 2, "val_miou": row["val_miou"]}
+        assert 0.0 <= row["test_miou"] <= 1.0 and len(row["test_per_category_iou"]) == 4
+    linear, mona = (next(r for r in rows if r["method"] == m) for m in ("linear", "mona"))
+    assert mona["trainable_params"] > linear["trainable_params"]  # the heads, plus Mona's modules
+    for method, choice in results["learning_rates"].items():
+        best = max((r for r in rows if r["method"] == method), key=lambda r: r["val_miou"])
+        assert choice["chosen_lr"] == best["lr"]
+    # A second call on the same work dir trains nothing more.
+    again = run_segmentation_benchmark(config, tmp_path / "work", log=lambda _: None)
+    assert len(again["rows"]) == 4
+    assert len((tmp_path / "work" / "runs.jsonl").read_text().splitlines()) == 4
+    write_results(again, tmp_path / "out")
+    report = (tmp_path / "out" / "results.md").read_text()
+    assert "| mona | 1 |" in report and "| linear | 1 |" in report and (tmp_path / "out" / "results.png").stat().st_size
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["learning_rates"] == again["learning_rates"]
+
+
+def test_rate_is_chosen_on_the_mean_over_seeds_and_jobs_go_seed_by_seed():
+    config = SegmentationBenchmarkConfig(methods=["mona"], seeds=[0, 1], lr_grid=[1e-3, 1e-2])
+    rows = [
+        {"method": "mona", "lr": 1e-2, "seed": 0, "val_miou": 0.9},  # one lucky seed
+        {"method": "mona", "lr": 1e-2, "seed": 1, "val_miou": 0.1},
+        {"method": "mona", "lr": 1e-3, "seed": 0, "val_miou": 0.6},
+        {"method": "mona", "lr": 1e-3, "seed": 1, "val_miou": 0.6},
+    ]
+    assert choose_learning_rates(rows, config)["mona"]["chosen_lr"] == 1e-3
+    assert pending_jobs(config, rows[:1]) == [Job("mona", 1e-3, 0), Job("mona", 1e-3, 1), Job("mona", 1e-2, 1)]
+
+
+def test_unknown_method_or_task_is_refused():
+    with pytest.raises(ValueError, match="Unknown methods"):
+        SegmentationBenchmarkConfig(methods=["mona", "dora"])
+    with pytest.raises(ValueError, match="digit-scenes"):
+        SegmentationBenchmarkConfig(task="ade20k")
+
+
+def test_upernet_speed_run_measures_every_method_against_full_lora_and_the_bare_model(tmp_path):
+    from mona_peft.benchmarking.speed import MONA_TARGETS, SpeedConfig, run_speed
+
+    config = SpeedConfig(methods=["mona"], model="upernet-swin-t", image_size=32, repeats=1, warmup=1)
+    report = run_speed(config, tmp_path / "speed.json", "test", log=lambda _: None)
+    rows = {row["method"]: row for row in report["rows"]}
+    assert list(rows) == ["full", "lora", "mona"]
+    assert rows["full"]["train_step_ratio_vs_full"] == 1.0 and rows["lora"]["train_step_ratio_vs_lora"] == 1.0
+    assert rows["mona"]["trainable_params"] < rows["full"]["trainable_params"]
+    assert all(row["peak_memory_bytes"] is None or row["peak_memory_bytes"] > 0 for row in rows.values())
+    assert report["mona_targets"] == MONA_TARGETS["upernet-swin-t"] and "32x32" in report["model"]
+    assert set(report["mona_meets_targets"]) == set(MONA_TARGETS["upernet-swin-t"])
+    assert json.loads((tmp_path / "speed.json").read_text())["rows"] == report["rows"]
