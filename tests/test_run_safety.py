@@ -225,17 +225,17 @@ def test_a_data_error_does_not_poison_the_output_dir(tiny_swin_dir, tmp_path, ca
 _RECORD_WRITERS = """
 import os, sys
 from pathlib import Path
-import mona_peft.training.run as run
+import mona_peft.training.checkpoints as checkpoints
 from mona_peft.training import main
 
-save = run.save_trainable
+save = checkpoints.save_trainable
 
 def recorded(model, directory):
     with open(os.environ["WRITERS_LOG"], "a") as log:
         log.write(f"{os.environ['RANK']} {Path(directory).parent.name}\\n")
     return save(model, directory)
 
-run.save_trainable = recorded
+checkpoints.save_trainable = recorded
 main(sys.argv[1:])
 """
 
@@ -274,7 +274,7 @@ from conftest import build_tiny_swin, build_tiny_pixel_values
 import mona_peft
 from peft import get_peft_model
 from mona_peft.methods import load_trainable
-from mona_peft.training.run import is_sharded, save_final_weights, save_trainable_weights
+from mona_peft.training.checkpoints import is_sharded, save_final_weights, save_trainable_weights
 
 out = Path(sys.argv[1])
 dist.init_process_group("gloo")
