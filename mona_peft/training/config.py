@@ -15,8 +15,19 @@ from ..registration import get_method, methods
 #: Fields that configure the method itself; a run passes the ones set to the method's builder (see ``method_options``).
 METHOD_OPTION_FIELDS = ("inner_dim", "num_prompts")
 #: Fields that may differ between an interrupted run and its resumption (or a moved run dir): still the same run.
+# Compiling changes how the steps run, not what they compute: a run may be resumed with or without it.
 RESUMABLE_FIELDS = frozenset(
-    {"output_dir", "resume_from_checkpoint", "overwrite_output_dir", "push_to_hub", "hub_token", "report_to"}
+    {
+        "output_dir",
+        "resume_from_checkpoint",
+        "overwrite_output_dir",
+        "push_to_hub",
+        "hub_token",
+        "report_to",
+        "torch_compile",
+        "torch_compile_backend",
+        "torch_compile_mode",
+    }
 )
 
 
@@ -90,6 +101,17 @@ class RunConfig:
     gradient_accumulation_steps: int = field(default=1, metadata=_help("Batches per optimizer step."))
     mixed_precision: Literal["no", "fp16", "bf16"] | None = field(default=None, metadata=_help("Accelerate's."))
     seed: int = field(default=42, metadata=_help("Training seed."))
+    torch_compile: bool = field(
+        default=False,
+        metadata=_help("Compile the model with torch.compile once the method is applied (as transformers' flag)."),
+    )
+    torch_compile_backend: str | None = field(
+        default=None, metadata=_help("torch.compile backend (default 'inductor'); setting it implies --torch_compile.")
+    )
+    torch_compile_mode: str | None = field(
+        default=None,
+        metadata=_help("torch.compile mode ('default', 'reduce-overhead', 'max-autotune'); implies --torch_compile."),
+    )
     # checkpoints, evaluation, logging, sharing
     checkpointing_steps: str = field(default="epoch", metadata=_help("'epoch', a number of steps, or 'no'."))
     eval_strategy: Literal["epoch", "end"] = field(
@@ -135,6 +157,21 @@ class RunConfig:
                     "--mimi_target sets the number of epochs itself and cannot resume a run (the adapter shrinks); "
                     "drop --max_train_steps / --resume_from_checkpoint."
                 )
+
+    def compile_options(self) -> dict[str, Any] | None:
+        """``torch.compile``'s keyword arguments when the run compiles the model, else ``None``.
+
+        As in transformers' ``TrainingArguments``, a backend or a mode implies ``torch_compile``.
+
+        Example::
+
+            >>> RunConfig(torch_compile_backend="aot_eager").compile_options()
+            {'backend': 'aot_eager'}
+        """
+        if not (self.torch_compile or self.torch_compile_backend or self.torch_compile_mode):
+            return None
+        options = {"backend": self.torch_compile_backend, "mode": self.torch_compile_mode}
+        return {name: value for name, value in options.items() if value is not None}
 
     def method_options(self) -> dict[str, Any]:
         """The method's options as given (unset ones take the method's defaults)."""

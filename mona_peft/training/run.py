@@ -176,6 +176,7 @@ class FineTuningRun:
                 # Its own generator: creating the iterator must not draw from the global RNG, or a resumed run
                 # (which restores that RNG, then creates the iterator) would see other dropout masks.
                 generator=torch.Generator().manual_seed(config.seed),
+                drop_last=task.drop_last_train and len(data["train"]) > config.per_device_train_batch_size,
             ),
             validation=loader("validation", batch_size=config.per_device_eval_batch_size),
             # reported once, after training; never used to choose anything
@@ -194,6 +195,19 @@ class FineTuningRun:
         )
         if config.mimi_target is not None:
             self.mimi = self._start_mimi()
+        self._compile()
+
+    def _compile(self) -> None:
+        """``--torch_compile``: compile the model in place (``nn.Module.compile``), once the method is applied.
+
+        In place rather than ``torch.compile(model)``: the model stays the same object, so Accelerate, PEFT and MiMi
+        see the model they built and saved state-dict keys carry no ``_orig_mod.`` prefix.
+        """
+        options = self.config.compile_options()
+        if options is None:
+            return
+        self.model.compile(**options)
+        self.accelerator.print(f"torch.compile: {options or 'defaults'} (the first steps compile)")
 
     def _start_mimi(self):
         """MiMi's controller for ``mimi_target``; sets ``num_train_epochs`` to its total."""

@@ -1,0 +1,88 @@
+"""Compiled Mona (``--torch_compile``): it trains, saves plain keys, reloads, and compiles without graph breaks."""
+
+import pytest
+import torch
+import transformers as tf
+from conftest import build_tiny_pixel_values, build_tiny_swin, build_tiny_vit, logits_after_fresh_process_reload
+from peft import PeftModel, get_peft_model
+from safetensors.torch import load_file
+
+import mona_peft
+from mona_peft.training import main
+from mona_peft.training.config import RunConfig
+
+# aot_eager traces exactly what inductor traces (Dynamo + AOTAutograd) without generating C++: seconds, not minutes,
+# on these 2 CPU cores. Inductor itself works here (g++ is installed); the speed benchmark uses it.
+BACKEND = "aot_eager"
+
+
+@pytest.fixture(scope="module")
+def tiny_swin_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-swin-compile")
+    build_tiny_swin(num_labels=10).save_pretrained(path)  # the default task (digits) has 10 classes
+    processor = tf.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor.save_pretrained(path)
+    return path
+
+
+def _train(model_dir, output_dir, *extra):
+    args = ["--model_name_or_path", str(model_dir), "--output_dir", str(output_dir), "--report_to", "none"]
+    args += ["--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "128", "--num_warmup_steps", "1"]
+    return main(args + ["--max_train_steps", "3", "--checkpointing_steps", "no", *extra])
+
+
+def test_compile_options_follow_transformers_flags():
+    assert RunConfig().compile_options() is None
+    assert RunConfig(torch_compile=True).compile_options() == {}
+    assert RunConfig(torch_compile_backend="aot_eager").compile_options() == {"backend": "aot_eager"}
+    assert RunConfig(torch_compile=True).identity() == RunConfig().identity()  # resumable with or without it
+
+
+def test_compiled_run_trains_like_eager_saves_plain_keys_and_reloads(tiny_swin_dir, tmp_path):
+    eager_results = _train(tiny_swin_dir, tmp_path / "eager")
+    compiled_flags = ("--torch_compile", "--torch_compile_backend", BACKEND)
+    compiled_results = _train(tiny_swin_dir, tmp_path / "compiled", *compiled_flags)
+    assert compiled_results["completed_steps"] == 3
+    assert compiled_results["train_loss"] == pytest.approx(eager_results["train_loss"], rel=1e-4)
+    eager, compiled = (load_file(tmp_path / run / "adapter_model.safetensors") for run in ("eager", "compiled"))
+    assert compiled.keys() == eager.keys()
+    assert not any("_orig_mod" in key for key in compiled)
+    for key, value in compiled.items():
+        torch.testing.assert_close(value, eager[key], rtol=1e-4, atol=1e-5)
+
+    x = build_tiny_pixel_values(batch=4)
+    base = tf.AutoModelForImageClassification.from_pretrained(tiny_swin_dir)
+    reloaded = PeftModel.from_pretrained(base, tmp_path / "compiled").eval()
+    with torch.no_grad():
+        eager_logits = reloaded(pixel_values=x).logits
+        compiled_logits = torch.compile(reloaded, backend=BACKEND)(pixel_values=x).logits
+    torch.testing.assert_close(compiled_logits, eager_logits, rtol=1e-5, atol=1e-5)
+    fresh = logits_after_fresh_process_reload(
+        tmp_path, {"compiled": (tiny_swin_dir, tmp_path / "compiled")}, x, "MonaConfig"
+    )
+    torch.testing.assert_close(fresh["compiled"], eager_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_saving_a_compiled_model_writes_plain_keys(tmp_path):
+    model = get_peft_model(build_tiny_swin(), mona_peft.MonaConfig(modules_to_save=["classifier"]))
+    x = build_tiny_pixel_values()
+    wrapped = torch.compile(model, backend=BACKEND)  # an OptimizedModule holding the PeftModel as `_orig_mod`
+    wrapped(pixel_values=x)
+    wrapped.save_pretrained(tmp_path / "wrapped")
+    model.compile(backend=BACKEND)  # in place, as --torch_compile does
+    model(pixel_values=x)
+    model.save_pretrained(tmp_path / "in_place")
+    for name in ("wrapped", "in_place"):
+        keys = load_file(tmp_path / name / "adapter_model.safetensors").keys()
+        assert keys and not any("_orig_mod" in key for key in keys)
+
+
+@pytest.mark.parametrize("build", [build_tiny_swin, build_tiny_vit], ids=["swin", "vit"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_compiled_mona_has_no_graph_breaks(build, mode):
+    model = get_peft_model(build(), mona_peft.MonaConfig(modules_to_save=["classifier"]))
+    getattr(model, mode)()
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(pixel_values=build_tiny_pixel_values(), labels=torch.tensor([0, 1]))
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
+    assert explanation.graph_count == 1
