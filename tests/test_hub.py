@@ -355,3 +355,57 @@ def test_hub_server_errors_match_the_hub(hub, tmp_path):
         HfApi(endpoint=hub.url, token="hf_wrong").create_repo(f"{USER}/other")
     assert unauthorized.value.response.status_code == 401
     assert hub.state.unhandled == []
+
+
+def test_segmentation_adapter_is_pushed_and_its_cards_snippet_reloads_it_in_a_fresh_process(hub, tmp_path):
+    import numpy as np
+    from conftest import build_tiny_model
+    from peft import PeftModel
+    from PIL import Image
+    from transformers import AutoImageProcessor, ViTImageProcessor
+
+    from mona_peft.segmentation import load_segmentation_base
+    from mona_peft.training import main
+    from mona_peft.training.semantic_segmentation import SemanticSegmentationTask
+
+    backbone = tmp_path / "backbone"
+    build_tiny_model("swin", depths=[1, 1, 1], num_heads=[2, 2, 4]).save_pretrained(backbone)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        backbone
+    )
+    data, rng = tmp_path / "data", np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(data / "images" / f"{i}.png")
+        Image.fromarray(rng.integers(0, 3, (32, 32), dtype=np.uint8), mode="L").save(data / "masks" / f"{i}.png")
+    (data / "id2label.json").write_text(json.dumps({0: "background", 1: "a", 2: "b"}))
+    out, repo_id = tmp_path / "out", f"{USER}/mona-tiny-upernet"
+    main(
+        ["--model_name_or_path", str(backbone), "--train_dir", str(data), "--output_dir", str(out),
+         "--max_train_steps", "2", "--per_device_train_batch_size", "2", "--report_to", "none",
+         "--image_size", "32", "--decoder_hidden_size", "16", "--push_to_hub", "--hub_model_id", repo_id,
+         "--hub_token", TOKEN],
+        task=SemanticSegmentationTask,
+    )  # fmt: skip
+    assert {"segmentation_config.json", "preprocessor_config.json", "adapter_model.safetensors"} <= set(
+        hub.files(repo_id)
+    )
+    image_path = data / "images" / "0.png"
+    model = PeftModel.from_pretrained(load_segmentation_base(out), out).eval()
+    with torch.no_grad():
+        pixels = AutoImageProcessor.from_pretrained(out)(images=Image.open(image_path), return_tensors="pt")
+        expected = model(**pixels).logits
+
+    # The card's own snippet, as a user copies it from the Hub, in a fresh process that only knows the test Hub.
+    card = Path(HfApi(endpoint=hub.url, token=TOKEN).hf_hub_download(repo_id, "README.md", cache_dir=tmp_path / "c"))
+    blocks = card.read_text().split("```python\n")[1:]
+    snippet = next(block.split("```")[0] for block in blocks if "load_segmentation_base" in block)
+    assert repo_id in snippet
+    script = (
+        "import sys\nfrom PIL import Image\nimage = Image.open(sys.argv[1])\n"
+        + snippet
+        + "torch.save(outputs.logits, sys.argv[-1])\n"
+    )
+    torch.testing.assert_close(logits_in_fresh_process(hub, tmp_path, script, str(image_path)), expected)
+    assert hub.state.unhandled == []

@@ -59,6 +59,8 @@ class SemanticSegmentationTask(TrainingTask):
     pipeline_tag = "image-segmentation"
     default_output_dir = "outputs/mona-digit-scenes"
     arguments_class = SegmentationArguments
+    # UperNet's pyramid pooling normalises 1x1 maps with BatchNorm: a last training batch of one image would fail.
+    drop_last_train = True
     # The offline default's recipe (a few minutes on 2 CPU cores); AdamW with the poly schedule of the paper's recipe.
     # The rate is the one the segmentation benchmark chose for full fine-tuning and Mona (benchmarks/segmentation).
     run_defaults = {

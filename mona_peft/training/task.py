@@ -31,6 +31,9 @@ class TrainingTask(ABC):
     arguments_class: type | None = None
     #: ``RunConfig`` defaults of the task's script (its recipe), e.g. ``{"num_train_epochs": 8}``.
     run_defaults: dict[str, Any] = {}
+    #: Drop the last, incomplete training batch (when the split holds more than one batch): for models whose training
+    #: mode fails on a batch of one (BatchNorm over 1x1 maps).
+    drop_last_train: bool = False
 
     def default_model(self) -> str:
         """``--model_name_or_path`` when none is given: the shipped pretrained backbone."""
