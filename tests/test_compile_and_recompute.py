@@ -86,3 +86,33 @@ def test_compiled_mona_has_no_graph_breaks(build, mode):
     explanation = torch._dynamo.explain(model)(pixel_values=build_tiny_pixel_values(), labels=torch.tensor([0, 1]))
     assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
     assert explanation.graph_count == 1
+
+
+def test_speed_benchmark_adds_compiled_rows_beside_the_eager_ones(tmp_path, monkeypatch):
+    from mona_peft.benchmarking import speed
+
+    def tiny(image_size: int = 32, seed: int = 0):  # the benchmark's Swin-T, shrunk: the rows, not the numbers
+        return build_tiny_swin(seed=seed, depths=[1], num_heads=[2]).train()
+
+    monkeypatch.setattr(speed, "swin_t", tiny)
+    config = speed.SpeedConfig(
+        methods=["mona"], image_size=32, repeats=2, warmup=0, threads=1, torch_compile=True, compile_backend=BACKEND
+    )
+    threads = torch.get_num_threads()
+    try:  # one thread: two threads on 2 shared cores spin and make even this tiny run take a minute
+        report = speed.run_speed(config, tmp_path / "speed.json", "test", log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    rows = {(row["method"], row["mode"]): row for row in report["rows"]}
+    assert list(rows) == [(m, mode) for mode in ("eager", "compiled") for m in ("full", "lora", "mona")]
+    for (_, mode), row in rows.items():
+        assert row["train_step_ratio_vs_full"] > 0 and row["infer_latency_ratio_vs_base"] > 0
+        assert ("compile_s" in row) == (mode == "compiled")
+    assert rows[("full", "compiled")]["train_step_ratio_vs_full"] == 1.0  # ratios within the mode
+    assert rows[("lora", "compiled")]["train_step_ratio_vs_lora"] == 1.0
+    compile_s = rows[("mona", "compiled")]["compile_s"]
+    assert (
+        compile_s["total"] == pytest.approx(compile_s["inference"] + compile_s["training"]) and compile_s["total"] > 0
+    )
+    assert set(report["mona_meets_targets"]) == set(report["mona_meets_targets_compiled"])
+    assert report["bare_infer_median_ms_compiled"] > 0

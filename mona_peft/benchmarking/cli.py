@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--speed_model", default="swin-t", choices=["swin-t", "upernet-swin-t"], help="--speed: the network.")
     add("--device", default="cpu", choices=["cpu", "cuda"], help="--speed: device.")
     add("--speed_threads", type=int, default=None, help="--speed: torch threads (default: torch's).")
+    add(
+        "--torch_compile",
+        action="store_true",
+        help="--speed: also measure every method compiled (torch.compile), beside the eager rows.",
+    )
+    add("--torch_compile_backend", default=None, help="--speed: torch.compile backend (default inductor).")
+    add("--torch_compile_mode", default=None, help="--speed: torch.compile mode (e.g. max-autotune).")
     add("--speed_output", default=None, help="--speed: output file (default <output_dir>/speed.json).")
     return parser
 
@@ -59,6 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
             model=args.speed_model,
             device=args.device,
             threads=args.speed_threads,
+            torch_compile=args.torch_compile or bool(args.torch_compile_backend or args.torch_compile_mode),
+            compile_backend=args.torch_compile_backend,
+            compile_mode=args.torch_compile_mode,
         )
         output = args.speed_output or f"{args.output_dir}/speed.json"
         return run_speed(config, output, command)

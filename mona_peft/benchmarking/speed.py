@@ -52,6 +52,10 @@ class SpeedConfig:
     device: str = "cpu"
     threads: int | None = None
     seed: int = 0
+    #: Also measure every variant compiled (``torch.compile``), after the eager rows.
+    torch_compile: bool = False
+    compile_backend: str | None = None  # torch.compile's default (inductor)
+    compile_mode: str | None = None
 
 
 def swin_t(image_size: int = 224, seed: int = 0) -> torch.nn.Module:
@@ -88,10 +92,22 @@ def build_models(config: SpeedConfig) -> tuple[torch.nn.Module, dict[str, torch.
     return base.eval(), models
 
 
-def run_speed(config: SpeedConfig, output: str | Path | None, command: str, log=print) -> dict:
-    """Measure and write ``speed.json``; returns the report. ``full`` (and ``lora``) join the methods for the ratios."""
-    from ..methods import adamw, count_parameters
+MODES = ("eager", "compiled")
 
+
+def run_speed(config: SpeedConfig, output: str | Path | None, command: str, log=print) -> dict:
+    """Measure and write ``speed.json``; returns the report. ``full`` (and ``lora``) join the methods for the ratios.
+
+    With ``config.torch_compile`` every variant is measured eager first, then compiled in place
+    (``nn.Module.compile``) and measured again: rows carry ``"mode": "eager"`` or ``"compiled"``, ratios compare
+    variants of the same mode, and each compiled row reports its compile time (``compile_s``) on its own.
+
+    Example::
+
+        >>> report = run_speed(SpeedConfig(methods=["mona"], torch_compile=True), "speed.json", "doc")  # doctest: +SKIP
+        >>> [(row["method"], row["mode"]) for row in report["rows"]][-1]  # doctest: +SKIP
+        ('mona', 'compiled')
+    """
     config.methods = list(dict.fromkeys(["full", "lora", *config.methods]))
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -105,6 +121,81 @@ def run_speed(config: SpeedConfig, output: str | Path | None, command: str, log=
     label_shape = (config.batch_size,) if config.model == "swin-t" else x.shape[:1] + x.shape[2:]  # a class per pixel
     y = torch.randint(bare.config.num_labels, label_shape, generator=generator).to(device)
 
+    rows, bare_ms = [], {}
+    for mode in MODES if config.torch_compile else MODES[:1]:
+        mode_rows, bare_ms[mode] = _measure_mode(config, mode, bare, models, x, y, sync, log)
+        rows += mode_rows
+    wall = time.perf_counter() - started
+    env["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    env["cpu_share_used_elsewhere"] = contention(cpu_start)
+    targets = MONA_TARGETS[config.model]
+    meets = {}
+    for mode in bare_ms:
+        mona = next((row for row in rows if row["method"] == "mona" and row["mode"] == mode), None)
+        meets[mode] = None if mona is None else {key: mona[key] <= target for key, target in targets.items()}
+    report = {
+        "command": command,
+        "config": asdict(config),
+        "model": f"{SPEED_MODELS[config.model]}, at {config.image_size}x{config.image_size}",
+        "environment": env,
+        "bare_infer_median_ms": bare_ms["eager"],
+        "mona_targets": targets,
+        "mona_meets_targets": meets["eager"],
+        "rows": rows,
+        "wall_time_s": round(wall, 1),
+    }
+    if config.torch_compile:
+        report["bare_infer_median_ms_compiled"] = bare_ms["compiled"]
+        report["mona_meets_targets_compiled"] = meets["compiled"]
+    for row in rows:
+        compiled = f", compile {row['compile_s']['total']:.0f}s" if row["mode"] == "compiled" else ""
+        log(
+            f"{row['method']:<12} {row['mode']:<8} train step x{row['train_step_ratio_vs_full']:.2f} of full "
+            f"x{row['train_step_ratio_vs_lora']:.2f} of lora ({row['train_step_median_ms']:.0f} ms), "
+            f"peak memory x{row['peak_memory_ratio_vs_full']:.2f}, latency x{row['infer_latency_ratio_vs_base']:.2f} "
+            f"of bare{compiled}"
+        )
+    busy = env["cpu_share_used_elsewhere"]
+    if busy is not None and busy["other_processes"] + busy["steal"] > 0.05:
+        log(f"WARNING: other processes used {100 * busy['other_processes']:.0f}% of the CPU time; ratios are noisy.")
+    if output is not None:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(report, indent=2) + "\n")
+        log(f"wrote {output}; wall {wall:.0f}s")
+    return report
+
+
+def _measure_mode(
+    config: SpeedConfig,
+    mode: str,
+    bare: torch.nn.Module,
+    models: dict[str, torch.nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sync,
+    log,
+) -> tuple[list[dict], float]:
+    """The rows of one mode (``"eager"``, or ``"compiled"``: compiles every variant in place first) and the bare
+    model's median latency in ms."""
+    from ..methods import adamw, count_parameters
+
+    compile_s: dict[str, dict[str, float]] = {}
+
+    def first_call(name: str, stage: str, run) -> None:
+        """Compiled mode: the first call compiles (train and eval are separate graphs), timed on its own."""
+        if mode == "compiled":
+            sync()
+            start = time.perf_counter()
+            run()
+            sync()
+            compile_s.setdefault(name, {})[stage] = time.perf_counter() - start
+
+    if mode == "compiled":
+        options = {k: v for k, v in (("backend", config.compile_backend), ("mode", config.compile_mode)) if v}
+        for net in (bare, *models.values()):
+            net.compile(**options)  # in place: the same modules, so the eager weights and optimizer state carry over
+        log(f"compiling {len(models) + 1} variants ({options or 'inductor'}); first calls are timed as compile_s")
+
     # Inference first: eval mode, no_grad, the bare backbone as one more variant.
     def infer(net: torch.nn.Module):
         def run() -> None:
@@ -116,7 +207,9 @@ def run_speed(config: SpeedConfig, output: str | Path | None, command: str, log=
     for model in models.values():
         model.eval()
     variants = {"__bare__": infer(bare)} | {m: infer(models[m]) for m in config.methods}
-    log(f"inference: {len(variants)} variants x {config.repeats} interleaved reps")
+    for name, run in variants.items():
+        first_call(name, "inference", run)
+    log(f"{mode} inference: {len(variants)} variants x {config.repeats} interleaved reps")
     infer_times = timed_pair(variants, config.warmup, config.repeats, sync)
 
     # Training steps: forward + backward + AdamW step, every method interleaved.
@@ -135,7 +228,9 @@ def run_speed(config: SpeedConfig, output: str | Path | None, command: str, log=
 
         return run
 
-    log(f"training: {len(models)} methods x {config.repeats} interleaved reps")
+    for method in config.methods:
+        first_call(method, "training", train_step(method))
+    log(f"{mode} training: {len(models)} methods x {config.repeats} interleaved reps")
     train_times = timed_pair({m: train_step(m) for m in config.methods}, config.warmup, config.repeats, sync)
 
     # Peak training memory, one method at a time (after the warm-up steps above created the optimizer state).
@@ -146,49 +241,24 @@ def run_speed(config: SpeedConfig, output: str | Path | None, command: str, log=
         step = summarize(train_times, method, "full")
         latency = summarize(infer_times, method, "__bare__")
         trainable, total = count_parameters(models[method])
-        rows.append(
-            {
-                "method": method,
-                "train_step_ratio_vs_full": step["ratio"],
-                "train_step_ratio_vs_full_q1_q3": [step["paired_ratio_q1"], step["paired_ratio_q3"]],
-                "train_step_ratio_vs_lora": summarize(train_times, method, "lora")["ratio"],
-                "peak_memory_ratio_vs_full": peaks[method] / peaks["full"],
-                "infer_latency_ratio_vs_base": latency["ratio"],
-                "infer_latency_ratio_vs_base_q1_q3": [latency["paired_ratio_q1"], latency["paired_ratio_q3"]],
-                "train_step_median_ms": step[f"{method}_median_ms"] if method != "full" else step["full_median_ms"],
-                "infer_median_ms": latency[f"{method}_median_ms"],
-                "peak_memory_bytes": peaks[method],
-                "trainable_params": trainable,
-                "total_params": total,
-            }
-        )
-    wall = time.perf_counter() - started
-    env["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    env["cpu_share_used_elsewhere"] = contention(cpu_start)
-    mona = next((row for row in rows if row["method"] == "mona"), None)
-    targets = MONA_TARGETS[config.model]
-    report = {
-        "command": command,
-        "config": asdict(config),
-        "model": f"{SPEED_MODELS[config.model]}, at {config.image_size}x{config.image_size}",
-        "environment": env,
-        "bare_infer_median_ms": 1e3 * sorted(infer_times["__bare__"])[len(infer_times["__bare__"]) // 2],
-        "mona_targets": targets,
-        "mona_meets_targets": None if mona is None else {key: mona[key] <= target for key, target in targets.items()},
-        "rows": rows,
-        "wall_time_s": round(wall, 1),
-    }
-    for row in rows:
-        log(
-            f"{row['method']:<12} train step x{row['train_step_ratio_vs_full']:.2f} of full "
-            f"({row['train_step_median_ms']:.0f} ms), peak memory x{row['peak_memory_ratio_vs_full']:.2f}, "
-            f"latency x{row['infer_latency_ratio_vs_base']:.2f} of bare"
-        )
-    busy = env["cpu_share_used_elsewhere"]
-    if busy is not None and busy["other_processes"] + busy["steal"] > 0.05:
-        log(f"WARNING: other processes used {100 * busy['other_processes']:.0f}% of the CPU time; ratios are noisy.")
-    if output is not None:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps(report, indent=2) + "\n")
-        log(f"wrote {output}; wall {wall:.0f}s")
-    return report
+        row = {
+            "method": method,
+            "mode": mode,
+            "train_step_ratio_vs_full": step["ratio"],
+            "train_step_ratio_vs_full_q1_q3": [step["paired_ratio_q1"], step["paired_ratio_q3"]],
+            "train_step_ratio_vs_lora": summarize(train_times, method, "lora")["ratio"],
+            "peak_memory_ratio_vs_full": peaks[method] / peaks["full"],
+            "infer_latency_ratio_vs_base": latency["ratio"],
+            "infer_latency_ratio_vs_base_q1_q3": [latency["paired_ratio_q1"], latency["paired_ratio_q3"]],
+            "train_step_median_ms": step[f"{method}_median_ms"] if method != "full" else step["full_median_ms"],
+            "infer_median_ms": latency[f"{method}_median_ms"],
+            "peak_memory_bytes": peaks[method],
+            "trainable_params": trainable,
+            "total_params": total,
+        }
+        if mode == "compiled":  # first calls (compile included) of this method; the bare model's is its own
+            seconds = compile_s[method]
+            row["compile_s"] = {**seconds, "total": seconds["inference"] + seconds["training"]}
+            row["bare_compile_s"] = compile_s["__bare__"]["inference"]
+        rows.append(row)
+    return rows, 1e3 * sorted(infer_times["__bare__"])[len(infer_times["__bare__"]) // 2]
