@@ -116,3 +116,72 @@ def test_speed_benchmark_adds_compiled_rows_beside_the_eager_ones(tmp_path, monk
     )
     assert set(report["mona_meets_targets"]) == set(report["mona_meets_targets_compiled"])
     assert report["bare_infer_median_ms_compiled"] > 0
+
+
+# -- MonaConfig(gradient_checkpointing=True): Mona's inside recomputed in backward -------------------------------------
+
+
+def _mona_swin(checkpointing: bool, **config):
+    torch.manual_seed(0)
+    return get_peft_model(
+        build_tiny_swin(),
+        mona_peft.MonaConfig(gradient_checkpointing=checkpointing, modules_to_save=["classifier"], **config),
+    )
+
+
+@pytest.mark.parametrize("build", [build_tiny_swin, build_tiny_vit], ids=["swin", "vit"])
+def test_checkpointed_mona_gives_the_same_gradients_and_keeps_less(build):
+    x = build_tiny_pixel_values(batch=3).double()
+    results = {}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = get_peft_model(build(), mona_peft.MonaConfig(gradient_checkpointing=checkpointing)).double().train()
+        pixels = x.clone().requires_grad_(True)
+        saved_bytes = []
+
+        def pack(tensor, saved=saved_bytes):
+            saved.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        torch.manual_seed(1)  # the same dropout masks in both runs (checkpoint replays them in its recomputation)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            logits = model(pixel_values=pixels).logits
+        (logits * torch.linspace(-1, 1, logits.numel(), dtype=logits.dtype).view_as(logits)).sum().backward()
+        grads = {name: p.grad for name, p in model.named_parameters() if ".mona_" in name}
+        assert grads and all(grad is not None for grad in grads.values())
+        results[checkpointing] = (logits.detach(), pixels.grad, grads, sum(saved_bytes))
+    (logits, dx, grads, kept), (logits_c, dx_c, grads_c, kept_c) = results[False], results[True]
+    torch.testing.assert_close(logits_c, logits, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dx_c, dx, rtol=1e-10, atol=1e-12)
+    assert grads_c.keys() == grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_c[name], grad, rtol=1e-10, atol=1e-12, msg=name)
+    assert kept_c < kept  # what checkpointing is for: fewer bytes held for backward
+
+
+def test_gradient_checkpointing_round_trips_and_its_adapter_reloads(tmp_path):
+    config = mona_peft.MonaConfig(gradient_checkpointing=True, modules_to_save=["classifier"])
+    config.save_pretrained(tmp_path / "config")
+    assert mona_peft.MonaConfig.from_pretrained(tmp_path / "config").gradient_checkpointing is True
+    with pytest.raises(TypeError):
+        mona_peft.MonaConfig(gradient_checkpointing="yes")
+
+    model = _mona_swin(True)
+    model.save_pretrained(tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(build_tiny_swin(), tmp_path / "adapter", is_trainable=True).eval()
+    assert reloaded.peft_config["default"].gradient_checkpointing is True
+    layers = [m for m in reloaded.modules() if hasattr(m, "mona_gradient_checkpointing")]
+    assert layers and all(layer.mona_gradient_checkpointing == {"default": True} for layer in layers)
+    x = build_tiny_pixel_values()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=x).logits, model.eval()(pixel_values=x).logits)
+    reloaded.train()
+    reloaded(pixel_values=x).logits.sum().backward()  # trains after reloading, recomputing Mona
+    assert all(p.grad is not None for n, p in reloaded.named_parameters() if ".mona_" in n)
+
+
+def test_checkpointed_mona_compiles_without_graph_breaks():
+    model = _mona_swin(True).train()
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(pixel_values=build_tiny_pixel_values(), labels=torch.tensor([0, 1]))
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]

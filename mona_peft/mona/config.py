@@ -10,6 +10,7 @@ from peft.utils.other import get_pattern_key
 from ..config_utils import (
     ConfigTypeError,
     WrappingConfig,
+    check_bool,
     check_choice,
     check_fraction,
     check_target_modules,
@@ -52,6 +53,11 @@ class MonaConfig(WrappingConfig):
             Mona's path without the depthwise spatial filter (scaled norm, down projection, the
             per-token 1x1 projection, GELU, up projection), so the token the classifier reads is
             adapted too; ``"skip"`` leaves them unchanged.
+        gradient_checkpointing: keep only each Mona's input for the backward pass and recompute its inside (scaled
+            norm, projections, filter, GELU, dropout with the same mask) during backward, with
+            ``torch.utils.checkpoint`` (``use_reentrant=False``). Less training memory at dense resolutions for about
+            one more Mona forward per step; the results are the same. Only Mona is recomputed, not the block (for
+            that, the model's own ``gradient_checkpointing_enable()``). Off by default: not yet measured to pay.
         modules_to_save: modules trained and saved in full, e.g. ``["classifier"]``.
         base_model_type: the backbone's ``model_type``, recorded when the adapter is created (loading onto another
             architecture raises).
@@ -91,6 +97,10 @@ class MonaConfig(WrappingConfig):
         default="adapt",
         metadata={"help": "'adapt': prefix tokens take Mona's path without the spatial filter; 'skip': unchanged."},
     )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Keep only Mona's input for the backward pass and recompute its inside (less memory)."},
+    )
     modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Modules trained and saved in full, e.g. ['classifier']."}
     )
@@ -118,6 +128,7 @@ class MonaConfig(WrappingConfig):
         self.dropout = check_fraction(owner, "dropout", self.dropout)
         check_choice(owner, "init_weights", self.init_weights, ("official", "identity"))
         check_choice(owner, "prefix_tokens", self.prefix_tokens, ("adapt", "skip"))
+        self.gradient_checkpointing = check_bool(owner, "gradient_checkpointing", self.gradient_checkpointing)
 
 
 def mona_inner_dim(config: MonaConfig, block_name: str, site: str) -> int:

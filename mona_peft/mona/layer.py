@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from ..architectures import ResolvedArchitecture
@@ -178,7 +179,7 @@ class MonaLayer(nn.Module, WrappingLayer):
     method_name = "Mona"
     merge_reason = "Mona is a non-linear module on the residual stream (LayerNorm, depthwise convolutions, GELU)"
     adapter_layer_names = tuple(f"mona_{site}_{piece}" for site in SITES for piece in PIECES)
-    other_param_names = ("mona_dropout", "mona_prefix_tokens")
+    other_param_names = ("mona_dropout", "mona_prefix_tokens", "mona_gradient_checkpointing")
 
     def __init__(
         self,
@@ -195,6 +196,7 @@ class MonaLayer(nn.Module, WrappingLayer):
         for name in self.adapter_layer_names + ("mona_dropout",):
             setattr(self, name, nn.ModuleDict())
         self.mona_prefix_tokens: dict[str, str] = {}
+        self.mona_gradient_checkpointing: dict[str, bool] = {}
         self._disable_adapters = False
         self.merged_adapters = []
         self.architecture = architecture
@@ -222,6 +224,7 @@ class MonaLayer(nn.Module, WrappingLayer):
             )
         self.mona_dropout[adapter_name] = nn.Dropout(config.dropout)
         self.mona_prefix_tokens[adapter_name] = config.prefix_tokens
+        self.mona_gradient_checkpointing[adapter_name] = getattr(config, "gradient_checkpointing", False)
         self._finish_update(adapter_name)
 
     def _remove_hooks(self) -> None:
@@ -247,10 +250,7 @@ class MonaLayer(nn.Module, WrappingLayer):
 
     def _mona_delta(self, site: str, adapter: str, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Mona's contribution ``mona(x) - x`` for one adapter at one site."""
-        norm = getattr(self, f"mona_{site}_norm")[adapter]
         down = getattr(self, f"mona_{site}_down")[adapter]
-        conv = getattr(self, f"mona_{site}_filter")[adapter]
-        up = getattr(self, f"mona_{site}_up")[adapter]
         x = self._cast_input_dtype(x, down.weight.dtype)
         num_prefix = self.architecture.num_prefix_tokens
         height, width = grid
@@ -259,6 +259,20 @@ class MonaLayer(nn.Module, WrappingLayer):
                 f"Mona expected {num_prefix} prefix tokens + a {height}x{width} patch grid = "
                 f"{num_prefix + height * width} tokens, but the block's hidden states have shape {tuple(x.shape)}."
             )
+        if self.mona_gradient_checkpointing.get(adapter, False) and torch.is_grad_enabled():
+            # Only x is kept for backward; the inside (about 5 token-sized tensors per Mona) is recomputed then, with
+            # the same dropout mask (checkpoint restores the RNG state).
+            return torch.utils.checkpoint.checkpoint(self._mona_inside, site, adapter, x, grid, use_reentrant=False)
+        return self._mona_inside(site, adapter, x, grid)
+
+    def _mona_inside(self, site: str, adapter: str, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Scaled norm, down projection, filter, GELU, dropout, up projection (the part ``gradient_checkpointing``
+        recomputes)."""
+        norm = getattr(self, f"mona_{site}_norm")[adapter]
+        down = getattr(self, f"mona_{site}_down")[adapter]
+        conv = getattr(self, f"mona_{site}_filter")[adapter]
+        up = getattr(self, f"mona_{site}_up")[adapter]
+        num_prefix = self.architecture.num_prefix_tokens
         z = down(norm(x))
         skip_prefix = num_prefix and self.mona_prefix_tokens[adapter] == "skip"
         if num_prefix:
