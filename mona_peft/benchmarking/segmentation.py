@@ -264,8 +264,8 @@ def markdown(results: dict) -> str:
     grid = config["lr_grid"]
     lines += [
         "",
-        '"In the backbone": trainable parameters beyond the heads (what linear probing trains). Full fine-tuning\'s '
-        "weights file is the whole model.",
+        '"In the backbone": trainable parameters beyond the heads (what linear probing trains). Full fine-tuning '
+        "and linear probing save the whole model.",
         "",
         "## Learning-rate grid (mean final validation mIoU %, over seeds)",
         "",
@@ -285,8 +285,8 @@ def markdown(results: dict) -> str:
     env = results["environment"]
     lines += [
         "",
-        f"Run on {env.get('cpu', 'CPU')} with {config['workers']} worker process(es) of {config['threads']} "
-        f"thread(s); command: `{results.get('command', 'python scripts/benchmark_segmentation.py')}`.",
+        f"Run on {env['device_name']} ({env['cpu_count']} cores) with {config['workers']} worker process(es) of "
+        f"{config['threads']} thread(s); command: `{results.get('command', 'scripts/benchmark_segmentation.py')}`.",
         "",
     ]
     return "\n".join(lines)
