@@ -49,8 +49,12 @@ TINY_VIT_CONFIG = dict(
     num_labels=3,
 )
 
+#: Registered architectures with no image classifier in transformers: DPT's ViT (tested inside
+#: ``DPTForSemanticSegmentation`` by tests/test_segmentation.py).
+WITHOUT_CLASSIFIER = frozenset({"dpt"})
 #: model_type -> (config class, model class with a ``classifier`` head, config kwargs). Every architecture of
-#: ``mona_peft.SUPPORTED_ARCHITECTURES`` needs an entry (tests/test_peft_checklist.py fails without one).
+#: ``mona_peft.SUPPORTED_ARCHITECTURES`` but ``WITHOUT_CLASSIFIER`` needs an entry (tests/test_peft_checklist.py
+#: fails without one).
 TINY_MODELS: dict[str, tuple[type, type, dict[str, Any]]] = {
     "swin": (tf.SwinConfig, tf.SwinForImageClassification, TINY_SWIN_CONFIG),
     "swinv2": (tf.Swinv2Config, tf.Swinv2ForImageClassification, TINY_SWIN_CONFIG),

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import transformers as tf
-from conftest import TINY_MODELS, build_tiny_model
+from conftest import TINY_MODELS, WITHOUT_CLASSIFIER, build_tiny_model
 from peft import get_peft_model
 
 import mona_peft
@@ -30,8 +30,7 @@ def _adapt(model_type, x=None, **config):
 
 
 def test_registry_covers_the_tested_architectures():
-    # DPT has no image classifier: its ViT is tested inside DPTForSemanticSegmentation (tests/test_segmentation.py).
-    assert set(mona_peft.supported_model_types()) == set(TINY_MODELS) | {"dpt"}
+    assert set(mona_peft.supported_model_types()) == set(TINY_MODELS) | WITHOUT_CLASSIFIER
 
 
 @pytest.mark.parametrize("model_type", sorted(TINY_MODELS))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
-from conftest import build_tiny_model
+from conftest import WITHOUT_CLASSIFIER, build_tiny_model
 from peft import PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.utils import PeftType
 from safetensors.torch import load_file
@@ -31,7 +31,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ARCHS = ["swin", "vit"]
 NUM_PROMPTS = 3
 # VPT's architectures (not Swin v2: see mona_peft.architectures); DeiT with its distillation head.
-FAMILY = sorted(t for t in mona_peft.supported_model_types() if mona_peft.SUPPORTED_ARCHITECTURES[t].prompt_layout)
+FAMILY = sorted(
+    t
+    for t in set(mona_peft.supported_model_types()) - WITHOUT_CLASSIFIER
+    if mona_peft.SUPPORTED_ARCHITECTURES[t].prompt_layout
+)
 OVERRIDES = {"deit": dict(model_class=tf.DeiTForImageClassificationWithTeacher)}
 
 
