@@ -63,6 +63,8 @@ class SegmentationBenchmarkConfig:
     @property
     def steps_per_epoch(self) -> int:
         task = SEGMENTATION_TASKS[self.task]
+        if SemanticSegmentationTask.drop_last_train and task.sizes["train"] > task.batch_size:
+            return task.sizes["train"] // task.batch_size
         return math.ceil(task.sizes["train"] / task.batch_size)
 
     @property
