@@ -135,6 +135,14 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def plot_method_point(axis, method: str, trainable_params: int, scores: list[float], color) -> None:
+    """One method on a score-vs-trainable-parameters axis: mean with a std error bar, labelled (Mona as a star)."""
+    mean, std = mean_std(scores)
+    style = {"marker": "*", "markersize": 14} if method == "mona" else {"marker": "o", "markersize": 7}
+    axis.errorbar(trainable_params, mean, yerr=std or 0.0, capsize=3, color=color, label=method, **style)
+    axis.annotate(method, (trainable_params, mean), textcoords="offset points", xytext=(5, 4), fontsize=8)
+
+
 def plot(results: dict, path: str | Path) -> None:
     """Test top-1 vs trainable parameters (log scale), one panel per task, one point per method, std error bars."""
     import matplotlib
@@ -152,11 +160,7 @@ def plot(results: dict, path: str | Path) -> None:
             rows = cells.get((method, task))
             if not rows:
                 continue
-            mean, std = mean_std([100 * r["top1"] for r in rows])
-            x = rows[0]["trainable_params"]
-            style = {"marker": "*", "markersize": 14} if method == "mona" else {"marker": "o", "markersize": 7}
-            axis.errorbar(x, mean, yerr=std or 0.0, capsize=3, color=colors(index), label=method, **style)
-            axis.annotate(method, (x, mean), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            plot_method_point(axis, method, rows[0]["trainable_params"], [100 * r["top1"] for r in rows], colors(index))
         axis.set_xscale("log")
         axis.set_xlabel("trainable parameters (log scale, head included)")
         axis.set_ylabel("test top-1 (%)")

@@ -237,6 +237,8 @@ def markdown(results: dict) -> str:
 
     config, task = results["config"], results["task"]
     present = [m for m in config["methods"] if _chosen_rows(results, m)]
+    # The steps the rows ran (their curves end there), not today's config: an older work dir reports what it ran.
+    steps_run = max(point["step"] for row in results["rows"] for point in row["curve"])
     head_params = min(_chosen_rows(results, m)[0]["trainable_params"] for m in present)  # linear: the heads only
     lines = [
         "# Semantic segmentation benchmark",
@@ -245,7 +247,7 @@ def markdown(results: dict) -> str:
         f"offline `{config['task']}` task ({task['description']}). Test mean IoU (%) over background and the digit "
         f"classes, mean ± sample std over the seeds at each method's chosen rate. Rates from the grid "
         f"{', '.join(f'{lr:g}' for lr in config['lr_grid'])}, chosen per method on the mean final validation mIoU "
-        f"over the seeds; the test split never chooses. {config['total_steps']} steps of batch "
+        f"over the seeds; the test split never chooses. {steps_run} steps of batch "
         f"{task['batch_size']} ({task['epochs']} epochs), AdamW (weight decay {config['weight_decay']}), poly "
         f"schedule with {100 * config['warmup_fraction']:.0f} % warm-up, clipping {config['max_grad_norm']}, the "
         "same rate for heads and method parameters (times Mona's declared 0.1 on its projections).",
@@ -301,7 +303,7 @@ def plot(results: dict, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import mean_std
+    from .report import plot_method_point
 
     config = results["config"]
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
@@ -310,11 +312,8 @@ def plot(results: dict, path: str | Path) -> None:
         rows = _chosen_rows(results, method)
         if not rows:
             continue
-        mean, std = mean_std([100 * r["test_miou"] for r in rows])
-        x = rows[0]["trainable_params"]
-        style = {"marker": "*", "markersize": 14} if method == "mona" else {"marker": "o", "markersize": 7}
-        left.errorbar(x, mean, yerr=std or 0.0, capsize=3, color=colors(index), label=method, **style)
-        left.annotate(method, (x, mean), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        scores = [100 * r["test_miou"] for r in rows]
+        plot_method_point(left, method, rows[0]["trainable_params"], scores, colors(index))
         steps, curve = _mean_curve(rows)
         right.plot(
             steps, [100 * v for v in curve], marker="o", color=colors(index), label=f"{method} ({rows[0]['lr']:g})"
