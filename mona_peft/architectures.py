@@ -132,6 +132,25 @@ SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
             layer_norms=_SWIN_LAYER_NORMS,
             prompt_layout=None,
         ),
+        # MaskFormer's own copy of Swin (v1, pre-norm, SwinLayer-shaped) keeps the BERT-style names: the MLP is
+        # `intermediate`, then `output` (the block adds the residual itself). VPT: its attention adds the relative
+        # position bias straight from the parameter table, with no module output to pad for prompt tokens, so the
+        # windowed prompt variant does not apply (prompt_layout=None).
+        ArchitectureSpec(
+            "maskformer-swin",
+            "MaskFormerSwinLayer",
+            _SWIN_BLOCKS,
+            "layernorm_after",
+            "input_dimensions",
+            attention_projections=("attention.self.query", "attention.self.key", "attention.self.value"),
+            attention_output="attention.output.dense",
+            mlp_input="intermediate",
+            mlp_output="output",
+            mlp_output_projection="output.dense",
+            layer_norms=_SWIN_LAYER_NORMS,
+            prompt_layout=None,
+            embedding_width=lambda c: c.embed_dim,
+        ),
         ArchitectureSpec(
             "vit", "ViTLayer", _VIT_BLOCKS, "layernorm_after", "patch_embedding", num_prefix_tokens=lambda c: 1
         ),
@@ -242,12 +261,19 @@ def resolve_architecture(model: nn.Module) -> ResolvedArchitecture:
     )
 
 
+#: Modules that only hold others (no forward of their own): ``head_modules`` names their elements instead.
+_CONTAINERS = (nn.ModuleList, nn.ModuleDict)
+
+
 def head_modules(model: nn.Module) -> list[str]:
     """Names of the modules outside ``model``'s backbone that hold parameters: what every method trains in full.
 
     The largest such modules are named (``decode_head``, not its convolutions): the decode and auxiliary heads of an
     UperNet, the neck and head of a DPT, the classifier of an image classifier, the transformer and prediction
-    heads of a detector. The backbone's own modules (its norms included) are never listed.
+    heads of a detector. The backbone's own modules (its norms included) are never listed. A ``ModuleList`` or
+    ``ModuleDict`` has no forward of its own, and PEFT's ``modules_to_save`` refuses to wrap one, so it is named by
+    its elements (RT-DETR's ``model.encoder_input_proj.0``, ...). A module without parameters (a sine position
+    embedding, a loss) is not named.
     """
     spec = resolve_architecture(model).spec
     block_names = {name for name, _ in find_blocks(model, spec)}
@@ -265,7 +291,7 @@ def head_modules(model: nn.Module) -> list[str]:
         for name, child in module.named_children():
             if child is backbone:
                 continue
-            if any(sub is backbone for sub in child.modules()):
+            if any(sub is backbone for sub in child.modules()) or isinstance(child, _CONTAINERS):
                 visit(f"{prefix}{name}.", child)
             elif any(True for _ in child.parameters()):
                 names.append(f"{prefix}{name}")

@@ -28,6 +28,7 @@ from .registration import methods
 TASKS = {
     "image-classification": ("image_classification.md", "image-classification", "Image Classification"),
     "semantic-segmentation": ("semantic_segmentation.md", "image-segmentation", "Semantic Segmentation"),
+    "object-detection": ("object_detection.md", "object-detection", "Object Detection"),
 }
 TEMPLATE_DIR = Path(__file__).resolve().parent / "card_templates"
 CARD_MARKER = "<!-- mona_peft model card"
@@ -73,8 +74,8 @@ def render_model_card(
         extra_tags: more metadata tags.
         whole_model: the card of a whole transformers model (``config.json`` + ``model.safetensors``, loaded with
             the task's Auto class) rather than of a PEFT adapter.
-        task: ``"image-classification"`` (top-1/top-5 accuracy in the model-index) or ``"semantic-segmentation"``
-            (mean IoU); chooses the template and the loading snippet.
+        task: ``"image-classification"`` (top-1/top-5 accuracy in the model-index), ``"semantic-segmentation"``
+            (mean IoU) or ``"object-detection"`` (COCO box AP); chooses the template and the loading snippet.
         labels_file: the adapter has a ``labels.json`` (class names): the snippet loads the base model with them
             (``write_model_card`` sets it when the folder has one).
     """
@@ -132,7 +133,11 @@ def _card_data(
     dataset_label = dataset if dataset_is_id else _short_name(dataset)  # no local paths in the metadata
     library = "transformers" if whole_model else "peft"
     tags = _unique([method, library, task_type, dataset_label, LIBRARY_TAG, *(extra_tags or [])])
-    scores = _accuracy_metrics(metrics) if task == "image-classification" else _segmentation_metrics(metrics)
+    scores = {
+        "image-classification": _accuracy_metrics,
+        "semantic-segmentation": _segmentation_metrics,
+        "object-detection": _detection_metrics,
+    }[task](metrics)
     eval_results = [
         EvalResult(
             task_type=task_type,
@@ -244,6 +249,20 @@ def _segmentation_metrics(metrics: Mapping[str, float]) -> list[tuple[str, str, 
     names = {"mean_iou": "Mean IoU", "mean_accuracy": "Mean Accuracy", "overall_accuracy": "Overall Accuracy"}
     found = {_normalise_metric_key(k): float(v) for k, v in metrics.items() if _normalise_metric_key(k) in names}
     return [(key, names[key], found[key], None) for key in names if key in found]
+
+
+def _detection_metrics(metrics: Mapping[str, float]) -> list[tuple[str, str, float, dict | None]]:
+    """(type, name, value, args) of COCO box AP, AP50 and AP75 (and mask AP where measured), for the model-index."""
+    names = {
+        "map": "AP",
+        "map_50": "AP50",
+        "map_75": "AP75",
+        "mask_map": "Mask AP",
+        "mask_map_50": "Mask AP50",
+        "mask_map_75": "Mask AP75",
+    }
+    found = {_normalise_metric_key(k): v for k, v in metrics.items() if _normalise_metric_key(k) in names}
+    return [(key, names[key], float(found[key]), None) for key in names if key in found and float(found[key]) >= 0]
 
 
 def _metric_label(key: str) -> str:

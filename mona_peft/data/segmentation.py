@@ -14,7 +14,8 @@ white): a digit the eye cannot see is not a segmentation target. A digit's pixel
 exceeds half of full ink: the mask is exact, and the image blends the digit's colour over the photograph with the ink
 as opacity. Classes: 0 background, 1-3 digits 0-2. Splits never share a source: each photograph is cut into a left
 60 % (train), a middle 20 % (validation) and a right 20 % (test) band, and each digit scan belongs to one split.
-Seeded; the sizes never change.
+Seeded; the sizes never change. The compositor (:func:`compose_instances`) also reports every digit's visible
+mask; :mod:`mona_peft.data.detection` composes its instance scenes with it.
 
 Why these sizes: with all five digits 0-4 at 64x64, 20-40 px, full fine-tuning of the shipped backbone stayed at
 all-background for 400 steps and reached 0.29 validation mIoU after 600 (``benchmarks/segmentation/README.md``); three
@@ -126,26 +127,123 @@ def _visible_colour(colour: np.ndarray, region: np.ndarray) -> np.ndarray:
     return np.full(3, 0.0 if under > 127.5 else 255.0, dtype=np.float32)
 
 
-def compose_scene(rng: np.random.Generator, photographs, band: tuple[float, float], digits: dict[int, np.ndarray]):
-    """One scene: (RGB uint8 image, uint8 mask of class ids) of size ``SCENE_SIZE``."""
+@dataclass(frozen=True)
+class SceneLayout:
+    """How a scene is composed: its side, its digits' sides and count (both inclusive), and how much of a digit later
+    digits may hide.
+
+    ``max_occluded=None`` places each digit where it is first drawn, however much later digits cover earlier ones (the
+    semantic scenes). With a fraction, a digit's position is re-drawn (up to ``max_draws`` times, then the digit is
+    left out: neither painted nor reported) until every digit placed so far keeps more than ``1 - max_occluded`` of
+    its ink pixels, and at least ``min_visible`` of them, visible.
+    """
+
+    size: int = SCENE_SIZE
+    digit_sizes: tuple[int, int] = DIGIT_SIZES
+    digits_per_scene: tuple[int, int] = DIGITS_PER_SCENE
+    max_occluded: float | None = None
+    min_visible: int = 0
+    max_draws: int = 50
+
+
+@dataclass
+class DigitInstance:
+    """One painted digit: its index into ``SCENE_DIGITS``, its visible pixels (its ink > 0.5 minus those of later
+    digits) and the count of all its ink pixels."""
+
+    category: int
+    mask: np.ndarray
+    ink: int
+
+
+@dataclass
+class ComposedScene:
+    """A composed scene: the RGB uint8 image, its digits in painting order, how many positions were re-drawn and how
+    many digits were left out because no position kept every digit visible enough."""
+
+    image: np.ndarray
+    instances: list[DigitInstance]
+    redraws: int = 0
+    skipped: int = 0
+
+
+def _keeps_visible(instances: list[DigitInstance], stroke: np.ndarray, layout: SceneLayout) -> bool:
+    """Whether a digit with ink pixels ``stroke`` (a scene-sized boolean mask) leaves every digit visible enough."""
+    if layout.max_occluded is None:
+        return True
+    if stroke.sum() < layout.min_visible:
+        return False
+    for instance in instances:
+        visible = np.count_nonzero(instance.mask & ~stroke)
+        if visible < max((1 - layout.max_occluded) * instance.ink, layout.min_visible):
+            return False
+    return True
+
+
+def _place(
+    rng: np.random.Generator, ink: np.ndarray, instances: list[DigitInstance], layout: SceneLayout
+) -> tuple[int, int, np.ndarray, int] | None:
+    """``(y, x, stroke, redraws)`` of a digit's first acceptable position (``stroke``: its ink pixels in the scene),
+    or None when ``max_draws`` positions all hide another digit too much. Without an occlusion limit: one draw."""
+    side = ink.shape[0]
+    for draw in range(1 if layout.max_occluded is None else layout.max_draws):
+        y, x = rng.integers(0, layout.size - side + 1, size=2)
+        stroke = np.zeros((layout.size, layout.size), dtype=bool)
+        stroke[y : y + side, x : x + side] = ink > 0.5
+        if _keeps_visible(instances, stroke, layout):
+            return int(y), int(x), stroke, draw
+    return None
+
+
+def compose_instances(
+    rng: np.random.Generator,
+    photographs,
+    band: tuple[float, float],
+    digits: dict[int, np.ndarray],
+    layout: SceneLayout | None = None,
+) -> ComposedScene:
+    """One scene of ``layout`` (default: the semantic scenes' constants) with each digit's class and visible mask.
+
+    Random numbers are drawn in a fixed order (photograph, crop, digit count; per digit: class, scan, side,
+    position(s), colour), so the default layout reproduces the semantic scenes exactly.
+    """
+    layout = layout or SceneLayout(SCENE_SIZE, DIGIT_SIZES, DIGITS_PER_SCENE)
+    size = layout.size
     photo = photographs[rng.integers(len(photographs))]
     left, right = int(band[0] * photo.shape[1]), int(band[1] * photo.shape[1])
-    top = rng.integers(0, photo.shape[0] - SCENE_SIZE + 1)
-    x0 = rng.integers(left, right - SCENE_SIZE + 1)
-    image = photo[top : top + SCENE_SIZE, x0 : x0 + SCENE_SIZE].astype(np.float32)
-    mask = np.zeros((SCENE_SIZE, SCENE_SIZE), dtype=np.uint8)
-    for _ in range(rng.integers(DIGITS_PER_SCENE[0], DIGITS_PER_SCENE[1] + 1)):
+    top = rng.integers(0, photo.shape[0] - size + 1)
+    x0 = rng.integers(left, right - size + 1)
+    image = photo[top : top + size, x0 : x0 + size].astype(np.float32)
+    scene = ComposedScene(image, [])
+    for _ in range(rng.integers(layout.digits_per_scene[0], layout.digits_per_scene[1] + 1)):
         digit = int(rng.choice(SCENE_DIGITS))
         scans = digits[digit]
         scan = scans[rng.integers(len(scans))]
-        size = int(rng.integers(DIGIT_SIZES[0], DIGIT_SIZES[1] + 1))
-        ink = np.asarray(PILImage.fromarray(scan).resize((size, size), PILImage.Resampling.BILINEAR)).clip(0, 1)
-        y, x = rng.integers(0, SCENE_SIZE - size + 1, size=2)
-        region = image[y : y + size, x : x + size]
+        side = int(rng.integers(layout.digit_sizes[0], layout.digit_sizes[1] + 1))
+        ink = np.asarray(PILImage.fromarray(scan).resize((side, side), PILImage.Resampling.BILINEAR)).clip(0, 1)
+        placed = _place(rng, ink, scene.instances, layout)
+        if placed is None:
+            scene.skipped += 1
+            continue
+        y, x, stroke, redraws = placed
+        scene.redraws += redraws
+        region = image[y : y + side, x : x + side]
         colour = _visible_colour(rng.integers(0, 256, size=3).astype(np.float32), region)
         region[:] = region * (1 - ink[..., None]) + colour * ink[..., None]
-        mask[y : y + size, x : x + size][ink > 0.5] = 1 + SCENE_DIGITS.index(digit)
-    return image.round().astype(np.uint8), mask
+        for instance in scene.instances:
+            instance.mask &= ~stroke
+        scene.instances.append(DigitInstance(SCENE_DIGITS.index(digit), stroke, int(stroke.sum())))
+    scene.image = image.round().astype(np.uint8)
+    return scene
+
+
+def compose_scene(rng: np.random.Generator, photographs, band: tuple[float, float], digits: dict[int, np.ndarray]):
+    """One scene: (RGB uint8 image, uint8 mask of class ids) of size ``SCENE_SIZE``; later digits cover earlier ones."""
+    scene = compose_instances(rng, photographs, band, digits)
+    mask = np.zeros(scene.image.shape[:2], dtype=np.uint8)
+    for instance in scene.instances:
+        mask[instance.mask] = 1 + instance.category
+    return scene.image, mask
 
 
 def _features() -> Features:
