@@ -96,8 +96,17 @@ class ArchitectureSpec:
 
 _VIT_BLOCKS = r"(.*\.)?layers?\.\d+"
 _SWIN_BLOCKS = r"(.*\.)?layers\.\d+\.blocks\.\d+"
-# Swin also normalises the patch embedding and each patch merging; ViT/DeiT's names are the dataclass default.
-_SWIN_LAYER_NORMS = ("embeddings.norm", "layernorm_before", "layernorm_after", "downsample.norm", "layernorm")
+# Swin also normalises the patch embedding and each patch merging; ViT/DeiT's names are the dataclass default. Its
+# backbone (inside UperNet, Mask2Former, the detectors) normalises each stage it returns with `hidden_states_norms`
+# (the final `layernorm` is then never applied): those are the norms dense heads read.
+_SWIN_LAYER_NORMS = (
+    "embeddings.norm",
+    "layernorm_before",
+    "layernorm_after",
+    "downsample.norm",
+    "layernorm",
+    *(f"hidden_states_norms.stage{stage}" for stage in range(1, 5)),
+)
 _DINOV2_LAYER_NORMS = ("norm1", "norm2", "layernorm")
 
 SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {

@@ -312,3 +312,13 @@ def test_dpt_vit_takes_every_method_and_reloads_identically_in_a_fresh_process(t
     assert done.returncode == 0, done.stderr[-2000:]
     for folder in saved:
         torch.testing.assert_close(torch.load(f"{folder}/reloaded.pt"), torch.load(f"{folder}/logits.pt"))
+
+
+def test_ln_tuning_tunes_the_stage_norms_the_heads_read(checkpoints):
+    """A Swin backbone normalises each returned stage with `hidden_states_norms` (its final `layernorm` is never
+    applied there): LN tuning must tune those."""
+    upernet = build_upernet(checkpoints["swin"], LABELS, hidden_size=16)
+    model = build_method(upernet, "ln_tuning", head_modules(upernet))
+    trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    for stage in ("stage1", "stage2", "stage3"):
+        assert any(f"hidden_states_norms.{stage}." in name for name in trainable), stage

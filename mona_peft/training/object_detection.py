@@ -28,7 +28,6 @@ DEFAULT_DETECTOR = "rt_detr"
 #: The image processor of each detector (PIL-based: no torchvision here).
 _PROCESSORS = {
     "rt_detr": "RTDetrImageProcessorPil",
-    "d_fine": "RTDetrImageProcessorPil",
     "conditional_detr": "ConditionalDetrImageProcessorPil",
     "detr": "DetrImageProcessorPil",
 }
@@ -83,7 +82,7 @@ class ObjectDetectionTask(TrainingTask):
 
     def _is_detector_checkpoint(self, config: RunConfig) -> bool:
         model_type = AutoConfig.from_pretrained(config.model_name_or_path).model_type
-        return model_type in {*DETECTORS, "deformable_detr", "dab_detr"}
+        return model_type in DETECTORS
 
     def dataset_label(self, config: RunConfig) -> str:
         if not (config.dataset_name or config.train_dir or config.task):
@@ -168,6 +167,7 @@ class ObjectDetectionTask(TrainingTask):
             ffn_dim=4 * (self.arguments.d_model or (64 if shipped else default.d_model)),
             attention_heads=4 if shipped else default.attention_heads,
             num_queries=self.arguments.num_queries or (20 if shipped else default.num_queries),
+            num_denoising=20 if shipped else default.num_denoising,
         )
         return build_detector(self.arguments.detector, config.model_name_or_path, labels, size)
 

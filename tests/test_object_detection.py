@@ -1,0 +1,137 @@
+"""Object detection: the script end to end (DETR-family detectors around a Swin), its card, resumption and errors."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as tf
+from conftest import build_tiny_model
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+
+from mona_peft.data.detection import AnnotationError, instance_scene_split, write_coco_folder
+from mona_peft.detection import DETECTION_CONFIG_FILE, DETECTORS
+from mona_peft.training import main
+from mona_peft.training.object_detection import ObjectDetectionTask
+
+CLASSES = ["digit 0", "digit 1", "digit 2"]
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory) -> str:
+    """A tiny pretrained-like Swin checkpoint (three stages, as the detectors read the last three)."""
+    path = tmp_path_factory.mktemp("backbone") / "swin"
+    build_tiny_model("swin", depths=[1, 1, 1], num_heads=[2, 2, 4]).save_pretrained(path)
+    tf.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        path
+    )
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def coco_folders(tmp_path_factory) -> tuple[Path, Path]:
+    """Small COCO folders (images + annotations.json) of offline digit scenes."""
+    root = tmp_path_factory.mktemp("coco")
+    write_coco_folder(instance_scene_split("train", 6, seed=0), CLASSES, root / "train")
+    write_coco_folder(instance_scene_split("validation", 3, seed=0), CLASSES, root / "validation")
+    return root / "train", root / "validation"
+
+
+def _args(backbone: str, out: Path, folders: tuple[Path, Path], *extra: str) -> list[str]:
+    return [
+        "--model_name_or_path", backbone, "--output_dir", str(out), "--train_dir", str(folders[0]),
+        "--validation_dir", str(folders[1]), "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "3",
+        "--report_to", "none", "--num_warmup_steps", "1", "--image_square_size", "32", "--d_model", "32",
+        "--num_queries", "10", *extra,
+    ]  # fmt: skip
+
+
+def test_script_end_to_end_card_and_resume_equals_an_uninterrupted_run(backbone, coco_folders, tmp_path):
+    data = ["--detector", "conditional_detr", "--max_train_steps", "4", "--seed", "1", "--checkpointing_steps", "2"]
+    full = tmp_path / "full"
+    results = main(_args(backbone, full, coco_folders, *data), task=ObjectDetectionTask)
+    assert 0 <= results["eval_map"] <= 1 and len(results["eval_map_per_class"]) == 3
+    files = {p.name for p in full.iterdir()}
+    assert {"adapter_model.safetensors", DETECTION_CONFIG_FILE, "preprocessor_config.json", "README.md"} <= files
+    card = ModelCard((full / "README.md").read_text()).data
+    assert card.pipeline_tag == "object-detection" and card.library_name == "peft"
+    assert [r.metric_type for r in card.eval_results] == ["map", "map_50", "map_75"]
+    assert card.eval_results[0].metric_value == pytest.approx(results["eval_map"])
+    assert json.loads((full / "all_results.json").read_text())["eval_map"] == pytest.approx(results["eval_map"])
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    (resumed / "run_args.json").write_text((full / "run_args.json").read_text())
+    shutil.copytree(full / "checkpoint-2", resumed / "checkpoint-2")
+    main(_args(backbone, resumed, coco_folders, *data, "--resume_from_checkpoint", "latest"), task=ObjectDetectionTask)
+    expected, again = load_file(full / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
+    assert expected.keys() == again.keys()
+    for key in expected:
+        torch.testing.assert_close(again[key], expected[key], rtol=1e-5, atol=1e-6)
+
+
+def test_the_cards_snippet_reloads_the_trained_detector_in_a_fresh_process(backbone, coco_folders, tmp_path):
+    """RT-DETR (the default detector: batch norms in its heads, anchors from the input size) trained a few steps;
+    the card's own loading snippet in a new Python gives the outputs the trained model gives."""
+    from mona_peft.training import RunConfig
+    from mona_peft.training.object_detection import DetectionArguments
+    from mona_peft.training.run import FineTuningRun
+
+    out = tmp_path / "out"
+    config = RunConfig(
+        model_name_or_path=backbone, train_dir=str(coco_folders[0]), validation_dir=str(coco_folders[1]),
+        output_dir=str(out), max_train_steps=3, per_device_train_batch_size=2, per_device_eval_batch_size=3,
+        report_to="none", num_warmup_steps=1,
+    )  # fmt: skip
+    run = FineTuningRun(
+        config, ObjectDetectionTask(DetectionArguments(image_square_size=32, d_model=32, num_queries=10))
+    )
+    run.execute()
+    image = next(coco_folders[1].glob("*.png"))
+    model = run.accelerator.unwrap_model(run.model).eval()
+    from PIL import Image
+
+    with torch.no_grad():
+        pixels = tf.AutoImageProcessor.from_pretrained(out)(
+            images=Image.open(image).convert("RGB"), return_tensors="pt"
+        )
+        trained = model(**pixels)
+    blocks = (out / "README.md").read_text().split("```python\n")[1:]
+    snippet = next(block.split("```")[0] for block in blocks if "load_detection_base" in block)
+    snippet = snippet.replace("path/to/this/adapter", str(out))
+    script = (
+        "import sys\nfrom PIL import Image\nimage = Image.open(sys.argv[1]).convert('RGB')\n"
+        + snippet
+        + "torch.save({'logits': outputs.logits, 'pred_boxes': outputs.pred_boxes, 'detections': detections}, "
+        "sys.argv[2])\n"
+    )
+    saved = tmp_path / "fresh.pt"
+    done = subprocess.run([sys.executable, "-c", script, str(image), str(saved)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    fresh = torch.load(saved)
+    torch.testing.assert_close(fresh["logits"], trained.logits)
+    torch.testing.assert_close(fresh["pred_boxes"], trained.pred_boxes)
+    assert set(fresh["detections"]) == {"scores", "labels", "boxes"}
+
+
+def test_a_bad_annotation_is_named_before_any_training(backbone, coco_folders, tmp_path):
+    broken = tmp_path / "train"
+    shutil.copytree(coco_folders[0], broken)
+    coco = json.loads((broken / "annotations.json").read_text())
+    coco["annotations"][1]["bbox"] = [40.0, 20.0, 40.0, 5.0]  # past the right edge of a 64-pixel scene
+    (broken / "annotations.json").write_text(json.dumps(coco))
+    annotation_id = coco["annotations"][1]["id"]
+    with pytest.raises(AnnotationError, match=rf"annotations\.json[\s\S]*annotation {annotation_id}\b"):
+        main(_args(backbone, tmp_path / "out", (broken, coco_folders[1])), task=ObjectDetectionTask)
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+def test_unknown_detector_names_the_choices():
+    from mona_peft.training.object_detection import DetectionArguments
+
+    with pytest.raises(ValueError, match="Unknown --detector 'yolo'; available: " + ", ".join(DETECTORS)):
+        ObjectDetectionTask(DetectionArguments(detector="yolo"))
