@@ -32,6 +32,7 @@ ALLOW_PATTERNS = [
     "preprocessor_config.json",
     "segmentation_config.json",  # the UperNet a segmentation adapter was trained in (mona_peft.segmentation)
     "detection_config.json",  # the detector a detection adapter was trained in (mona_peft.detection)
+    "instance_segmentation_config.json",  # the Mask2Former of an instance-segmentation adapter (mona_peft.detection)
     "labels.json",  # a classifier's class names (mona_peft.labels)
     CARD_FILE,
     "*results.json",

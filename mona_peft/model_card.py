@@ -29,6 +29,7 @@ TASKS = {
     "image-classification": ("image_classification.md", "image-classification", "Image Classification"),
     "semantic-segmentation": ("semantic_segmentation.md", "image-segmentation", "Semantic Segmentation"),
     "object-detection": ("object_detection.md", "object-detection", "Object Detection"),
+    "instance-segmentation": ("instance_segmentation.md", "image-segmentation", "Instance Segmentation"),
 }
 TEMPLATE_DIR = Path(__file__).resolve().parent / "card_templates"
 CARD_MARKER = "<!-- mona_peft model card"
@@ -75,7 +76,8 @@ def render_model_card(
         whole_model: the card of a whole transformers model (``config.json`` + ``model.safetensors``, loaded with
             the task's Auto class) rather than of a PEFT adapter.
         task: ``"image-classification"`` (top-1/top-5 accuracy in the model-index), ``"semantic-segmentation"``
-            (mean IoU) or ``"object-detection"`` (COCO box AP); chooses the template and the loading snippet.
+            (mean IoU), ``"object-detection"`` (COCO box AP) or ``"instance-segmentation"`` (COCO mask AP, then box
+            AP); chooses the template and the loading snippet.
         labels_file: the adapter has a ``labels.json`` (class names): the snippet loads the base model with them
             (``write_model_card`` sets it when the folder has one).
     """
@@ -137,6 +139,7 @@ def _card_data(
         "image-classification": _accuracy_metrics,
         "semantic-segmentation": _segmentation_metrics,
         "object-detection": _detection_metrics,
+        "instance-segmentation": _instance_segmentation_metrics,
     }[task](metrics)
     eval_results = [
         EvalResult(
@@ -263,6 +266,12 @@ def _detection_metrics(metrics: Mapping[str, float]) -> list[tuple[str, str, flo
     }
     found = {_normalise_metric_key(k): v for k, v in metrics.items() if _normalise_metric_key(k) in names}
     return [(key, names[key], float(found[key]), None) for key in names if key in found and float(found[key]) >= 0]
+
+
+def _instance_segmentation_metrics(metrics: Mapping[str, float]) -> list[tuple[str, str, float, dict | None]]:
+    """(type, name, value, args) of COCO mask AP, AP50 and AP75, then box AP, AP50 and AP75, for the model-index."""
+    found = _detection_metrics(metrics)
+    return sorted(found, key=lambda row: not row[0].startswith("mask_"))  # stable: AP, AP50, AP75 within each
 
 
 def _metric_label(key: str) -> str:

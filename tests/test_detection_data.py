@@ -171,8 +171,12 @@ def _unlink_first_image(folder: Path, coco: dict) -> None:
     (folder / image["file_name"]).unlink()
 
 
+SIZE = INSTANCE_SCENE_SIZE
 BREAKAGES = {
-    "box outside": (lambda f, c: _first(c).update(bbox=[60, 2, 10, 5]), r"\[60, 2, 10, 5\] is not inside its 64x64"),
+    "box outside": (
+        lambda f, c: _first(c).update(bbox=[SIZE - 4, 2, 10, 5]),
+        rf"\[{SIZE - 4}, 2, 10, 5\] is not inside its {SIZE}x{SIZE}",
+    ),
     "unknown image": (lambda f, c: _first(c).update(image_id=99), r"image id 99 is not among the file's images"),
     "missing file": (_unlink_first_image, r"its file .*000001\.png does not exist"),
     "unknown category": (
@@ -180,14 +184,16 @@ BREAKAGES = {
         r"category id 9 is not among the categories \(ids \[1, 2, 3\]\)",
     ),
     "empty mask": (
-        lambda f, c: _first(c).update(segmentation={"size": [64, 64], "counts": encode_mask(np.zeros((64, 64)))}),
+        lambda f, c: _first(c).update(
+            segmentation={"size": [SIZE, SIZE], "counts": encode_mask(np.zeros((SIZE, SIZE)))}
+        ),
         r"its mask is empty \(0 pixels\)",
     ),
     "missing mask": (lambda f, c: _first(c).pop("segmentation"), r"no segmentation, and masks are required"),
     "bad polygon": (lambda f, c: _first(c).update(segmentation=[[1, 2, 3, 4]]), r"at least 3 x, y pairs"),
     "wrong RLE size": (
-        lambda f, c: _first(c)["segmentation"].update(size=[32, 64]),
-        r"RLE size \[32, 64\] \(height, width\) is not its image's \[64, 64\]",
+        lambda f, c: _first(c)["segmentation"].update(size=[SIZE // 2, SIZE]),
+        rf"RLE size \[{SIZE // 2}, {SIZE}\] \(height, width\) is not its image's \[{SIZE}, {SIZE}\]",
     ),
 }
 

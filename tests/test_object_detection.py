@@ -122,7 +122,7 @@ def test_a_bad_annotation_is_named_before_any_training(backbone, coco_folders, t
     broken = tmp_path / "train"
     shutil.copytree(coco_folders[0], broken)
     coco = json.loads((broken / "annotations.json").read_text())
-    coco["annotations"][1]["bbox"] = [40.0, 20.0, 40.0, 5.0]  # past the right edge of a 64-pixel scene
+    coco["annotations"][1]["bbox"] = [40.0, 20.0, 40.0, 5.0]  # past the right edge of a 32-pixel scene
     (broken / "annotations.json").write_text(json.dumps(coco))
     annotation_id = coco["annotations"][1]["id"]
     with pytest.raises(AnnotationError, match=rf"annotations\.json[\s\S]*annotation {annotation_id}\b"):

@@ -13,19 +13,19 @@ boolean array, :func:`encode_mask` the other way.
 on crops of scikit-image's photographs, colours kept visible, splits drawn from disjoint photograph bands and disjoint
 scans), with each digit reported as an instance. A digit's mask is its upsampled ink above half of full ink minus the
 pixels of digits painted after it; its box is the tight box of that visible mask (``w = x_max - x_min + 1``). Scenes
-are ``INSTANCE_SCENE_SIZE`` (64) pixels square, with 2 to 4 digits of 16 to 30 pixels. Occlusion rule: a digit's
-position is re-drawn (seeded) until every digit placed so far keeps at least half of its ink pixels and at least
-``MIN_INSTANCE_AREA`` (30) of them visible, so every painted digit is annotated and none is hidden beyond
-recognition (a visible digit left unannotated would teach a detector to ignore digits). A digit no position of 50
-allows is neither painted nor annotated. The scenes draw from a random stream of their own (not the semantic
-scenes'), seeded by the seed and the split; the sizes never change.
+are ``INSTANCE_SCENE_SIZE`` (32) pixels square, the shipped backbone's pretraining resolution, with 2 to 4 digits of
+8 to 15 pixels. Occlusion rule: a digit's position is re-drawn (seeded) until every digit placed so far keeps at least
+half of its ink pixels and at least ``MIN_INSTANCE_AREA`` (8) of them visible, so every painted digit is annotated and
+none is hidden beyond recognition (a visible digit left unannotated would teach a detector to ignore digits). A digit
+no position of 50 allows is neither painted nor annotated. The scenes draw from a random stream of their own (not the
+semantic scenes'), seeded by the seed and the split; the sizes never change.
 
-Why these sizes: a box task needs room for boxes to differ in place and size; in the semantic scenes (32 pixels,
-12-22 pixel digits) 88 % of scenes have a digit partly covered and 11 % of digits are more than half hidden. At 64
-pixels the smallest digit still spans a whole cell of a stride-16 feature map and the largest fits twice across the
-scene; before the occlusion rule, 3 % of digits would be more than half hidden, and the rule re-draws a position in
-about 9 % of scenes (seed 0: 3.0 digits per scene, mean visible area 156 pixels). The sizes are not tuned against a
-detector.
+Why these sizes: a box task needs room for boxes to differ in place and size, so the digits are smaller than the
+semantic scenes' 12-22 pixels (there, 11 % of digits are more than half hidden). 64-pixel scenes with 16-30 pixel
+digits were tried first: a detector step on the shipped backbone costs 5 times as much there (Conditional DETR, batch
+16, one thread: 2.7 s against 0.53 s), too slow to train on 2 CPU cores; at 32 pixels RT-DETR reaches a validation
+box AP50 of 0.16 after two epochs (``benchmarks/detection/probes/``). Seed 0, train: 3.0 digits per scene, mean
+visible area 39 pixels (8 to 99), a position re-drawn in 7 % of scenes, no digit left out.
 
 **Local COCO folders** (:func:`load_detection_data`): a folder of images plus one COCO JSON (``annotations.json``
 when there are several, else the only ``*.json``) whose ``file_name`` s are relative to the folder. Categories map to
@@ -61,13 +61,13 @@ from .segmentation import (
     compose_instances,
 )
 
-INSTANCE_SCENE_SIZE = 64
+INSTANCE_SCENE_SIZE = 32
 #: Digits per scene and their side in pixels (both inclusive).
 INSTANCE_DIGITS_PER_SCENE = (2, 4)
-INSTANCE_DIGIT_SIZES = (16, 30)
+INSTANCE_DIGIT_SIZES = (8, 15)
 #: Most of a digit's ink pixels that later digits may cover, and the fewest that must stay visible.
 MAX_OCCLUDED = 0.5
-MIN_INSTANCE_AREA = 30
+MIN_INSTANCE_AREA = 8
 INSTANCE_LAYOUT = SceneLayout(
     INSTANCE_SCENE_SIZE, INSTANCE_DIGIT_SIZES, INSTANCE_DIGITS_PER_SCENE, MAX_OCCLUDED, MIN_INSTANCE_AREA
 )
@@ -97,7 +97,7 @@ DETECTION_TASKS: dict[str, DetectionTask] = {
     for task in (
         DetectionTask(
             "digit-instances",
-            "instances of digits 0-2 composed on real photographs, 64x64, 1500/200/200 scenes",
+            "instances of digits 0-2 composed on real photographs, 32x32, 1500/200/200 scenes",
             {"train": 1500, "validation": 200, "test": 200},
             epochs=6,
             batch_size=16,
