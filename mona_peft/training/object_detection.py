@@ -42,7 +42,7 @@ class DetectionArguments:
         metadata={"help": f"Detector built around a backbone checkpoint: {', '.join(DETECTORS)}."},
     )
     image_square_size: int | None = field(
-        default=None, metadata={"help": "Images are resized to this square (default 640; 64 for the offline task)."}
+        default=None, metadata={"help": "Images are resized to this square (default 640; 32 offline)."}
     )
     d_model: int | None = field(
         default=None, metadata={"help": "Width of the detector's encoder and decoder (default 256; 64 offline)."}

@@ -1,25 +1,25 @@
-"""The semantic-segmentation benchmark: rows with curves, rates chosen on validation, resumption, the report."""
+"""The dense-task benchmarks: rows with curves, rates chosen on validation, resumption, the report."""
 
 import json
 
 import pytest
 
-from mona_peft.benchmarking.segmentation import (
+from mona_peft.benchmarking.dense import (
+    DenseBenchmarkConfig,
     Job,
-    SegmentationBenchmarkConfig,
     choose_learning_rates,
     pending_jobs,
-    run_segmentation_benchmark,
+    run_dense_benchmark,
     write_results,
 )
 
 
 def test_quick_benchmark_records_curves_chooses_on_validation_resumes_and_reports(tmp_path):
-    config = SegmentationBenchmarkConfig(
+    config = DenseBenchmarkConfig(
         methods=["linear", "mona"], task="digit-scenes-fewshot", seeds=[0], lr_grid=[1e-2, 3e-3],
         workers=1, max_train_steps=2,
     )  # fmt: skip
-    results = run_segmentation_benchmark(config, tmp_path / "work", log=lambda _: None)
+    results = run_dense_benchmark(config, tmp_path / "work", log=lambda _: None)
     rows = results["rows"]
     assert sorted((r["method"], r["lr"]) for r in rows) == [
         ("linear", 3e-3),
@@ -28,15 +28,16 @@ def test_quick_benchmark_records_curves_chooses_on_validation_resumes_and_report
         ("mona", 1e-2),
     ]
     for row in rows:
-        assert row["curve"][-1] == {"step": 2, "val_miou": row["val_miou"]}
-        assert 0.0 <= row["test_miou"] <= 1.0 and len(row["test_per_category_iou"]) == 4
+        assert row["curve"][-1] == {"step": 2, "val_score": row["val_score"]}
+        assert 0.0 <= row["test_score"] <= 1.0 and len(row["test_per_class"]) == 4
+        assert row["test_scores"]["mean_iou"] == row["test_score"]
     linear, mona = (next(r for r in rows if r["method"] == m) for m in ("linear", "mona"))
     assert mona["trainable_params"] > linear["trainable_params"]  # the heads, plus Mona's modules
     for method, choice in results["learning_rates"].items():
-        best = max((r for r in rows if r["method"] == method), key=lambda r: r["val_miou"])
+        best = max((r for r in rows if r["method"] == method), key=lambda r: r["val_score"])
         assert choice["chosen_lr"] == best["lr"]
     # A second call on the same work dir trains nothing more.
-    again = run_segmentation_benchmark(config, tmp_path / "work", log=lambda _: None)
+    again = run_dense_benchmark(config, tmp_path / "work", log=lambda _: None)
     assert len(again["rows"]) == 4
     assert len((tmp_path / "work" / "runs.jsonl").read_text().splitlines()) == 4
     write_results(again, tmp_path / "out")
@@ -46,12 +47,12 @@ def test_quick_benchmark_records_curves_chooses_on_validation_resumes_and_report
 
 
 def test_rate_is_chosen_on_the_mean_over_seeds_and_jobs_go_seed_by_seed():
-    config = SegmentationBenchmarkConfig(methods=["mona"], seeds=[0, 1], lr_grid=[1e-3, 1e-2])
+    config = DenseBenchmarkConfig(methods=["mona"], seeds=[0, 1], lr_grid=[1e-3, 1e-2])
     rows = [
-        {"method": "mona", "lr": 1e-2, "seed": 0, "val_miou": 0.9},  # one lucky seed
-        {"method": "mona", "lr": 1e-2, "seed": 1, "val_miou": 0.1},
-        {"method": "mona", "lr": 1e-3, "seed": 0, "val_miou": 0.6},
-        {"method": "mona", "lr": 1e-3, "seed": 1, "val_miou": 0.6},
+        {"method": "mona", "lr": 1e-2, "seed": 0, "val_score": 0.9},  # one lucky seed
+        {"method": "mona", "lr": 1e-2, "seed": 1, "val_score": 0.1},
+        {"method": "mona", "lr": 1e-3, "seed": 0, "val_score": 0.6},
+        {"method": "mona", "lr": 1e-3, "seed": 1, "val_score": 0.6},
     ]
     assert choose_learning_rates(rows, config)["mona"]["chosen_lr"] == 1e-3
     assert pending_jobs(config, rows[:1]) == [Job("mona", 1e-3, 0), Job("mona", 1e-3, 1), Job("mona", 1e-2, 1)]
@@ -59,9 +60,30 @@ def test_rate_is_chosen_on_the_mean_over_seeds_and_jobs_go_seed_by_seed():
 
 def test_unknown_method_or_task_is_refused():
     with pytest.raises(ValueError, match="Unknown methods"):
-        SegmentationBenchmarkConfig(methods=["mona", "dora"])
+        DenseBenchmarkConfig(methods=["mona", "dora"])
     with pytest.raises(ValueError, match="digit-scenes"):
-        SegmentationBenchmarkConfig(task="ade20k")
+        DenseBenchmarkConfig(task="ade20k")
+    with pytest.raises(ValueError, match="object-detection"):
+        DenseBenchmarkConfig(kind="panoptic")
+
+
+@pytest.mark.parametrize(
+    ("kind", "score", "label"),
+    [("object-detection", "map", "box AP"), ("instance-segmentation", "mask_map", "mask AP")],
+)
+def test_detection_kinds_score_on_coco_ap_and_report_it(kind, score, label, tmp_path):
+    config = DenseBenchmarkConfig(
+        kind=kind, methods=["mona"], task="digit-instances-fewshot", seeds=[0], lr_grid=[1e-3], workers=1,
+        max_train_steps=1,
+    )  # fmt: skip
+    results = run_dense_benchmark(config, tmp_path / "work", log=lambda _: None)
+    (row,) = results["rows"]
+    assert row["curve"] == [{"step": 1, "val_score": row["val_score"]}]
+    assert row["test_scores"][score] == row["test_score"] and len(row["test_per_class"]) == 3  # digits 0-2
+    assert -1.0 <= row["test_score"] <= 1.0 and "map_50" in row["test_scores"]
+    write_results(results, tmp_path / "out")
+    report = (tmp_path / "out" / "results.md").read_text()
+    assert f"| test {label} |" in report and "| mona | 1 | 0.001 |" in report
 
 
 def test_upernet_speed_run_measures_every_method_against_full_lora_and_the_bare_model(tmp_path):
