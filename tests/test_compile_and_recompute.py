@@ -1,5 +1,7 @@
 """Compiled Mona (``--torch_compile``): it trains, saves plain keys, reloads, and compiles without graph breaks."""
 
+import dataclasses
+
 import pytest
 import torch
 import transformers as tf
@@ -94,7 +96,7 @@ def test_speed_benchmark_adds_compiled_rows_beside_the_eager_ones(tmp_path, monk
     def tiny(image_size: int = 32, seed: int = 0):  # the benchmark's Swin-T, shrunk: the rows, not the numbers
         return build_tiny_swin(seed=seed, depths=[1], num_heads=[2]).train()
 
-    monkeypatch.setattr(speed, "swin_t", tiny)
+    monkeypatch.setitem(speed.SPEED_MODELS, "swin-t", dataclasses.replace(speed.SPEED_MODELS["swin-t"], build=tiny))
     config = speed.SpeedConfig(
         methods=["mona"], image_size=32, repeats=2, warmup=0, threads=1, torch_compile=True, compile_backend=BACKEND
     )

@@ -99,3 +99,17 @@ def test_upernet_speed_run_measures_every_method_against_full_lora_and_the_bare_
     assert report["mona_targets"] == MONA_TARGETS["upernet-swin-t"] and "32x32" in report["model"]
     assert set(report["mona_meets_targets"]) == set(MONA_TARGETS["upernet-swin-t"])
     assert json.loads((tmp_path / "speed.json").read_text())["rows"] == report["rows"]
+
+
+# RT-DETR selects its 300 queries among the anchors of its three levels: 160 pixels give 525 of them.
+@pytest.mark.parametrize(("model", "size"), [("rt-detr-swin-t", 160), ("mask2former-swin-t", 64)])
+def test_detector_speed_runs_train_on_random_objects_and_compare_every_method(model, size, tmp_path):
+    from mona_peft.benchmarking.speed import SpeedConfig, run_speed
+
+    config = SpeedConfig(methods=["mona"], model=model, image_size=size, repeats=1, warmup=0)
+    report = run_speed(config, tmp_path / "speed.json", "test", log=lambda _: None)
+    rows = {row["method"]: row for row in report["rows"]}
+    assert list(rows) == ["full", "lora", "mona"] and f"{size}x{size}" in report["model"]
+    assert max(rows["mona"]["trainable_params"], rows["lora"]["trainable_params"]) < rows["full"]["trainable_params"]
+    assert all(row["train_step_median_ms"] > 0 and row["infer_latency_ratio_vs_base"] > 0 for row in rows.values())
+    assert report["mona_targets"] == {} and report["mona_meets_targets"] == {}

@@ -9,6 +9,7 @@ import sys
 from ..data import TASKS
 from ..registration import methods
 from .runner import LR_GRID, BenchmarkConfig, run_benchmark
+from .speed import SPEED_MODELS
 
 QUICK = {"methods": ["linear", "mona"], "tasks": ["digits-fewshot"], "seeds": [0], "lr_grid": [3e-3, 1e-2]}
 
@@ -36,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch_size", type=int, default=2, help="--speed: Swin-T batch.")
     add("--repeats", type=int, default=10, help="--speed: timed interleaved repetitions.")
     add("--warmup", type=int, default=2, help="--speed: untimed calls per variant first.")
-    add("--image_size", type=int, default=None, help="--speed: input resolution (224; 512 for upernet-swin-t).")
-    add("--speed_model", default="swin-t", choices=["swin-t", "upernet-swin-t"], help="--speed: the network.")
+    add("--image_size", type=int, default=None, help="--speed: input resolution (224 for swin-t, else 512).")
+    add("--speed_model", default="swin-t", choices=list(SPEED_MODELS), help="--speed: the network.")
     add("--device", default="cpu", choices=["cpu", "cuda"], help="--speed: device.")
     add("--speed_threads", type=int, default=None, help="--speed: torch threads (default: torch's).")
     add(

@@ -1,6 +1,7 @@
 """Training step, peak training memory and inference latency of every method, side by side: a Swin-T classifier at
-224x224 (``--speed_model swin-t``) or UperNet around a Swin-T at 512x512 (``upernet-swin-t``, the paper's
-segmentation setting: 150 classes, UperNet channels 512, auxiliary head).
+224x224 (``--speed_model swin-t``), or around a Swin-T at 512x512: UperNet (``upernet-swin-t``, the paper's
+segmentation setting: 150 classes, UperNet channels 512, auxiliary head), RT-DETR (``rt-detr-swin-t``) or Mask2Former
+(``mask2former-swin-t``), the detectors at transformers' COCO sizes with 80 classes and 5 random objects per image.
 
 Random init (``SwinConfig()`` defaults: embed dim 96, depths 2-2-6-2, window 7), no downloads. Every method gets its
 own copy of the same weights; the bare model is the same network without a method. All variants run interleaved in
@@ -14,7 +15,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,12 +35,6 @@ MONA_TARGETS = {
         "infer_latency_ratio_vs_base": 1.15,
     },
     "upernet-swin-t": {"train_step_ratio_vs_lora": 1.2, "peak_memory_ratio_vs_full": 0.6},
-}
-#: The models' descriptions in the report.
-SPEED_MODELS = {
-    "swin-t": "SwinForImageClassification(SwinConfig()) (Swin-T), random init",
-    "upernet-swin-t": "UperNetForSemanticSegmentation around SwinConfig() (Swin-T), hidden 512, 150 classes, "
-    "auxiliary head, random init",
 }
 
 
@@ -74,6 +71,108 @@ def upernet_swin_t(image_size: int = 512, seed: int = 0, num_labels: int = 150) 
     return UperNetForSemanticSegmentation(config)
 
 
+def _around_swin_t(build: Callable[[str, list[str]], torch.nn.Module], num_labels: int = 80):
+    """A builder of the library's task model (``build(backbone checkpoint, labels)``: a detector, Mask2Former) around
+    a randomly initialised Swin-T, saved to a temporary checkpoint as the library takes backbones."""
+
+    def builder(image_size: int, seed: int = 0) -> torch.nn.Module:
+        from transformers import SwinConfig, SwinModel
+
+        with tempfile.TemporaryDirectory() as folder:
+            torch.manual_seed(seed)
+            SwinModel(SwinConfig(image_size=image_size)).save_pretrained(folder)
+            torch.manual_seed(seed)
+            return build(folder, [f"class {i}" for i in range(num_labels)])
+
+    return builder
+
+
+def rt_detr_swin_t(image_size: int = 512, seed: int = 0) -> torch.nn.Module:
+    """RT-DETR at transformers' COCO defaults (300 queries, 100 denoising queries) around a Swin-T, 80 classes."""
+    from ..detection import build_detector
+
+    return _around_swin_t(lambda folder, labels: build_detector("rt_detr", folder, labels))(image_size, seed)
+
+
+def mask2former_swin_t(image_size: int = 512, seed: int = 0) -> torch.nn.Module:
+    """Mask2Former at transformers' COCO defaults (width 256, 100 queries) around a Swin-T, 80 classes."""
+    from ..detection import build_mask2former
+
+    return _around_swin_t(build_mask2former)(image_size, seed)
+
+
+def _class_targets(model: torch.nn.Module, x: torch.Tensor, generator: torch.Generator) -> dict:
+    return {"labels": torch.randint(model.config.num_labels, x.shape[:1], generator=generator)}
+
+
+def _pixel_targets(model: torch.nn.Module, x: torch.Tensor, generator: torch.Generator) -> dict:
+    return {"labels": torch.randint(model.config.num_labels, x.shape[:1] + x.shape[2:], generator=generator)}
+
+
+def _random_boxes(count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` boxes (center x, center y, width, height; fractions of the image) inside the image."""
+    size = 0.05 + 0.3 * torch.rand(count, 2, generator=generator)
+    center = size / 2 + (1 - size) * torch.rand(count, 2, generator=generator)
+    return torch.cat([center, size], dim=1)
+
+
+def _box_targets(model: torch.nn.Module, x: torch.Tensor, generator: torch.Generator, objects: int = 5) -> dict:
+    labels = [
+        {
+            "class_labels": torch.randint(model.config.num_labels, (objects,), generator=generator),
+            "boxes": _random_boxes(objects, generator),
+        }
+        for _ in range(len(x))
+    ]
+    return {"labels": labels}
+
+
+def _mask_targets(model: torch.nn.Module, x: torch.Tensor, generator: torch.Generator, objects: int = 5) -> dict:
+    """Rectangular instance masks (the boxes of :func:`_box_targets`) at the image's size, and their classes."""
+    height, width = x.shape[2:]
+    rows, columns = torch.arange(height)[:, None] / height, torch.arange(width)[None, :] / width
+    masks, classes = [], []
+    for _ in range(len(x)):
+        cx, cy, w, h = _random_boxes(objects, generator).T[..., None, None]
+        inside = ((columns - cx).abs() <= w / 2) & ((rows - cy).abs() <= h / 2)
+        masks.append(inside.float())
+        classes.append(torch.randint(model.config.num_labels, (objects,), generator=generator))
+    return {"mask_labels": masks, "class_labels": classes}
+
+
+@dataclass(frozen=True)
+class SpeedModel:
+    """A network of the speed benchmark: its builder (image size, seed), the training call's random targets for a
+    batch of images, and its description in the report."""
+
+    build: Callable[[int, int], torch.nn.Module]
+    targets: Callable[[torch.nn.Module, torch.Tensor, torch.Generator], dict]
+    description: str
+
+
+SPEED_MODELS = {
+    "swin-t": SpeedModel(swin_t, _class_targets, "SwinForImageClassification(SwinConfig()) (Swin-T), random init"),
+    "upernet-swin-t": SpeedModel(
+        upernet_swin_t,
+        _pixel_targets,
+        "UperNetForSemanticSegmentation around SwinConfig() (Swin-T), hidden 512, 150 classes, auxiliary head, "
+        "random init",
+    ),
+    "rt-detr-swin-t": SpeedModel(
+        rt_detr_swin_t,
+        _box_targets,
+        "RT-DETR (mona_peft.detection.build_detector, transformers' COCO sizes: 300 queries, 100 denoising) around "
+        "SwinConfig() (Swin-T), 80 classes, 5 boxes per image, random init",
+    ),
+    "mask2former-swin-t": SpeedModel(
+        mask2former_swin_t,
+        _mask_targets,
+        "Mask2Former (mona_peft.detection.build_mask2former, transformers' COCO sizes) around SwinConfig() (Swin-T), "
+        "80 classes, 5 masks per image, random init",
+    ),
+}
+
+
 def build_models(config: SpeedConfig) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
     """The bare model (eval) and one copy per method, all with the same weights."""
     from ..architectures import head_modules
@@ -82,14 +181,24 @@ def build_models(config: SpeedConfig) -> tuple[torch.nn.Module, dict[str, torch.
     if config.model not in SPEED_MODELS:
         raise ValueError(f"Unknown speed model {config.model!r}; available: {', '.join(SPEED_MODELS)}.")
     device = torch.device(config.device)
-    builder = swin_t if config.model == "swin-t" else upernet_swin_t
-    base = builder(config.image_size, config.seed).to(device)
+    base = SPEED_MODELS[config.model].build(config.image_size, config.seed).to(device)
     heads = head_modules(base)
     models = {}
     for method in config.methods:
         torch.manual_seed(config.seed)
         models[method] = build_method(copy.deepcopy(base), method, heads)
     return base.eval(), models
+
+
+def _to_device(value, device: torch.device):
+    """``value`` (tensors, in lists and dicts) on ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: _to_device(item, device) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_to_device(item, device) for item in value]
+    return value
 
 
 MODES = ("eager", "compiled")
@@ -117,29 +226,29 @@ def run_speed(config: SpeedConfig, output: str | Path | None, command: str, log=
     started, cpu_start = time.perf_counter(), cpu_snapshot()
     bare, models = build_models(config)
     generator = torch.Generator().manual_seed(config.seed)
-    x = torch.randn(config.batch_size, 3, config.image_size, config.image_size, generator=generator).to(device)
-    label_shape = (config.batch_size,) if config.model == "swin-t" else x.shape[:1] + x.shape[2:]  # a class per pixel
-    y = torch.randint(bare.config.num_labels, label_shape, generator=generator).to(device)
+    x = torch.randn(config.batch_size, 3, config.image_size, config.image_size, generator=generator)
+    targets = _to_device(SPEED_MODELS[config.model].targets(bare, x, generator), device)
+    x = x.to(device)
 
     rows, bare_ms = [], {}
     for mode in MODES if config.torch_compile else MODES[:1]:
-        mode_rows, bare_ms[mode] = _measure_mode(config, mode, bare, models, x, y, sync, log)
+        mode_rows, bare_ms[mode] = _measure_mode(config, mode, bare, models, x, targets, sync, log)
         rows += mode_rows
     wall = time.perf_counter() - started
     env["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     env["cpu_share_used_elsewhere"] = contention(cpu_start)
-    targets = MONA_TARGETS[config.model]
+    mona_targets = MONA_TARGETS.get(config.model, {})
     meets = {}
     for mode in bare_ms:
         mona = next((row for row in rows if row["method"] == "mona" and row["mode"] == mode), None)
-        meets[mode] = None if mona is None else {key: mona[key] <= target for key, target in targets.items()}
+        meets[mode] = None if mona is None else {key: mona[key] <= target for key, target in mona_targets.items()}
     report = {
         "command": command,
         "config": asdict(config),
-        "model": f"{SPEED_MODELS[config.model]}, at {config.image_size}x{config.image_size}",
+        "model": f"{SPEED_MODELS[config.model].description}, at {config.image_size}x{config.image_size}",
         "environment": env,
         "bare_infer_median_ms": bare_ms["eager"],
-        "mona_targets": targets,
+        "mona_targets": mona_targets,
         "mona_meets_targets": meets["eager"],
         "rows": rows,
         "wall_time_s": round(wall, 1),
@@ -171,7 +280,7 @@ def _measure_mode(
     bare: torch.nn.Module,
     models: dict[str, torch.nn.Module],
     x: torch.Tensor,
-    y: torch.Tensor,
+    targets: dict,
     sync,
     log,
 ) -> tuple[list[dict], float]:
@@ -222,7 +331,7 @@ def _measure_mode(
         model, optimizer = models[method], optimizers[method]
 
         def run() -> None:
-            model(pixel_values=x, labels=y).loss.backward()
+            model(pixel_values=x, **targets).loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
