@@ -409,3 +409,67 @@ def test_segmentation_adapter_is_pushed_and_its_cards_snippet_reloads_it_in_a_fr
     )
     torch.testing.assert_close(logits_in_fresh_process(hub, tmp_path, script, str(image_path)), expected)
     assert hub.state.unhandled == []
+
+
+@pytest.mark.parametrize("task_name", ["object-detection", "instance-segmentation"])
+def test_detection_adapters_are_pushed_and_their_cards_snippets_reload_them_in_a_fresh_process(
+    task_name, hub, tmp_path
+):
+    from conftest import build_tiny_model
+    from peft import PeftModel
+    from PIL import Image
+    from transformers import AutoImageProcessor, ViTImageProcessor
+
+    from mona_peft.data.detection import instance_scene_split, write_coco_folder
+    from mona_peft.detection import load_detection_base, load_instance_segmentation_base
+    from mona_peft.training import main
+    from mona_peft.training.instance_segmentation import InstanceSegmentationTask
+    from mona_peft.training.object_detection import ObjectDetectionTask
+
+    task, load_base, config_file, size_flags, output = {
+        "object-detection": (
+            ObjectDetectionTask, load_detection_base, "detection_config.json",
+            ["--image_square_size", "32", "--d_model", "32"], "pred_boxes",
+        ),
+        "instance-segmentation": (
+            InstanceSegmentationTask, load_instance_segmentation_base, "instance_segmentation_config.json",
+            ["--image_height", "32", "--image_width", "32", "--hidden_dim", "32"], "masks_queries_logits",
+        ),
+    }[task_name]  # fmt: skip
+    backbone = tmp_path / "backbone"
+    build_tiny_model("swin", depths=[1, 1, 1], num_heads=[2, 2, 4]).save_pretrained(backbone)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        backbone
+    )
+    data = tmp_path / "data"
+    write_coco_folder(instance_scene_split("train", 4, seed=0), ["digit 0", "digit 1", "digit 2"], data)
+    out, repo_id = tmp_path / "out", f"{USER}/mona-tiny-{task_name}"
+    main(
+        ["--model_name_or_path", str(backbone), "--train_dir", str(data), "--validation_dir", str(data),
+         "--output_dir", str(out), "--max_train_steps", "2", "--per_device_train_batch_size", "2", "--report_to",
+         "none", "--num_queries", "5", *size_flags, "--push_to_hub", "--hub_model_id", repo_id, "--hub_token", TOKEN],
+        task=task,
+    )  # fmt: skip
+    assert {config_file, "preprocessor_config.json", "adapter_model.safetensors", "README.md"} <= set(
+        hub.files(repo_id)
+    )
+    image_path = next(data.glob("*.png"))
+    model = PeftModel.from_pretrained(load_base(out), out).eval()
+    with torch.no_grad():
+        pixels = AutoImageProcessor.from_pretrained(out)(
+            images=Image.open(image_path).convert("RGB"), return_tensors="pt"
+        )
+        expected = getattr(model(**pixels), output)
+
+    # The card's own snippet, as a user copies it from the Hub, in a fresh process that only knows the test Hub.
+    card = Path(HfApi(endpoint=hub.url, token=TOKEN).hf_hub_download(repo_id, "README.md", cache_dir=tmp_path / "c"))
+    blocks = card.read_text().split("```python\n")[1:]
+    snippet = next(block.split("```")[0] for block in blocks if load_base.__name__ in block)
+    assert repo_id in snippet
+    script = (
+        "import sys\nfrom PIL import Image\nimage = Image.open(sys.argv[1]).convert('RGB')\n"
+        + snippet
+        + f"torch.save(outputs.{output}, sys.argv[-1])\n"
+    )
+    torch.testing.assert_close(logits_in_fresh_process(hub, tmp_path, script, str(image_path)), expected)
+    assert hub.state.unhandled == []

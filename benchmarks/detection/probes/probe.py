@@ -1,9 +1,9 @@
 """Which detector learns fastest from little data on CPU, and at which scene size: full fine-tuning of the shipped
 Swin inside each detector on the offline digit-instances scenes, validation box AP after every epoch.
 
-    python benchmarks/detection/probes/probe.py --detector conditional_detr --scene_size 64 --epochs 4 --lr 3e-4
+    python benchmarks/detection/probes/probe.py --detector conditional_detr --scene_size 32 --epochs 4 --lr 3e-4
 
---scene_size other than 64 rescales the scenes' digit sizes with it (a variant of the task, for this probe only).
+--scene_size other than the task's (32) rescales the scenes' digit sizes with it (a variant of the task, for this probe only).
 """
 
 import argparse
@@ -18,7 +18,7 @@ from mona_peft.training.object_detection import DetectionArguments, ObjectDetect
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--detector", default="conditional_detr")
-parser.add_argument("--scene_size", type=int, default=64)
+parser.add_argument("--scene_size", type=int, default=detection_data.INSTANCE_SCENE_SIZE)
 parser.add_argument("--epochs", type=int, default=4)
 parser.add_argument("--lr", type=float, default=3e-4)
 parser.add_argument("--method", default="full")
