@@ -55,6 +55,9 @@ def test_rate_is_chosen_on_the_mean_over_seeds_and_jobs_go_seed_by_seed():
         {"method": "mona", "lr": 1e-3, "seed": 1, "val_score": 0.6},
     ]
     assert choose_learning_rates(rows, config)["mona"]["chosen_lr"] == 1e-3
+    # A seed run at one rate only (as after the choice) is left out of the comparison: both rates ran seed 1 alone.
+    choice = choose_learning_rates([rows[1], rows[3], {**rows[1], "seed": 2, "val_score": 0.0}], config)["mona"]
+    assert choice == {"val_score_by_lr": {"0.01": 0.1, "0.001": 0.6}, "chosen_lr": 1e-3}
     assert pending_jobs(config, rows[:1]) == [Job("mona", 1e-3, 0), Job("mona", 1e-3, 1), Job("mona", 1e-2, 1)]
 
 

@@ -254,11 +254,18 @@ def run_jobs(jobs: list[Job], config: DenseBenchmarkConfig, work_dir: Path) -> I
 
 
 def choose_learning_rates(rows: list[dict], config: DenseBenchmarkConfig) -> dict[str, dict]:
-    """Per method: mean final validation score of each rate (over its seeds), and the rate with the best one."""
+    """Per method: mean final validation score of each rate, and the rate with the best one. The rates are compared
+    on the seeds they all ran (every seed, once the grid is complete), so that more seeds at one rate, run after the
+    choice, do not change it."""
     chosen = {}
     for method in config.methods:
-        by_lr = {lr: [r["val_score"] for r in rows if r["method"] == method and r["lr"] == lr] for lr in config.lr_grid}
-        means = {lr: statistics.fmean(values) for lr, values in by_lr.items() if values}
+        by_lr = {
+            lr: {r["seed"]: r["val_score"] for r in rows if r["method"] == method and r["lr"] == lr}
+            for lr in config.lr_grid
+        }
+        ran = [scores for scores in by_lr.values() if scores]
+        common = set.intersection(*(set(scores) for scores in ran)) if ran else set()
+        means = {lr: statistics.fmean(scores[s] for s in common) for lr, scores in by_lr.items() if scores and common}
         if means:
             chosen[method] = {"val_score_by_lr": {f"{lr:g}": m for lr, m in means.items()}}
             chosen[method]["chosen_lr"] = max(means, key=means.get)
@@ -349,7 +356,7 @@ def markdown(results: dict) -> str:
         '"In the backbone": trainable parameters beyond the heads (what linear probing trains). Full fine-tuning '
         "and linear probing save the whole model.",
         "",
-        f"## Learning-rate grid (mean final validation {label} %, over seeds)",
+        f"## Learning-rate grid (mean final validation {label} %, over the seeds every rate ran)",
         "",
         "| method | " + " | ".join(f"{lr:g}" for lr in grid) + " |",
         "|---|" + "---:|" * len(grid),
