@@ -128,6 +128,27 @@ def tiny_pixel_values():
     return build_tiny_pixel_values
 
 
+def save_tiny_backbone_checkpoint(path: Path) -> str:
+    """A tiny pretrained-like Swin checkpoint with three stages (the detectors and Mask2Former read three feature
+    maps) and a 32x32 image processor, saved to ``path``; returns the path."""
+    build_tiny_model("swin", depths=[1, 1, 1], num_heads=[2, 2, 4]).save_pretrained(path)
+    tf.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        path
+    )
+    return str(path)
+
+
+def write_digit_coco_folders(root: Path, train: int = 6, validation: int = 3) -> tuple[Path, Path]:
+    """Small COCO folders (images + annotations.json with boxes and RLE masks) of offline digit scenes."""
+    from mona_peft.data.detection import DETECTION_CLASSES, instance_scene_split, write_coco_folder
+
+    write_coco_folder(instance_scene_split("train", train, seed=0), list(DETECTION_CLASSES), root / "train")
+    write_coco_folder(
+        instance_scene_split("validation", validation, seed=0), list(DETECTION_CLASSES), root / "validation"
+    )
+    return root / "train", root / "validation"
+
+
 _FRESH_PROCESS_RELOAD = """
 import sys
 import traceback

@@ -415,12 +415,11 @@ def test_segmentation_adapter_is_pushed_and_its_cards_snippet_reloads_it_in_a_fr
 def test_detection_adapters_are_pushed_and_their_cards_snippets_reload_them_in_a_fresh_process(
     task_name, hub, tmp_path
 ):
-    from conftest import build_tiny_model
+    from conftest import save_tiny_backbone_checkpoint, write_digit_coco_folders
     from peft import PeftModel
     from PIL import Image
-    from transformers import AutoImageProcessor, ViTImageProcessor
+    from transformers import AutoImageProcessor
 
-    from mona_peft.data.detection import instance_scene_split, write_coco_folder
     from mona_peft.detection import load_detection_base, load_instance_segmentation_base
     from mona_peft.training import main
     from mona_peft.training.instance_segmentation import InstanceSegmentationTask
@@ -436,16 +435,11 @@ def test_detection_adapters_are_pushed_and_their_cards_snippets_reload_them_in_a
             ["--image_height", "32", "--image_width", "32", "--hidden_dim", "32"], "masks_queries_logits",
         ),
     }[task_name]  # fmt: skip
-    backbone = tmp_path / "backbone"
-    build_tiny_model("swin", depths=[1, 1, 1], num_heads=[2, 2, 4]).save_pretrained(backbone)
-    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
-        backbone
-    )
-    data = tmp_path / "data"
-    write_coco_folder(instance_scene_split("train", 4, seed=0), ["digit 0", "digit 1", "digit 2"], data)
+    backbone = save_tiny_backbone_checkpoint(tmp_path / "backbone")
+    data, _ = write_digit_coco_folders(tmp_path / "data", train=4, validation=1)
     out, repo_id = tmp_path / "out", f"{USER}/mona-tiny-{task_name}"
     main(
-        ["--model_name_or_path", str(backbone), "--train_dir", str(data), "--validation_dir", str(data),
+        ["--model_name_or_path", backbone, "--train_dir", str(data), "--validation_dir", str(data),
          "--output_dir", str(out), "--max_train_steps", "2", "--per_device_train_batch_size", "2", "--report_to",
          "none", "--num_queries", "5", *size_flags, "--push_to_hub", "--hub_model_id", repo_id, "--hub_token", TOKEN],
         task=task,

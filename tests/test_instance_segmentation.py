@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from conftest import build_tiny_model
+from conftest import save_tiny_backbone_checkpoint, write_digit_coco_folders
 from huggingface_hub import ModelCard
 from huggingface_hub.utils import filter_repo_objects
 from PIL import Image
@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mona_peft.data.detection import INSTANCE_SCENE_SIZE, decode_mask, instance_scene_split, write_coco_folder
+from mona_peft.data.detection import INSTANCE_SCENE_SIZE, decode_mask, instance_scene_split
 from mona_peft.detection import INSTANCE_SEGMENTATION_CONFIG_FILE
 from mona_peft.hub import ALLOW_PATTERNS, IGNORE_PATTERNS
 from mona_peft.training import main, parse_args
@@ -41,22 +41,12 @@ CLASSES = ["digit 0", "digit 1", "digit 2"]
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory) -> str:
-    """A tiny pretrained-like Swin checkpoint with three stages (Mask2Former's pixel decoder reads three maps)."""
-    path = tmp_path_factory.mktemp("backbone") / "swin"
-    build_tiny_model("swin", depths=[1, 1, 1], num_heads=[2, 2, 4]).save_pretrained(path)
-    tf.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
-        path
-    )
-    return str(path)
+    return save_tiny_backbone_checkpoint(tmp_path_factory.mktemp("backbone") / "swin")
 
 
 @pytest.fixture(scope="module")
 def coco_folders(tmp_path_factory) -> tuple[Path, Path]:
-    """Small COCO folders (images + annotations.json with RLE masks) of offline digit scenes."""
-    root = tmp_path_factory.mktemp("coco")
-    write_coco_folder(instance_scene_split("train", 6, seed=0), CLASSES, root / "train")
-    write_coco_folder(instance_scene_split("validation", 3, seed=0), CLASSES, root / "validation")
-    return root / "train", root / "validation"
+    return write_digit_coco_folders(tmp_path_factory.mktemp("coco"))
 
 
 def _args(backbone: str, out: Path, folders: tuple[Path, Path], *extra: str) -> list[str]:

@@ -9,36 +9,24 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
-from conftest import build_tiny_model
+from conftest import save_tiny_backbone_checkpoint, write_digit_coco_folders
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
-from mona_peft.data.detection import AnnotationError, instance_scene_split, write_coco_folder
+from mona_peft.data.detection import AnnotationError
 from mona_peft.detection import DETECTION_CONFIG_FILE, DETECTORS
 from mona_peft.training import main
 from mona_peft.training.object_detection import ObjectDetectionTask
 
-CLASSES = ["digit 0", "digit 1", "digit 2"]
-
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory) -> str:
-    """A tiny pretrained-like Swin checkpoint (three stages, as the detectors read the last three)."""
-    path = tmp_path_factory.mktemp("backbone") / "swin"
-    build_tiny_model("swin", depths=[1, 1, 1], num_heads=[2, 2, 4]).save_pretrained(path)
-    tf.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
-        path
-    )
-    return str(path)
+    return save_tiny_backbone_checkpoint(tmp_path_factory.mktemp("backbone") / "swin")
 
 
 @pytest.fixture(scope="module")
 def coco_folders(tmp_path_factory) -> tuple[Path, Path]:
-    """Small COCO folders (images + annotations.json) of offline digit scenes."""
-    root = tmp_path_factory.mktemp("coco")
-    write_coco_folder(instance_scene_split("train", 6, seed=0), CLASSES, root / "train")
-    write_coco_folder(instance_scene_split("validation", 3, seed=0), CLASSES, root / "validation")
-    return root / "train", root / "validation"
+    return write_digit_coco_folders(tmp_path_factory.mktemp("coco"))
 
 
 def _args(backbone: str, out: Path, folders: tuple[Path, Path], *extra: str) -> list[str]:

@@ -56,6 +56,7 @@ from .segmentation import (
     SCENE_DIGITS,
     ComposedScene,
     SceneLayout,
+    SceneTask,
     _digit_pool,
     _photographs,
     compose_instances,
@@ -81,28 +82,18 @@ _MAX_LISTED = 20
 OBJECT_FIELDS = ("id", "category", "bbox", "area", "iscrowd", "segmentation")
 
 
-@dataclass(frozen=True)
-class DetectionTask:
-    """An offline detection task: split sizes and a starting schedule (digit-scenes' own; not tuned for detection)."""
-
-    name: str
-    description: str
-    sizes: dict[str, int]
-    epochs: int
-    batch_size: int
-
-
-DETECTION_TASKS: dict[str, DetectionTask] = {
+#: Each task's schedule is the one every method gets in the dense benchmarks (mona_peft.benchmarking.dense).
+DETECTION_TASKS: dict[str, SceneTask] = {
     task.name: task
     for task in (
-        DetectionTask(
+        SceneTask(
             "digit-instances",
             "instances of digits 0-2 composed on real photographs, 32x32, 1500/200/200 scenes",
             {"train": 1500, "validation": 200, "test": 200},
             epochs=6,
             batch_size=16,
         ),
-        DetectionTask(
+        SceneTask(
             "digit-instances-fewshot",
             "the same scenes with 100 training and 40 validation images (test split shared with digit-instances)",
             {"train": 100, "validation": 40, "test": 200},

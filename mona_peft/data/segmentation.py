@@ -56,8 +56,8 @@ DIGIT_SHARES = {"train": 0.6, "validation": 0.2, "test": 0.2}
 
 
 @dataclass(frozen=True)
-class SegmentationTask:
-    """An offline segmentation task: split sizes and the schedule every method gets on it."""
+class SceneTask:
+    """An offline scene task (segmentation or detection): split sizes and the schedule every method gets on it."""
 
     name: str
     description: str
@@ -66,17 +66,17 @@ class SegmentationTask:
     batch_size: int
 
 
-SEGMENTATION_TASKS: dict[str, SegmentationTask] = {
+SEGMENTATION_TASKS: dict[str, SceneTask] = {
     task.name: task
     for task in (
-        SegmentationTask(
+        SceneTask(
             "digit-scenes",
             "digits 0-2 composed on real photographs, 32x32, 1500/200/200 scenes",
             {"train": 1500, "validation": 200, "test": 200},
             epochs=6,
             batch_size=16,
         ),
-        SegmentationTask(
+        SceneTask(
             "digit-scenes-fewshot",
             "the same scenes with 100 training and 40 validation images (test split shared with digit-scenes)",
             {"train": 100, "validation": 40, "test": 200},

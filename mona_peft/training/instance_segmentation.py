@@ -33,20 +33,17 @@ from transformers import (
     Mask2FormerImageProcessorPil,
 )
 
-from ..architectures import head_modules
 from ..data.detection import (
     INSTANCE_SCENE_SIZE,
     decode_mask,
     detection_features,
     encode_mask,
-    load_detection_data,
-    load_detection_task,
     mask_box,
 )
 from ..detection import Mask2FormerSize, build_mask2former, save_instance_segmentation_config
 from ..metrics.coco import CocoEvaluator
 from .config import RunConfig
-from .task import TrainingTask
+from .object_detection import CocoTask
 
 #: What the evaluation scores: masks (COCO mask AP, first) and the boxes of the predicted masks (box AP).
 IOU_TYPES = ("bbox", "segm")
@@ -98,7 +95,7 @@ class InstanceSegmentationArguments:
     num_queries: int | None = field(default=None, metadata={"help": "Mask queries (default 100; 20 offline)."})
 
 
-class InstanceSegmentationTask(TrainingTask):
+class InstanceSegmentationTask(CocoTask):
     """COCO-style instance masks; COCO mask AP (AP, AP50, AP75, AP small/medium/large, AR), per-class mask AP and
     the box AP of the masks' boxes, from pycocotools.
 
@@ -110,6 +107,8 @@ class InstanceSegmentationTask(TrainingTask):
     """
 
     pipeline_tag = "image-segmentation"
+    card_task = "instance-segmentation"
+    require_masks = True
     default_output_dir = "outputs/mona-digit-instances-masks"
     arguments_class = InstanceSegmentationArguments
     run_defaults = {
@@ -126,31 +125,11 @@ class InstanceSegmentationTask(TrainingTask):
         self.arguments = arguments or InstanceSegmentationArguments()
         self.processor = None
 
-    def _shipped(self, config: RunConfig) -> bool:
-        return config.model_name_or_path == self.default_model()
-
     def _is_segmenter_checkpoint(self, config: RunConfig) -> bool:
         return AutoConfig.from_pretrained(config.model_name_or_path).model_type in SEGMENTER_TYPES
 
-    def dataset_label(self, config: RunConfig) -> str:
-        if not (config.dataset_name or config.train_dir or config.task):
-            return "digit-instances"
-        return super().dataset_label(config)
-
-    def load_data(self, config: RunConfig) -> tuple[DatasetDict, list[str]]:
-        if config.task:
-            return load_detection_task(config.task, config.task_seed or 0)
-        if config.dataset_name:
-            return _load_hub_instance_data(config, self.arguments.do_reduce_labels)
-        if not config.train_dir:
-            return load_detection_task("digit-instances", config.task_seed or 0)
-        return load_detection_data(
-            config.train_dir,
-            config.validation_dir,
-            require_masks=True,
-            seed=config.seed,
-            validation_fraction=config.validation_fraction,
-        )
+    def load_hub_data(self, config: RunConfig) -> tuple[DatasetDict, list[str]]:
+        return _load_hub_instance_data(config, self.arguments.do_reduce_labels)
 
     def _image_size(self, config: RunConfig) -> tuple[int, int]:
         """``--image_height`` and ``--image_width``, or their defaults."""
@@ -231,9 +210,6 @@ class InstanceSegmentationTask(TrainingTask):
             )
         return build_mask2former(config.model_name_or_path, labels, size)
 
-    def head_modules(self, model: nn.Module) -> list[str]:
-        return head_modules(model)
-
     def evaluate(self, model: nn.Module, loader: DataLoader, accelerator: Accelerator, labels: list[str]) -> dict:
         """COCO mask AP and box AP of every query's instances (as run_instance_segmentation.py scores them:
         ``threshold=0.0``), from :func:`instance_predictions`; a prediction's box is its mask's."""
@@ -257,17 +233,8 @@ class InstanceSegmentationTask(TrainingTask):
         results["mask_map_per_class"] = [round(float(v), 6) for v in scores["mask_map_per_class"]]
         return results
 
-    def write_model_card(self, output_dir: Path, **card: Any) -> Path:
-        from ..model_card import write_model_card
-
-        return write_model_card(output_dir, task="instance-segmentation", **card)
-
-    def save_extras(self, model: nn.Module, processor: Any, output_dir: Path) -> None:
-        """The processor (the run built it), and for a Mask2Former built here the config
-        ``load_instance_segmentation_base`` rebuilds the base model from."""
-        processor.save_pretrained(output_dir)
-        if getattr(model.config, "backbone_checkpoint", None):
-            save_instance_segmentation_config(model, output_dir)
+    def save_base_config(self, model: nn.Module, output_dir: Path) -> None:
+        save_instance_segmentation_config(model, output_dir)
 
 
 def _mask_pixels(backbone: str, size: tuple[int, int]) -> int:

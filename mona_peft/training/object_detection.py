@@ -50,7 +50,62 @@ class DetectionArguments:
     num_queries: int | None = field(default=None, metadata={"help": "Object queries (default 300; 20 offline)."})
 
 
-class ObjectDetectionTask(TrainingTask):
+class CocoTask(TrainingTask):
+    """What the COCO-annotated tasks share (detection and instance segmentation): the data (the offline
+    ``digit-instances`` scenes by default, ``--task``, local COCO folders with ``--train_dir``, or a Hub dataset
+    through :meth:`load_hub_data`), the heads (everything outside the backbone, found from the model), the card and
+    the files beside the adapter (the processor, and for a model built around a backbone checkpoint the config its
+    ``load_*_base`` rebuilds it from)."""
+
+    #: ``write_model_card``'s task.
+    card_task: str = ""
+    #: Every annotation of a local COCO folder must have a mask.
+    require_masks: bool = False
+
+    def _shipped(self, config: RunConfig) -> bool:
+        return config.model_name_or_path == self.default_model()
+
+    def dataset_label(self, config: RunConfig) -> str:
+        if not (config.dataset_name or config.train_dir or config.task):
+            return "digit-instances"
+        return super().dataset_label(config)
+
+    def load_data(self, config: RunConfig) -> tuple[DatasetDict, list[str]]:
+        if config.task or not (config.dataset_name or config.train_dir):
+            return load_detection_task(config.task or "digit-instances", config.task_seed or 0)
+        if config.dataset_name:
+            return self.load_hub_data(config)
+        return load_detection_data(
+            config.train_dir,
+            config.validation_dir,
+            require_masks=self.require_masks,
+            seed=config.seed,
+            validation_fraction=config.validation_fraction,
+        )
+
+    def load_hub_data(self, config: RunConfig) -> tuple[DatasetDict, list[str]]:
+        """``--dataset_name``'s splits, as detection rows, and the class names."""
+        raise NotImplementedError
+
+    def save_base_config(self, model: nn.Module, output_dir: Path) -> None:
+        """Write the config the card's ``load_*_base`` rebuilds the base model from."""
+        raise NotImplementedError
+
+    def head_modules(self, model: nn.Module) -> list[str]:
+        return head_modules(model)
+
+    def write_model_card(self, output_dir: Path, **card: Any) -> Path:
+        from ..model_card import write_model_card
+
+        return write_model_card(output_dir, task=self.card_task, **card)
+
+    def save_extras(self, model: nn.Module, processor: Any, output_dir: Path) -> None:
+        processor.save_pretrained(output_dir)
+        if getattr(model.config, "backbone_checkpoint", None):
+            self.save_base_config(model, output_dir)
+
+
+class ObjectDetectionTask(CocoTask):
     """COCO-style boxes; COCO box AP (AP, AP50, AP75, AP small/medium/large, AR) from pycocotools.
 
     ``--model_name_or_path`` is either a detector checkpoint (loaded with fresh class heads for the data's classes)
@@ -58,7 +113,7 @@ class ObjectDetectionTask(TrainingTask):
     heads. What is outside the backbone is found from the model and trains with every method.
     """
 
-    pipeline_tag = "object-detection"
+    pipeline_tag = card_task = "object-detection"
     default_output_dir = "outputs/mona-digit-instances"
     arguments_class = DetectionArguments
     run_defaults = {
@@ -77,31 +132,12 @@ class ObjectDetectionTask(TrainingTask):
             raise ValueError(f"Unknown --detector {self.arguments.detector!r}; available: {', '.join(DETECTORS)}.")
         self.processor = None
 
-    def _shipped(self, config: RunConfig) -> bool:
-        return config.model_name_or_path == self.default_model()
-
     def _is_detector_checkpoint(self, config: RunConfig) -> bool:
         model_type = AutoConfig.from_pretrained(config.model_name_or_path).model_type
         return model_type in DETECTORS
 
-    def dataset_label(self, config: RunConfig) -> str:
-        if not (config.dataset_name or config.train_dir or config.task):
-            return "digit-instances"
-        return super().dataset_label(config)
-
-    def load_data(self, config: RunConfig) -> tuple[DatasetDict, list[str]]:
-        if config.task:
-            return load_detection_task(config.task, config.task_seed or 0)
-        if config.dataset_name:
-            return _load_hub_detection_data(config)
-        if not config.train_dir:
-            return load_detection_task("digit-instances", config.task_seed or 0)
-        return load_detection_data(
-            config.train_dir,
-            config.validation_dir,
-            seed=config.seed,
-            validation_fraction=config.validation_fraction,
-        )
+    def load_hub_data(self, config: RunConfig) -> tuple[DatasetDict, list[str]]:
+        return _load_hub_detection_data(config)
 
     def load_processor(self, config: RunConfig) -> Any:
         size = self.arguments.image_square_size or (INSTANCE_SCENE_SIZE if self._shipped(config) else 640)
@@ -171,9 +207,6 @@ class ObjectDetectionTask(TrainingTask):
         )
         return build_detector(self.arguments.detector, config.model_name_or_path, labels, size)
 
-    def head_modules(self, model: nn.Module) -> list[str]:
-        return head_modules(model)
-
     def evaluate(self, model: nn.Module, loader: DataLoader, accelerator: Accelerator, labels: list[str]) -> dict:
         """COCO box AP of the post-processed detections (every query kept: COCO's 100 detections per image)."""
         evaluator = CocoEvaluator(labels, ("bbox",))
@@ -195,17 +228,8 @@ class ObjectDetectionTask(TrainingTask):
         results["map_per_class"] = [round(float(v), 6) for v in scores["map_per_class"]]
         return results
 
-    def write_model_card(self, output_dir: Path, **card: Any) -> Path:
-        from ..model_card import write_model_card
-
-        return write_model_card(output_dir, task="object-detection", **card)
-
-    def save_extras(self, model: nn.Module, processor: Any, output_dir: Path) -> None:
-        """The processor (the run built it), and for a detector built here the config ``load_detection_base``
-        rebuilds the base model from."""
-        processor.save_pretrained(output_dir)
-        if getattr(model.config, "backbone_checkpoint", None):
-            save_detection_config(model, output_dir)
+    def save_base_config(self, model: nn.Module, output_dir: Path) -> None:
+        save_detection_config(model, output_dir)
 
 
 def _coco_annotations(objects: dict) -> list[dict]:

@@ -3,7 +3,8 @@ Swin inside each detector on the offline digit-instances scenes, validation box 
 
     python benchmarks/detection/probes/probe.py --detector conditional_detr --scene_size 32 --epochs 4 --lr 3e-4
 
---scene_size other than the task's (32) rescales the scenes' digit sizes with it (a variant of the task, for this probe only).
+--scene_size other than the task's (32) rescales the scenes' digit sizes with it (a variant of the task, for this
+probe only).
 """
 
 import argparse
