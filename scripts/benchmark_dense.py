@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=2, help="Processes; each trains one run at a time.")
     parser.add_argument("--threads", type=int, default=1, help="Torch threads per process.")
     parser.add_argument("--max_train_steps", type=int, default=None, help="Cut runs short (quick checks).")
+    parser.add_argument("--report_only", action="store_true", help="Train nothing: report the runs in --work_dir.")
     parser.add_argument("--work_dir", default="runs/segmentation")
     parser.add_argument("--output_dir", default="benchmarks/segmentation")
     args = parser.parse_args(argv)
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
         threads=args.threads,
         max_train_steps=args.max_train_steps,
     )
-    results = run_dense_benchmark(config, args.work_dir)
+    results = run_dense_benchmark(config, args.work_dir, report_only=args.report_only)
     results["command"] = shlex.join(["python", "scripts/benchmark_dense.py", *(argv or sys.argv[1:])])
     write_results(results, args.output_dir)
     return results

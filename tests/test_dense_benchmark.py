@@ -36,9 +36,11 @@ def test_quick_benchmark_records_curves_chooses_on_validation_resumes_and_report
     for method, choice in results["learning_rates"].items():
         best = max((r for r in rows if r["method"] == method), key=lambda r: r["val_score"])
         assert choice["chosen_lr"] == best["lr"]
-    # A second call on the same work dir trains nothing more.
+    # A second call on the same work dir trains nothing more; a report of more seeds trains nothing either.
     again = run_dense_benchmark(config, tmp_path / "work", log=lambda _: None)
     assert len(again["rows"]) == 4
+    more_seeds = DenseBenchmarkConfig(**{**config.__dict__, "seeds": [0, 1]})
+    assert run_dense_benchmark(more_seeds, tmp_path / "work", log=lambda _: None, report_only=True)["rows"] == rows
     assert len((tmp_path / "work" / "runs.jsonl").read_text().splitlines()) == 4
     write_results(again, tmp_path / "out")
     report = (tmp_path / "out" / "results.md").read_text()

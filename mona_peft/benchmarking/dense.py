@@ -272,13 +272,16 @@ def choose_learning_rates(rows: list[dict], config: DenseBenchmarkConfig) -> dic
     return chosen
 
 
-def run_dense_benchmark(config: DenseBenchmarkConfig, work_dir: str | Path, log=print) -> dict:
-    """Run every pending job (resuming ``work_dir/runs.jsonl``), choose rates on validation; returns the results."""
+def run_dense_benchmark(
+    config: DenseBenchmarkConfig, work_dir: str | Path, log=print, report_only: bool = False
+) -> dict:
+    """Run every pending job (resuming ``work_dir/runs.jsonl``), choose rates on validation; returns the results.
+    ``report_only``: train nothing, report the runs done (seeds run at a chosen rate only, for instance)."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     runs = work_dir / "runs.jsonl"
     rows = [json.loads(line) for line in runs.read_text().splitlines()] if runs.exists() else []
-    jobs = pending_jobs(config, rows)
+    jobs = [] if report_only else pending_jobs(config, rows)
     log(f"{len(rows)} runs done, {len(jobs)} to go")
     with runs.open("a") as sink:
         for row in run_jobs(jobs, config, work_dir):
