@@ -335,7 +335,9 @@ def test_fresh_process_reload(method, arch, fresh_process_reloads):
     folder, results = fresh_process_reloads
     expected, reloaded = results[method, arch]
     assert isinstance(reloaded, torch.Tensor), f"reload failed in the fresh process:\n{reloaded}"
-    torch.testing.assert_close(reloaded, expected, rtol=0, atol=0)
+    # Float32 round-off only: another process may split a matrix product differently (seen once in CI, 1.5e-8 on one
+    # logit of vpt_shallow-swin, on a loaded machine); a wrong or missing tensor moves the logits by far more.
+    torch.testing.assert_close(reloaded, expected, rtol=1e-6, atol=1e-7)
     # adapter-only checkpoint: the method's tensors and the head, named without the adapter name
     state = load_file(folder / f"{method}-{arch}" / "adapter_model.safetensors")
     prefix = f".{PEFT_TYPE_TO_PREFIX_MAPPING[config_for(method, arch).peft_type]}"
