@@ -116,11 +116,13 @@ class ObjectDetectionTask(CocoTask):
     pipeline_tag = card_task = "object-detection"
     default_output_dir = "outputs/mona-digit-instances"
     arguments_class = DetectionArguments
+    #: The detection benchmark's recipe and Mona's rate there (validation box AP 0.07 at 1e-3, 0.25 at 3e-3, 0.16 at
+    #: 1e-2, seed 0, benchmarks/detection).
     run_defaults = {
-        "num_train_epochs": 12,
+        "num_train_epochs": 6,
         "per_device_train_batch_size": 16,
         "per_device_eval_batch_size": 50,
-        "learning_rate": 1e-3,
+        "learning_rate": 3e-3,
         "weight_decay": 1e-4,
         "max_grad_norm": 0.1,
         "lr_scheduler_type": "cosine",
