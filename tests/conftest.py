@@ -149,6 +149,18 @@ def write_digit_coco_folders(root: Path, train: int = 6, validation: int = 3) ->
     return root / "train", root / "validation"
 
 
+@pytest.fixture(scope="module")
+def detection_backbone(tmp_path_factory) -> str:
+    """``save_tiny_backbone_checkpoint`` in a folder of the test module."""
+    return save_tiny_backbone_checkpoint(tmp_path_factory.mktemp("backbone") / "swin")
+
+
+@pytest.fixture(scope="module")
+def coco_folders(tmp_path_factory) -> tuple[Path, Path]:
+    """``write_digit_coco_folders`` (6 training and 3 validation scenes) in a folder of the test module."""
+    return write_digit_coco_folders(tmp_path_factory.mktemp("coco"))
+
+
 _FRESH_PROCESS_RELOAD = """
 import sys
 import traceback

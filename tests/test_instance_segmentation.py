@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from conftest import save_tiny_backbone_checkpoint, write_digit_coco_folders
 from huggingface_hub import ModelCard
 from huggingface_hub.utils import filter_repo_objects
 from PIL import Image
@@ -39,16 +38,6 @@ REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["digit 0", "digit 1", "digit 2"]
 
 
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory) -> str:
-    return save_tiny_backbone_checkpoint(tmp_path_factory.mktemp("backbone") / "swin")
-
-
-@pytest.fixture(scope="module")
-def coco_folders(tmp_path_factory) -> tuple[Path, Path]:
-    return write_digit_coco_folders(tmp_path_factory.mktemp("coco"))
-
-
 def _args(backbone: str, out: Path, folders: tuple[Path, Path], *extra: str) -> list[str]:
     return [
         "--model_name_or_path", backbone, "--output_dir", str(out), "--train_dir", str(folders[0]),
@@ -58,10 +47,10 @@ def _args(backbone: str, out: Path, folders: tuple[Path, Path], *extra: str) -> 
     ]  # fmt: skip
 
 
-def test_script_end_to_end_card_and_resume_equals_an_uninterrupted_run(backbone, coco_folders, tmp_path):
+def test_script_end_to_end_card_and_resume_equals_an_uninterrupted_run(detection_backbone, coco_folders, tmp_path):
     data = ["--max_train_steps", "4", "--seed", "1", "--checkpointing_steps", "2"]
     full = tmp_path / "full"
-    results = main(_args(backbone, full, coco_folders, *data), task=InstanceSegmentationTask)
+    results = main(_args(detection_backbone, full, coco_folders, *data), task=InstanceSegmentationTask)
     assert 0 <= results["eval_mask_map"] <= 1 and 0 <= results["eval_map"] <= 1
     assert len(results["eval_mask_map_per_class"]) == 3
     files = {p.name for p in full.iterdir()}
@@ -72,7 +61,7 @@ def test_script_end_to_end_card_and_resume_equals_an_uninterrupted_run(backbone,
     assert (processor.size["height"], processor.size["width"]) == (32, 32)
     assert list(processor.image_mean) == [0.5] * 3  # the backbone's normalisation
     config = json.loads((full / INSTANCE_SEGMENTATION_CONFIG_FILE).read_text())
-    assert config["model_type"] == "mask2former" and config["backbone_checkpoint"] == backbone
+    assert config["model_type"] == "mask2former" and config["backbone_checkpoint"] == detection_backbone
     assert config["backbone_config"]["out_features"] == ["stage1", "stage2", "stage3"]  # every stage
     assert config["id2label"] == {str(i): name for i, name in enumerate(CLASSES)}  # no background class
 
@@ -94,7 +83,7 @@ def test_script_end_to_end_card_and_resume_equals_an_uninterrupted_run(backbone,
     (resumed / "run_args.json").write_text((full / "run_args.json").read_text())
     shutil.copytree(full / "checkpoint-2", resumed / "checkpoint-2")
     again_results = main(
-        _args(backbone, resumed, coco_folders, *data, "--resume_from_checkpoint", "latest"),
+        _args(detection_backbone, resumed, coco_folders, *data, "--resume_from_checkpoint", "latest"),
         task=InstanceSegmentationTask,
     )
     assert again_results["eval_mask_map"] == pytest.approx(results["eval_mask_map"])
@@ -104,11 +93,13 @@ def test_script_end_to_end_card_and_resume_equals_an_uninterrupted_run(backbone,
         torch.testing.assert_close(again[key], expected[key], rtol=1e-5, atol=1e-6)
 
 
-def test_the_cards_loading_path_gives_the_trained_models_masks_in_a_fresh_process(backbone, coco_folders, tmp_path):
+def test_the_cards_loading_path_gives_the_trained_models_masks_in_a_fresh_process(
+    detection_backbone, coco_folders, tmp_path
+):
     """Mona trained a few steps; the card's own snippet (load_instance_segmentation_base + PeftModel.from_pretrained
     + post_process_instance_segmentation) in a new Python gives the trained model's mask and class logits."""
     out = tmp_path / "out"
-    argv = _args(backbone, out, coco_folders, "--max_train_steps", "3", "--checkpointing_steps", "no")
+    argv = _args(detection_backbone, out, coco_folders, "--max_train_steps", "3", "--checkpointing_steps", "no")
     config, arguments = parse_args(
         argv, extra=InstanceSegmentationArguments, defaults=InstanceSegmentationTask.run_defaults
     )
@@ -142,7 +133,7 @@ def test_the_cards_loading_path_gives_the_trained_models_masks_in_a_fresh_proces
     assert set(fresh["instances"]) == {"segmentation", "segments_info"}
 
 
-def test_a_missing_mask_is_named_through_the_script(backbone, coco_folders, tmp_path):
+def test_a_missing_mask_is_named_through_the_script(detection_backbone, coco_folders, tmp_path):
     broken = tmp_path / "train"
     shutil.copytree(coco_folders[0], broken)
     coco = json.loads((broken / "annotations.json").read_text())
@@ -152,7 +143,7 @@ def test_a_missing_mask_is_named_through_the_script(backbone, coco_folders, tmp_
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     script = REPO / "scripts" / "train_instance_segmentation.py"
-    argv = _args(backbone, out, (broken, coco_folders[1]))
+    argv = _args(detection_backbone, out, (broken, coco_folders[1]))
     done = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode != 0
     assert f"{broken / 'annotations.json'}: unusable COCO annotations" in done.stderr

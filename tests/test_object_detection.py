@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
-from conftest import save_tiny_backbone_checkpoint, write_digit_coco_folders
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
@@ -17,16 +16,6 @@ from mona_peft.data.detection import AnnotationError
 from mona_peft.detection import DETECTION_CONFIG_FILE, DETECTORS
 from mona_peft.training import main
 from mona_peft.training.object_detection import ObjectDetectionTask
-
-
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory) -> str:
-    return save_tiny_backbone_checkpoint(tmp_path_factory.mktemp("backbone") / "swin")
-
-
-@pytest.fixture(scope="module")
-def coco_folders(tmp_path_factory) -> tuple[Path, Path]:
-    return write_digit_coco_folders(tmp_path_factory.mktemp("coco"))
 
 
 def _args(backbone: str, out: Path, folders: tuple[Path, Path], *extra: str) -> list[str]:
@@ -38,10 +27,10 @@ def _args(backbone: str, out: Path, folders: tuple[Path, Path], *extra: str) -> 
     ]  # fmt: skip
 
 
-def test_script_end_to_end_card_and_resume_equals_an_uninterrupted_run(backbone, coco_folders, tmp_path):
+def test_script_end_to_end_card_and_resume_equals_an_uninterrupted_run(detection_backbone, coco_folders, tmp_path):
     data = ["--detector", "conditional_detr", "--max_train_steps", "4", "--seed", "1", "--checkpointing_steps", "2"]
     full = tmp_path / "full"
-    results = main(_args(backbone, full, coco_folders, *data), task=ObjectDetectionTask)
+    results = main(_args(detection_backbone, full, coco_folders, *data), task=ObjectDetectionTask)
     assert 0 <= results["eval_map"] <= 1 and len(results["eval_map_per_class"]) == 3
     files = {p.name for p in full.iterdir()}
     assert {"adapter_model.safetensors", DETECTION_CONFIG_FILE, "preprocessor_config.json", "README.md"} <= files
@@ -55,14 +44,17 @@ def test_script_end_to_end_card_and_resume_equals_an_uninterrupted_run(backbone,
     resumed.mkdir()
     (resumed / "run_args.json").write_text((full / "run_args.json").read_text())
     shutil.copytree(full / "checkpoint-2", resumed / "checkpoint-2")
-    main(_args(backbone, resumed, coco_folders, *data, "--resume_from_checkpoint", "latest"), task=ObjectDetectionTask)
+    main(
+        _args(detection_backbone, resumed, coco_folders, *data, "--resume_from_checkpoint", "latest"),
+        task=ObjectDetectionTask,
+    )
     expected, again = load_file(full / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
     assert expected.keys() == again.keys()
     for key in expected:
         torch.testing.assert_close(again[key], expected[key], rtol=1e-5, atol=1e-6)
 
 
-def test_the_cards_snippet_reloads_the_trained_detector_in_a_fresh_process(backbone, coco_folders, tmp_path):
+def test_the_cards_snippet_reloads_the_trained_detector_in_a_fresh_process(detection_backbone, coco_folders, tmp_path):
     """RT-DETR (the default detector: batch norms in its heads, anchors from the input size) trained a few steps;
     the card's own loading snippet in a new Python gives the outputs the trained model gives."""
     from mona_peft.training import RunConfig
@@ -71,7 +63,7 @@ def test_the_cards_snippet_reloads_the_trained_detector_in_a_fresh_process(backb
 
     out = tmp_path / "out"
     config = RunConfig(
-        model_name_or_path=backbone, train_dir=str(coco_folders[0]), validation_dir=str(coco_folders[1]),
+        model_name_or_path=detection_backbone, train_dir=str(coco_folders[0]), validation_dir=str(coco_folders[1]),
         output_dir=str(out), max_train_steps=3, per_device_train_batch_size=2, per_device_eval_batch_size=3,
         report_to="none", num_warmup_steps=1,
     )  # fmt: skip
@@ -106,7 +98,7 @@ def test_the_cards_snippet_reloads_the_trained_detector_in_a_fresh_process(backb
     assert set(fresh["detections"]) == {"scores", "labels", "boxes"}
 
 
-def test_a_bad_annotation_is_named_before_any_training(backbone, coco_folders, tmp_path):
+def test_a_bad_annotation_is_named_before_any_training(detection_backbone, coco_folders, tmp_path):
     broken = tmp_path / "train"
     shutil.copytree(coco_folders[0], broken)
     coco = json.loads((broken / "annotations.json").read_text())
@@ -114,7 +106,7 @@ def test_a_bad_annotation_is_named_before_any_training(backbone, coco_folders, t
     (broken / "annotations.json").write_text(json.dumps(coco))
     annotation_id = coco["annotations"][1]["id"]
     with pytest.raises(AnnotationError, match=rf"annotations\.json[\s\S]*annotation {annotation_id}\b"):
-        main(_args(backbone, tmp_path / "out", (broken, coco_folders[1])), task=ObjectDetectionTask)
+        main(_args(detection_backbone, tmp_path / "out", (broken, coco_folders[1])), task=ObjectDetectionTask)
     assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
 
 

@@ -42,6 +42,7 @@ from ..data.detection import (
 )
 from ..detection import Mask2FormerSize, build_mask2former, save_instance_segmentation_config
 from ..metrics.coco import CocoEvaluator
+from ..task_models import label_maps
 from .config import RunConfig
 from .object_detection import CocoTask
 
@@ -185,10 +186,7 @@ class InstanceSegmentationTask(CocoTask):
     def load_model(self, config: RunConfig, labels: list[str]) -> nn.Module:
         if self._is_segmenter_checkpoint(config):
             return AutoModelForUniversalSegmentation.from_pretrained(
-                config.model_name_or_path,
-                id2label=dict(enumerate(labels)),
-                label2id={label: i for i, label in enumerate(labels)},
-                ignore_mismatched_sizes=True,
+                config.model_name_or_path, **label_maps(labels), ignore_mismatched_sizes=True
             )
         arguments = self.arguments
         if self._shipped(config):

@@ -20,6 +20,7 @@ from ..architectures import head_modules
 from ..data.detection import INSTANCE_SCENE_SIZE, load_detection_data, load_detection_task
 from ..detection import DETECTORS, DetectorSize, build_detector, save_detection_config
 from ..metrics.coco import CocoEvaluator
+from ..task_models import label_maps
 from .config import RunConfig
 from .task import TrainingTask
 
@@ -192,10 +193,7 @@ class ObjectDetectionTask(CocoTask):
     def load_model(self, config: RunConfig, labels: list[str]) -> nn.Module:
         if self._is_detector_checkpoint(config):
             return AutoModelForObjectDetection.from_pretrained(
-                config.model_name_or_path,
-                id2label=dict(enumerate(labels)),
-                label2id={label: i for i, label in enumerate(labels)},
-                ignore_mismatched_sizes=True,
+                config.model_name_or_path, **label_maps(labels), ignore_mismatched_sizes=True
             )
         shipped = self._shipped(config)
         default = DetectorSize()
