@@ -18,7 +18,7 @@ import multiprocessing
 import shutil
 import statistics
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ class BenchmarkKind:
 
     title: str
     model: str
-    make_task: Callable[[], TrainingTask]
+    make_task: type[TrainingTask]
     tasks: Mapping[str, Any]
     default_task: str
     score: str
