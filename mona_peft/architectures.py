@@ -144,7 +144,8 @@ SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
         # MaskFormer's own copy of Swin (v1, pre-norm, SwinLayer-shaped) keeps the BERT-style names: the MLP is
         # `intermediate`, then `output` (the block adds the residual itself). VPT: its attention adds the relative
         # position bias straight from the parameter table, with no module output to pad for prompt tokens, so the
-        # windowed prompt variant does not apply (prompt_layout=None).
+        # windowed prompt variant does not apply (prompt_layout=None). Its per-stage output norms, which the pixel
+        # decoder reads, are indexed by number (SwinBackbone's by stage name).
         ArchitectureSpec(
             "maskformer-swin",
             "MaskFormerSwinLayer",
@@ -156,7 +157,7 @@ SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
             mlp_input="intermediate",
             mlp_output="output",
             mlp_output_projection="output.dense",
-            layer_norms=_SWIN_LAYER_NORMS,
+            layer_norms=(*_SWIN_LAYER_NORMS, *(f"hidden_states_norms.{index}" for index in range(4))),
             prompt_layout=None,
             embedding_width=lambda c: c.embed_dim,
         ),
