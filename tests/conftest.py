@@ -128,6 +128,12 @@ def tiny_pixel_values():
     return build_tiny_pixel_values
 
 
+def card_snippet(card: Path, marker: str) -> str:
+    """The card's first ```python block that contains ``marker`` (the loading snippet a user copies)."""
+    blocks = card.read_text().split("```python\n")[1:]
+    return next(block.split("```")[0] for block in blocks if marker in block)
+
+
 def save_tiny_backbone_checkpoint(path: Path) -> str:
     """A tiny pretrained-like Swin checkpoint with three stages (the detectors and Mask2Former read three feature
     maps) and a 32x32 image processor, saved to ``path``; returns the path."""

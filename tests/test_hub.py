@@ -359,7 +359,7 @@ def test_hub_server_errors_match_the_hub(hub, tmp_path):
 
 def test_segmentation_adapter_is_pushed_and_its_cards_snippet_reloads_it_in_a_fresh_process(hub, tmp_path):
     import numpy as np
-    from conftest import build_tiny_model
+    from conftest import build_tiny_model, card_snippet
     from peft import PeftModel
     from PIL import Image
     from transformers import AutoImageProcessor, ViTImageProcessor
@@ -399,8 +399,7 @@ def test_segmentation_adapter_is_pushed_and_its_cards_snippet_reloads_it_in_a_fr
 
     # The card's own snippet, as a user copies it from the Hub, in a fresh process that only knows the test Hub.
     card = Path(HfApi(endpoint=hub.url, token=TOKEN).hf_hub_download(repo_id, "README.md", cache_dir=tmp_path / "c"))
-    blocks = card.read_text().split("```python\n")[1:]
-    snippet = next(block.split("```")[0] for block in blocks if "load_segmentation_base" in block)
+    snippet = card_snippet(card, "load_segmentation_base")
     assert repo_id in snippet
     script = (
         "import sys\nfrom PIL import Image\nimage = Image.open(sys.argv[1])\n"
@@ -415,7 +414,7 @@ def test_segmentation_adapter_is_pushed_and_its_cards_snippet_reloads_it_in_a_fr
 def test_detection_adapters_are_pushed_and_their_cards_snippets_reload_them_in_a_fresh_process(
     task_name, hub, tmp_path
 ):
-    from conftest import save_tiny_backbone_checkpoint, write_digit_coco_folders
+    from conftest import card_snippet, save_tiny_backbone_checkpoint, write_digit_coco_folders
     from peft import PeftModel
     from PIL import Image
     from transformers import AutoImageProcessor
@@ -457,8 +456,7 @@ def test_detection_adapters_are_pushed_and_their_cards_snippets_reload_them_in_a
 
     # The card's own snippet, as a user copies it from the Hub, in a fresh process that only knows the test Hub.
     card = Path(HfApi(endpoint=hub.url, token=TOKEN).hf_hub_download(repo_id, "README.md", cache_dir=tmp_path / "c"))
-    blocks = card.read_text().split("```python\n")[1:]
-    snippet = next(block.split("```")[0] for block in blocks if load_base.__name__ in block)
+    snippet = card_snippet(card, load_base.__name__)
     assert repo_id in snippet
     script = (
         "import sys\nfrom PIL import Image\nimage = Image.open(sys.argv[1]).convert('RGB')\n"

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
+from conftest import card_snippet
 from huggingface_hub import ModelCard
 from huggingface_hub.utils import filter_repo_objects
 from PIL import Image
@@ -112,8 +113,7 @@ def test_the_cards_loading_path_gives_the_trained_models_masks_in_a_fresh_proces
             images=Image.open(image).convert("RGB"), return_tensors="pt"
         )
         trained = model(**pixels)
-    blocks = (out / "README.md").read_text().split("```python\n")[1:]
-    snippet = next(block.split("```")[0] for block in blocks if "load_instance_segmentation_base" in block)
+    snippet = card_snippet(out / "README.md", "load_instance_segmentation_base")
     snippet = snippet.replace("path/to/this/adapter", str(out))
     script = (
         "import sys\nfrom PIL import Image\nimage = Image.open(sys.argv[1]).convert('RGB')\n"

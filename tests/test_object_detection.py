@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
+from conftest import card_snippet
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
@@ -80,8 +81,7 @@ def test_the_cards_snippet_reloads_the_trained_detector_in_a_fresh_process(detec
             images=Image.open(image).convert("RGB"), return_tensors="pt"
         )
         trained = model(**pixels)
-    blocks = (out / "README.md").read_text().split("```python\n")[1:]
-    snippet = next(block.split("```")[0] for block in blocks if "load_detection_base" in block)
+    snippet = card_snippet(out / "README.md", "load_detection_base")
     snippet = snippet.replace("path/to/this/adapter", str(out))
     script = (
         "import sys\nfrom PIL import Image\nimage = Image.open(sys.argv[1]).convert('RGB')\n"

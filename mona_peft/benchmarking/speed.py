@@ -71,34 +71,32 @@ def upernet_swin_t(image_size: int = 512, seed: int = 0, num_labels: int = 150) 
     return UperNetForSemanticSegmentation(config)
 
 
-def _around_swin_t(build: Callable[[str, list[str]], torch.nn.Module], num_labels: int = 80):
-    """A builder of the library's task model (``build(backbone checkpoint, labels)``: a detector, Mask2Former) around
-    a randomly initialised Swin-T, saved to a temporary checkpoint as the library takes backbones."""
+def _around_swin_t(
+    build: Callable[[str, list[str]], torch.nn.Module], image_size: int, seed: int, num_labels: int = 80
+) -> torch.nn.Module:
+    """The library's task model ``build(backbone checkpoint, labels)`` (a detector, Mask2Former) around a randomly
+    initialised Swin-T, saved to a temporary checkpoint as the library takes backbones."""
+    from transformers import SwinConfig, SwinModel
 
-    def builder(image_size: int, seed: int = 0) -> torch.nn.Module:
-        from transformers import SwinConfig, SwinModel
-
-        with tempfile.TemporaryDirectory() as folder:
-            torch.manual_seed(seed)
-            SwinModel(SwinConfig(image_size=image_size)).save_pretrained(folder)
-            torch.manual_seed(seed)
-            return build(folder, [f"class {i}" for i in range(num_labels)])
-
-    return builder
+    with tempfile.TemporaryDirectory() as folder:
+        torch.manual_seed(seed)
+        SwinModel(SwinConfig(image_size=image_size)).save_pretrained(folder)
+        torch.manual_seed(seed)
+        return build(folder, [f"class {i}" for i in range(num_labels)])
 
 
 def rt_detr_swin_t(image_size: int = 512, seed: int = 0) -> torch.nn.Module:
     """RT-DETR at transformers' COCO defaults (300 queries, 100 denoising queries) around a Swin-T, 80 classes."""
     from ..detection import build_detector
 
-    return _around_swin_t(lambda folder, labels: build_detector("rt_detr", folder, labels))(image_size, seed)
+    return _around_swin_t(lambda folder, labels: build_detector("rt_detr", folder, labels), image_size, seed)
 
 
 def mask2former_swin_t(image_size: int = 512, seed: int = 0) -> torch.nn.Module:
     """Mask2Former at transformers' COCO defaults (width 256, 100 queries) around a Swin-T, 80 classes."""
     from ..detection import build_mask2former
 
-    return _around_swin_t(build_mask2former)(image_size, seed)
+    return _around_swin_t(build_mask2former, image_size, seed)
 
 
 def _class_targets(model: torch.nn.Module, x: torch.Tensor, generator: torch.Generator) -> dict:
