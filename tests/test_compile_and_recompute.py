@@ -1,6 +1,7 @@
 """Compiled Mona (``--torch_compile``): it trains, saves plain keys, reloads, and compiles without graph breaks."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -118,6 +119,55 @@ def test_speed_benchmark_adds_compiled_rows_beside_the_eager_ones(tmp_path, monk
     )
     assert set(report["mona_meets_targets"]) == set(report["mona_meets_targets_compiled"])
     assert report["bare_infer_median_ms_compiled"] > 0
+
+
+def test_speed_benchmark_measures_variants_and_several_models_in_one_command(tmp_path, monkeypatch):
+    """What the GPU run does (two networks, a Mona variant beside Mona, bf16 autocast), on CPU with tiny networks."""
+    from mona_peft.benchmarking import cli, speed
+
+    def tiny(image_size: int = 32, seed: int = 0):
+        return build_tiny_swin(seed=seed, depths=[1], num_heads=[2]).train()
+
+    for name in ("swin-t", "upernet-swin-t"):
+        monkeypatch.setitem(speed.SPEED_MODELS, name, dataclasses.replace(speed.SPEED_MODELS["swin-t"], build=tiny))
+    built = []
+    build_method = mona_peft.methods.build_method
+    monkeypatch.setattr(mona_peft.methods, "build_method", lambda *a, **o: built.append(o) or build_method(*a, **o))
+    argv = ["--speed", "--speed_model", "swin-t", "upernet-swin-t", "--image_size", "32", "--repeats", "1"]
+    argv += ["--warmup", "0", "--speed_threads", "1", "--bf16", "--floor", "--output_dir", str(tmp_path)]
+    threads = torch.get_num_threads()
+    try:
+        reports = cli.main([*argv, "--methods", "mona", "mona:gradient_checkpointing=true"])
+    finally:
+        torch.set_num_threads(threads)
+    assert set(reports) == {"swin-t", "upernet-swin-t"}
+    for model, report in reports.items():
+        assert json.loads(json.dumps(report)) == json.loads((tmp_path / f"speed_{model}.json").read_text())
+        assert report["config"]["bf16"] is True and report["config"]["model"] == model
+        methods = [row["method"] for row in report["rows"]]
+        assert methods == ["full", "lora", "mona", "mona:gradient_checkpointing=true"]
+        floors = report["mona_floor"]["floors"]
+        assert report["mona_floor"]["monas"] == 2 and floors["peak"]["infer_latency_ratio_vs_base"] > 1
+    assert {"gradient_checkpointing": True} in built  # the variant's option reached the method's builder
+    assert speed.parse_variant("lora") == ("lora", {})
+    with pytest.raises(ValueError, match="option 'inner_dim' of 'mona:inner_dim'"):
+        speed.parse_variant("mona:inner_dim")
+    with pytest.raises(ValueError, match="does not accept|not accept|unknown"):
+        speed.build_models(speed.SpeedConfig(methods=["lora:gradient_checkpointing=true"], image_size=32))
+    with pytest.raises(ValueError, match="add mona"):
+        speed.run_speed(speed.SpeedConfig(methods=["lora"], image_size=32, floor=True), None, "test")
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--speed_output", str(tmp_path / "one.json")])
+
+
+def test_speed_autocast_is_bf16_on_cuda_by_default_only():
+    from mona_peft.benchmarking.speed import SpeedConfig
+
+    assert SpeedConfig(device="cuda").bf16 is True and SpeedConfig().bf16 is False
+    with SpeedConfig(bf16=True).autocast():
+        assert torch.nn.functional.linear(torch.ones(1, 2), torch.ones(3, 2)).dtype == torch.bfloat16
+    with SpeedConfig().autocast():
+        assert torch.nn.functional.linear(torch.ones(1, 2), torch.ones(3, 2)).dtype == torch.float32
 
 
 # -- MonaConfig(gradient_checkpointing=True): Mona's inside recomputed in backward -------------------------------------

@@ -23,7 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--output_dir", default="benchmarks", help="Where results.json/.md/.png (or speed.json) go.")
     add("--quick", action="store_true", help="Smoke run: linear and mona, digits-fewshot, 1 seed, 2 steps.")
     add("--speed", action="store_true", help="Swin-T 224x224 step time, peak memory and latency ratios instead.")
-    add("--methods", nargs="+", default=None, help=f"Default: all ({' '.join(methods())}).")
+    add(
+        "--methods",
+        nargs="+",
+        default=None,
+        help=f"Default: all ({' '.join(methods())}). --speed also takes variants with options, "
+        "e.g. mona:gradient_checkpointing=true.",
+    )
     add("--tasks", nargs="+", default=None, choices=sorted(TASKS), help="Default: all.")
     add("--seeds", nargs="+", type=int, default=None, help="Training seeds (default 0 1 2).")
     grid = " ".join(map(str, LR_GRID))
@@ -38,8 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("--repeats", type=int, default=10, help="--speed: timed interleaved repetitions.")
     add("--warmup", type=int, default=2, help="--speed: untimed calls per variant first.")
     add("--image_size", type=int, default=None, help="--speed: input resolution (224 for swin-t, else 512).")
-    add("--speed_model", default="swin-t", choices=list(SPEED_MODELS), help="--speed: the network.")
+    add(
+        "--speed_model",
+        nargs="+",
+        default=["swin-t"],
+        choices=list(SPEED_MODELS),
+        help="--speed: the networks, measured one after the other (several: <output_dir>/speed_<model>.json each).",
+    )
     add("--device", default="cpu", choices=["cpu", "cuda"], help="--speed: device.")
+    add(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--speed: forward passes under bfloat16 autocast (default: on CUDA, off on CPU).",
+    )
     add("--speed_threads", type=int, default=None, help="--speed: torch threads (default: torch's).")
     add(
         "--torch_compile",
@@ -48,31 +66,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--torch_compile_backend", default=None, help="--speed: torch.compile backend (default inductor).")
     add("--torch_compile_mode", default=None, help="--speed: torch.compile mode (e.g. max-autotune).")
+    add("--floor", action="store_true", help="--speed: also estimate Mona's floor ratios (needs mona).")
     add("--speed_output", default=None, help="--speed: output file (default <output_dir>/speed.json).")
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     command = shlex.join(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
     if args.speed:
         from .speed import SpeedConfig, run_speed
 
-        config = SpeedConfig(
-            methods=args.methods or list(methods()),
-            batch_size=args.batch_size,
-            repeats=args.repeats,
-            warmup=args.warmup,
-            image_size=args.image_size or (224 if args.speed_model == "swin-t" else 512),
-            model=args.speed_model,
-            device=args.device,
-            threads=args.speed_threads,
-            torch_compile=args.torch_compile or bool(args.torch_compile_backend or args.torch_compile_mode),
-            compile_backend=args.torch_compile_backend,
-            compile_mode=args.torch_compile_mode,
-        )
-        output = args.speed_output or f"{args.output_dir}/speed.json"
-        return run_speed(config, output, command)
+        several = len(args.speed_model) > 1
+        if several and args.speed_output:
+            parser.error("--speed_output names one file; with several --speed_model, use --output_dir.")
+        reports = {}
+        for model in args.speed_model:
+            config = SpeedConfig(
+                methods=args.methods or list(methods()),
+                batch_size=args.batch_size,
+                repeats=args.repeats,
+                warmup=args.warmup,
+                image_size=args.image_size or (224 if model == "swin-t" else 512),
+                model=model,
+                device=args.device,
+                threads=args.speed_threads,
+                torch_compile=args.torch_compile or bool(args.torch_compile_backend or args.torch_compile_mode),
+                compile_backend=args.torch_compile_backend,
+                compile_mode=args.torch_compile_mode,
+                bf16=args.bf16,
+                floor=args.floor,
+            )
+            name = f"speed_{model}.json" if several else "speed.json"
+            reports[model] = run_speed(config, args.speed_output or f"{args.output_dir}/{name}", command)
+        return reports if several else reports[model]
     defaults = dict(QUICK) if args.quick else {}
     config = BenchmarkConfig(
         methods=args.methods or defaults.get("methods", list(methods())),

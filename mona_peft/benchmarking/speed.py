@@ -20,9 +20,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from .floor import measure_rates, mona_floor, mona_sites
 from .timing import contention, cpu_snapshot, environment, summarize, timed_pair, training_peak_bytes
 
 #: Mona's targets per model (ratios): train step vs full fine-tuning and vs LoRA, peak train memory vs full, latency
@@ -53,6 +55,20 @@ class SpeedConfig:
     torch_compile: bool = False
     compile_backend: str | None = None  # torch.compile's default (inductor)
     compile_mode: str | None = None
+    #: Also estimate Mona's floor (:mod:`mona_peft.benchmarking.floor`) from the measured rows and this machine's
+    #: measured rates (needs ``mona`` among the methods).
+    floor: bool = False
+    #: Forward passes under ``torch.autocast`` in bfloat16 (weights and optimizer state stay float32); default: on
+    #: CUDA, off on CPU.
+    bf16: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None:
+            self.bf16 = self.device == "cuda"
+
+    def autocast(self):
+        """The forward passes' autocast context (bfloat16 when ``bf16``, else a no-op)."""
+        return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=bool(self.bf16))
 
 
 def swin_t(image_size: int = 224, seed: int = 0) -> torch.nn.Module:
@@ -171,8 +187,31 @@ SPEED_MODELS = {
 }
 
 
+def parse_variant(variant: str) -> tuple[str, dict[str, Any]]:
+    """A method and its options from ``"method"`` or ``"method:option=value,..."`` (values read as JSON, else kept as
+    text), so that one run can set a method beside itself with other options.
+
+    Example::
+
+        >>> parse_variant("mona:gradient_checkpointing=true,inner_dim=32")
+        ('mona', {'gradient_checkpointing': True, 'inner_dim': 32})
+    """
+    method, _, listed = variant.partition(":")
+    options = {}
+    for item in filter(None, listed.split(",")):
+        name, equals, text = item.partition("=")
+        if not equals or not name:
+            raise ValueError(f"Cannot read the option {item!r} of {variant!r}: write method:option=value,...")
+        try:
+            options[name] = json.loads(text)
+        except json.JSONDecodeError:
+            options[name] = text
+    return method, options
+
+
 def build_models(config: SpeedConfig) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
-    """The bare model (eval) and one copy per method, all with the same weights."""
+    """The bare model (eval) and one copy per method variant (see :func:`parse_variant`), all with the same
+    weights."""
     from ..architectures import head_modules
     from ..methods import build_method
 
@@ -182,9 +221,10 @@ def build_models(config: SpeedConfig) -> tuple[torch.nn.Module, dict[str, torch.
     base = SPEED_MODELS[config.model].build(config.image_size, config.seed).to(device)
     heads = head_modules(base)
     models = {}
-    for method in config.methods:
+    for variant in config.methods:
+        method, options = parse_variant(variant)
         torch.manual_seed(config.seed)
-        models[method] = build_method(copy.deepcopy(base), method, heads)
+        models[variant] = build_method(copy.deepcopy(base), method, heads, **options)
     return base.eval(), models
 
 
@@ -227,6 +267,9 @@ def run_speed(config: SpeedConfig, output: str | Path | None, command: str, log=
     x = torch.randn(config.batch_size, 3, config.image_size, config.image_size, generator=generator)
     targets = _to_device(SPEED_MODELS[config.model].targets(bare, x, generator), device)
     x = x.to(device)
+    if config.floor and "mona" not in models:
+        raise ValueError("The floor estimate is Mona's: add mona to the methods.")
+    sites = mona_sites(models["mona"], x) if config.floor else None  # counted eager, before any compiling
 
     rows, bare_ms = [], {}
     for mode in MODES if config.torch_compile else MODES[:1]:
@@ -251,6 +294,17 @@ def run_speed(config: SpeedConfig, output: str | Path | None, command: str, log=
         "rows": rows,
         "wall_time_s": round(wall, 1),
     }
+    if sites is not None:
+        eager = {row["method"]: row for row in rows if row["mode"] == "eager"}
+        step_ms = {method: eager[method]["train_step_median_ms"] for method in ("full", "lora")}
+        rates = measure_rates(sites, device)
+        report["mona_floor"] = mona_floor(sites, rates, bare_ms["eager"], step_ms["lora"], step_ms["full"])
+        for name, floor in report["mona_floor"]["floors"].items():
+            log(
+                f"mona floor at {name} GEMM rate: latency x{floor['infer_latency_ratio_vs_base']:.3f} of bare, "
+                f"train step x{floor['train_step_ratio_vs_full']:.3f} of full x{floor['train_step_ratio_vs_lora']:.3f} "
+                "of lora"
+            )
     if config.torch_compile:
         report["bare_infer_median_ms_compiled"] = bare_ms["compiled"]
         report["mona_meets_targets_compiled"] = meets["compiled"]
@@ -306,7 +360,7 @@ def _measure_mode(
     # Inference first: eval mode, no_grad, the bare backbone as one more variant.
     def infer(net: torch.nn.Module):
         def run() -> None:
-            with torch.no_grad():
+            with torch.no_grad(), config.autocast():
                 net(pixel_values=x)
 
         return run
@@ -329,7 +383,9 @@ def _measure_mode(
         model, optimizer = models[method], optimizers[method]
 
         def run() -> None:
-            model(pixel_values=x, **targets).loss.backward()
+            with config.autocast():
+                loss = model(pixel_values=x, **targets).loss
+            loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 

@@ -15,8 +15,10 @@ declare_method(
         "Mona (multi-cognitive visual adapter) adds a small adapter to every transformer block, on the residual "
         "stream after attention and after the MLP: a scaled LayerNorm, a down projection, depthwise 3x3/5x5/7x7 "
         "convolutions over the patch grid, GELU and an up projection.",
-        options={"inner_dim": 64},
-        peft_config=lambda model, head, inner_dim: MonaConfig(inner_dim=inner_dim, modules_to_save=head),
+        options={"inner_dim": 64, "gradient_checkpointing": False},
+        peft_config=lambda model, head, inner_dim, gradient_checkpointing: MonaConfig(
+            inner_dim=inner_dim, gradient_checkpointing=gradient_checkpointing, modules_to_save=head
+        ),
         parameter_markers=(".mona_",),
         # The projections at a tenth of the adapter rate: through the unnormalised `x * gammax` input, each Mona
         # adds up(filter(down(x))) to the stream it reads, and Adam's per-element steps grow that gain until the

@@ -146,7 +146,8 @@ class RunConfig:
         spec = get_method(self.method)
         for name in METHOD_OPTION_FIELDS:
             if getattr(self, name) is not None and name not in spec.options:
-                accepted = ", ".join(f"--{option}" for option in spec.options) or "no options"
+                flags = [option for option in spec.options if option in METHOD_OPTION_FIELDS]
+                accepted = ", ".join(f"--{option}" for option in flags) or "no options"
                 raise ValueError(f"--{name} does not apply to --method {self.method} (it takes {accepted}).")
         if self.mimi_target is not None:
             if not spec.shrinkable:
