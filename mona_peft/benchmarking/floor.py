@@ -9,7 +9,7 @@ gradient, the saved input, the outgoing gradient read and written), plus the fil
 width (``2d``; ``5d`` backward), the one step a GEMM cannot absorb. Everything else (the scaled norm, GELU, dropout,
 biases) could be fused into those passes, so the floor leaves it out.
 
-The floor time is ``flops / GEMM rate + bytes / memory bandwidth``, both measured here, at two GEMM rates: the
+The floor time is ``flops / GEMM rate + bytes / memory rate``, both measured here, at two GEMM rates: the
 machine's peak (a large square product) and the rate of Mona's own skinny products (``tokens x C`` by ``C x d`` and
 back), which is what a perfect implementation with this machine's kernels would get. Mona's floor ratios put that
 time on top of the measured network without Mona: the bare model for inference, LoRA's step for training (a frozen
@@ -108,7 +108,8 @@ def measure_rates(
 ) -> dict[str, float]:
     """This machine's float32 rates on ``device`` (CPU: torch's current threads): peak GEMM (a ``square``-sized
     product), Mona's own products (its down and up projections at every distinct shape, as one batch of work), and
-    memory bandwidth (an out-of-place addition of 64 MB tensors, three accesses per element)."""
+    the memory rate of an out-of-place addition at every distinct stream shape (three accesses per element; small
+    stages run from cache, as Mona's own passes would)."""
     device = torch.device(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -129,8 +130,14 @@ def measure_rates(
     mona_flops = sum(2 * 2 * n * c * d for n, c, d in shapes)
     skinny = mona_flops / _median_seconds(mona_products, repeats, sync)
 
-    x, y = randn(16 * 2**20), randn(16 * 2**20)
-    bandwidth = 3 * x.numel() * FLOAT_BYTES / _median_seconds(lambda: torch.add(x, y), repeats, sync)
+    streams = [(randn(n, c), randn(n, c)) for n, c in sorted({(s.tokens, s.channels) for s in sites})]
+
+    def additions() -> None:
+        for x, y in streams:
+            torch.add(x, y)
+
+    added = 3 * sum(x.numel() for x, _ in streams) * FLOAT_BYTES
+    bandwidth = added / _median_seconds(additions, repeats, sync)
     return {"gemm_peak_flops_per_s": peak, "gemm_mona_shapes_flops_per_s": skinny, "bandwidth_bytes_per_s": bandwidth}
 
 
