@@ -58,6 +58,26 @@ def test_the_training_flags_check_method_options_against_the_declaration():
     assert get_method("adaptformer").resolve_options(config.method_options()) == {"inner_dim": 16, "scale": 0.1}
 
 
+def test_mona_recomputation_defaults_per_task_and_the_flag_overrides_it():
+    from mona_peft.training import ImageClassificationTask
+    from mona_peft.training.instance_segmentation import InstanceSegmentationTask
+    from mona_peft.training.object_detection import ObjectDetectionTask
+    from mona_peft.training.semantic_segmentation import SemanticSegmentationTask
+
+    dense = (SemanticSegmentationTask, ObjectDetectionTask, InstanceSegmentationTask)
+    assert all(task.method_defaults["mona"] == {"gradient_checkpointing": True} for task in dense)
+    assert ImageClassificationTask.method_defaults == {}
+    on = SemanticSegmentationTask.method_defaults["mona"]
+    assert parse_args(["--inner_dim", "8"]).method_options(on) == {"gradient_checkpointing": True, "inner_dim": 8}
+    off = parse_args(["--mona_gradient_checkpointing", "false"])
+    assert off.method_options(on) == {"gradient_checkpointing": False}
+    assert parse_args(["--mona_gradient_checkpointing", "true"]).method_options() == {"gradient_checkpointing": True}
+    with pytest.raises(SystemExit, match="--mona_gradient_checkpointing applies to --method mona, not lora"):
+        parse_args(["--method", "lora", "--mona_gradient_checkpointing", "true"])
+    with pytest.raises(SystemExit, match=r"--inner_dim does not apply to --method vpt_deep \(it takes --num_prompts\)"):
+        parse_args(["--method", "vpt_deep", "--inner_dim", "8"])
+
+
 @pytest.mark.parametrize("method", ["vpt_shallow", "vpt_deep", "adapter", "mona", "partial1"])
 def test_model_cards_take_the_method_wording_from_the_declaration(method):
     spec = get_method(method)

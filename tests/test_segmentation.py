@@ -234,6 +234,8 @@ def test_script_end_to_end_and_resume_equals_an_uninterrupted_run(checkpoints, t
     assert card.eval_results[0].metric_type == "mean_iou"
     assert card.eval_results[0].metric_value == pytest.approx(results["eval_mean_iou"])
     assert "load_segmentation_base" in (full / "README.md").read_text()
+    # dense tasks recompute Mona's inside by default; the resumed run below turns it off and must match
+    assert json.loads((full / "adapter_config.json").read_text())["gradient_checkpointing"] is True
 
     resumed = tmp_path / "resumed"
     resumed.mkdir()
@@ -242,9 +244,11 @@ def test_script_end_to_end_and_resume_equals_an_uninterrupted_run(checkpoints, t
 
     shutil.copytree(full / "checkpoint-2", resumed / "checkpoint-2")
     main(
-        _args(checkpoints["swin"], resumed, *data, "--checkpointing_steps", "2", "--resume_from_checkpoint", "latest"),
+        _args(checkpoints["swin"], resumed, *data, "--checkpointing_steps", "2", "--resume_from_checkpoint", "latest")
+        + ["--mona_gradient_checkpointing", "false"],
         task=SemanticSegmentationTask,
     )
+    assert json.loads((resumed / "adapter_config.json").read_text())["gradient_checkpointing"] is False
     expected, again = load_file(full / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
     assert expected.keys() == again.keys()
     for key in expected:

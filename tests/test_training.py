@@ -56,6 +56,7 @@ def test_run_writes_adapter_results_and_card(tiny_swin, tmp_path):
     assert results["eval_top1"] == saved["eval_top1"]
     keys = load_file(out / "adapter_model.safetensors")
     assert keys and all(".mona_" in k or "classifier" in k for k in keys)
+    assert json.loads((out / "adapter_config.json").read_text())["gradient_checkpointing"] is False  # classification
     card = ModelCard((out / "README.md").read_text()).data
     assert card.library_name == "peft" and "mona" in card.tags and "image-classification" in card.tags
     assert card.eval_results[0].metric_value == pytest.approx(saved["eval_top1"])

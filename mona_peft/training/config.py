@@ -15,7 +15,7 @@ from ..registration import get_method, methods
 #: Fields that configure the method itself; a run passes the ones set to the method's builder (see ``method_options``).
 METHOD_OPTION_FIELDS = ("inner_dim", "num_prompts")
 #: Fields that may differ between an interrupted run and its resumption (or a moved run dir): still the same run.
-# Compiling changes how the steps run, not what they compute: a run may be resumed with or without it.
+# Compiling and recomputing change how the steps run, not what they compute: a run may be resumed with or without.
 RESUMABLE_FIELDS = frozenset(
     {
         "output_dir",
@@ -27,6 +27,7 @@ RESUMABLE_FIELDS = frozenset(
         "torch_compile",
         "torch_compile_backend",
         "torch_compile_mode",
+        "mona_gradient_checkpointing",
     }
 )
 
@@ -72,6 +73,14 @@ class RunConfig:
     )
     num_prompts: int | None = field(
         default=None, metadata=_help("Prompt tokens per set of vpt_shallow and vpt_deep (default 10).")
+    )
+    mona_gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata=_help(
+            "mona, true or false: keep only each Mona's input for the backward pass and recompute its inside (less "
+            "memory, same results). Default: true for segmentation, detection and instance segmentation, false for "
+            "classification."
+        ),
     )
     adapter_lr_scale: float = field(
         default=2.0, metadata=_help("Adapter lr = this x --learning_rate (2 in the paper).")
@@ -149,6 +158,8 @@ class RunConfig:
                 flags = [option for option in spec.options if option in METHOD_OPTION_FIELDS]
                 accepted = ", ".join(f"--{option}" for option in flags) or "no options"
                 raise ValueError(f"--{name} does not apply to --method {self.method} (it takes {accepted}).")
+        if self.mona_gradient_checkpointing is not None and "gradient_checkpointing" not in spec.options:
+            raise ValueError(f"--mona_gradient_checkpointing applies to --method mona, not {self.method}.")
         if self.mimi_target is not None:
             if not spec.shrinkable:
                 shrinkable = " and ".join(name for name, other in methods().items() if other.shrinkable)
@@ -174,9 +185,14 @@ class RunConfig:
         options = {"backend": self.torch_compile_backend, "mode": self.torch_compile_mode}
         return {name: value for name, value in options.items() if value is not None}
 
-    def method_options(self) -> dict[str, Any]:
-        """The method's options as given (unset ones take the method's defaults)."""
-        return {name: getattr(self, name) for name in METHOD_OPTION_FIELDS if getattr(self, name) is not None}
+    def method_options(self, task_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The method's options as given, over ``task_defaults`` (a task's defaults for this method); unset ones take
+        the method's defaults."""
+        options = dict(task_defaults or {})
+        options |= {name: getattr(self, name) for name in METHOD_OPTION_FIELDS if getattr(self, name) is not None}
+        if self.mona_gradient_checkpointing is not None:
+            options["gradient_checkpointing"] = self.mona_gradient_checkpointing
+        return options
 
     def data_sources(self) -> dict[str, Any]:
         """The keyword arguments of the tasks' data loaders (Hub dataset, local folders, validation split)."""

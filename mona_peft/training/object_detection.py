@@ -22,7 +22,7 @@ from ..detection import DETECTORS, DetectorSize, build_detector, save_detection_
 from ..metrics.coco import CocoEvaluator
 from ..task_models import label_maps
 from .config import RunConfig
-from .task import TrainingTask
+from .task import DENSE_METHOD_DEFAULTS, TrainingTask
 
 #: The detector of the offline default run (and of ``--detector`` when none is given): see ``DetectionArguments``.
 DEFAULT_DETECTOR = "rt_detr"
@@ -57,6 +57,8 @@ class CocoTask(TrainingTask):
     through :meth:`load_hub_data`), the heads (everything outside the backbone, found from the model), the card and
     the files beside the adapter (the processor, and for a model built around a backbone checkpoint the config its
     ``load_*_base`` rebuilds it from)."""
+
+    method_defaults = DENSE_METHOD_DEFAULTS
 
     #: ``write_model_card``'s task.
     card_task: str = ""

@@ -184,10 +184,14 @@ class FineTuningRun:
         )
 
     # -- model and method -------------------------------------------------------------------------------------------
+    def method_options(self) -> dict[str, Any]:
+        """The method's options: the flags given, over the task's defaults for the method."""
+        return self.config.method_options(self.task.method_defaults.get(self.config.method))
+
     def build_model(self) -> None:
         config, accelerator = self.config, self.accelerator
         base = self.task.load_model(config, self.labels)
-        self.model = build_method(base, config.method, self.task.head_modules(base), **config.method_options())
+        self.model = build_method(base, config.method, self.task.head_modules(base), **self.method_options())
         self.trainable, self.total = count_parameters(self.model)
         accelerator.print(
             f"{config.method}: {self.trainable:,} trainable of {self.total:,} parameters "
@@ -481,7 +485,7 @@ class FineTuningRun:
         table = {name: getattr(config, name) for name in names} | {"num_processes": num_processes}
         if not self.method.saves_whole_model:
             table["adapter_lr_scale"] = config.adapter_lr_scale
-        table.update(self.method.resolve_options(config.method_options()))
+        table.update(self.method.resolve_options(self.method_options()))
         if config.mimi_target is not None:
             table.update({k: getattr(config, k) for k in ("mimi_target", "mimi_rho", "mimi_epochs_per_cycle")})
         return table

@@ -30,7 +30,7 @@ from ..data.segmentation import (
 from ..metrics import metric_path
 from ..segmentation import SEGMENTATION_CONFIG_FILE, build_upernet, save_segmentation_config
 from .config import RunConfig
-from .task import TrainingTask
+from .task import DENSE_METHOD_DEFAULTS, TrainingTask
 
 
 @dataclass
@@ -56,6 +56,7 @@ class SemanticSegmentationTask(TrainingTask):
     built. The heads are found from the model (everything outside the backbone) and train with every method.
     """
 
+    method_defaults = DENSE_METHOD_DEFAULTS
     pipeline_tag = "image-segmentation"
     default_output_dir = "outputs/mona-digit-scenes"
     arguments_class = SegmentationArguments

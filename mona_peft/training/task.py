@@ -19,6 +19,12 @@ from torch.utils.data import DataLoader
 
 from .config import RunConfig
 
+#: The dense tasks' method defaults: Mona recomputes its inside in the backward pass. UperNet around a Swin-T at 512 px
+#: needed 0.92x full fine-tuning's peak memory with it, 0.99x without, for no measurable step cost
+#: (benchmarks/segmentation/speed_recompute.json); at 224 px on a classifier the step costs 8-14 % more, so
+#: classification keeps it off.
+DENSE_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"mona": {"gradient_checkpointing": True}}
+
 
 class TrainingTask(ABC):
     """The task-specific parts of a fine-tuning run: data, model and head, batches, metric, model card."""
@@ -31,6 +37,8 @@ class TrainingTask(ABC):
     arguments_class: type | None = None
     #: ``RunConfig`` defaults of the task's script (its recipe), e.g. ``{"num_train_epochs": 8}``.
     run_defaults: dict[str, Any] = {}
+    #: Per method, option defaults of this task (``--inner_dim`` and the like override them).
+    method_defaults: dict[str, dict[str, Any]] = {}
     #: Drop the last, incomplete training batch (when the split holds more than one batch): for models whose training
     #: mode fails on a batch of one (BatchNorm over 1x1 maps).
     drop_last_train: bool = False
