@@ -28,10 +28,10 @@ from .floor import measure_rates, mona_floor, mona_sites
 from .timing import contention, cpu_snapshot, environment, summarize, timed_pair, training_peak_bytes
 
 #: Mona's targets per model (ratios): train step vs full fine-tuning and vs LoRA, peak train memory vs full, latency
-#: vs the bare model.
+#: vs the bare model. Swin-T's step target vs full fine-tuning is the speed issue's 0.80 (its first table said 0.75).
 MONA_TARGETS = {
     "swin-t": {
-        "train_step_ratio_vs_full": 0.75,
+        "train_step_ratio_vs_full": 0.8,
         "train_step_ratio_vs_lora": 1.25,
         "peak_memory_ratio_vs_full": 0.8,
         "infer_latency_ratio_vs_base": 1.15,
