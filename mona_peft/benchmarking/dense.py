@@ -417,7 +417,7 @@ def plot(results: dict, path: str | Path) -> None:
     for axis in (left, right):
         axis.grid(True, alpha=0.3)
     model = kind.model.split(" (")[0]
-    figure.suptitle(f"{model} on the shipped Swin, {config['task']} (mean over {len(config['seeds'])} seeds)")
+    figure.suptitle(f"{model} on the shipped Swin, {config['task']} (mean over the seeds each method ran)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

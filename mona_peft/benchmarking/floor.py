@@ -104,7 +104,7 @@ def _median_seconds(run, repeats: int, sync) -> float:
 
 
 def measure_rates(
-    sites: list[MonaSite], device: str | torch.device = "cpu", repeats: int = 5, square: int = 1024
+    sites: list[MonaSite], device: str | torch.device = "cpu", repeats: int = 5, square: int | None = None
 ) -> dict[str, float]:
     """This machine's float32 rates on ``device`` (CPU: torch's current threads): peak GEMM (a ``square``-sized
     product), Mona's own products (its down and up projections at every distinct shape, as one batch of work), and
@@ -112,6 +112,7 @@ def measure_rates(
     stages run from cache, as Mona's own passes would)."""
     device = torch.device(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    square = square or (8192 if device.type == "cuda" else 1024)  # a GPU needs a larger product to reach its peak
 
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, device=device)
