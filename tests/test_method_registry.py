@@ -72,10 +72,16 @@ def test_mona_recomputation_defaults_per_task_and_the_flag_overrides_it():
     off = parse_args(["--mona_gradient_checkpointing", "false"])
     assert off.method_options(on) == {"gradient_checkpointing": False}
     assert parse_args(["--mona_gradient_checkpointing", "true"]).method_options() == {"gradient_checkpointing": True}
-    with pytest.raises(SystemExit, match="--mona_gradient_checkpointing applies to --method mona, not lora"):
+    with pytest.raises(
+        SystemExit, match=r"--mona_gradient_checkpointing does not apply to --method lora \(it takes no"
+    ):
         parse_args(["--method", "lora", "--mona_gradient_checkpointing", "true"])
     with pytest.raises(SystemExit, match=r"--inner_dim does not apply to --method vpt_deep \(it takes --num_prompts\)"):
         parse_args(["--method", "vpt_deep", "--inner_dim", "8"])
+    with pytest.raises(
+        SystemExit, match=r"--num_prompts does not apply to --method mona \(it takes --inner_dim, --mona_g"
+    ):
+        parse_args(["--num_prompts", "8"])
 
 
 @pytest.mark.parametrize("method", ["vpt_shallow", "vpt_deep", "adapter", "mona", "partial1"])

@@ -19,11 +19,12 @@ backbone's backward plus LoRA's small products; an upper bound on a frozen backb
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+
+from .timing import timed_pair
 
 FLOAT_BYTES = 4
 
@@ -92,15 +93,7 @@ def mona_sites(model: nn.Module, pixel_values: torch.Tensor) -> list[MonaSite]:
 
 
 def _median_seconds(run, repeats: int, sync) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        run()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed_pair({"run": run}, 1, repeats, sync)["run"])
 
 
 def measure_rates(

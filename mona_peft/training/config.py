@@ -12,8 +12,13 @@ from typing import Any, Literal
 
 from ..registration import get_method, methods
 
-#: Fields that configure the method itself; a run passes the ones set to the method's builder (see ``method_options``).
-METHOD_OPTION_FIELDS = ("inner_dim", "num_prompts")
+#: Fields that configure the method itself, and the method option each sets; a run passes the ones set to the method's
+#: builder (see ``method_options``).
+METHOD_OPTION_FIELDS = {
+    "inner_dim": "inner_dim",
+    "num_prompts": "num_prompts",
+    "mona_gradient_checkpointing": "gradient_checkpointing",
+}
 #: Fields that may differ between an interrupted run and its resumption (or a moved run dir): still the same run.
 # Compiling and recomputing change how the steps run, not what they compute: a run may be resumed with or without.
 RESUMABLE_FIELDS = frozenset(
@@ -153,13 +158,11 @@ class RunConfig:
                 f"--num_train_epochs must be at least 1 (or give --max_train_steps), got {self.num_train_epochs}."
             )
         spec = get_method(self.method)
-        for name in METHOD_OPTION_FIELDS:
-            if getattr(self, name) is not None and name not in spec.options:
-                flags = [option for option in spec.options if option in METHOD_OPTION_FIELDS]
-                accepted = ", ".join(f"--{option}" for option in flags) or "no options"
+        for name, option in METHOD_OPTION_FIELDS.items():
+            if getattr(self, name) is not None and option not in spec.options:
+                flags = [flag for flag, taken in METHOD_OPTION_FIELDS.items() if taken in spec.options]
+                accepted = ", ".join(f"--{flag}" for flag in flags) or "no options"
                 raise ValueError(f"--{name} does not apply to --method {self.method} (it takes {accepted}).")
-        if self.mona_gradient_checkpointing is not None and "gradient_checkpointing" not in spec.options:
-            raise ValueError(f"--mona_gradient_checkpointing applies to --method mona, not {self.method}.")
         if self.mimi_target is not None:
             if not spec.shrinkable:
                 shrinkable = " and ".join(name for name, other in methods().items() if other.shrinkable)
@@ -188,11 +191,8 @@ class RunConfig:
     def method_options(self, task_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
         """The method's options as given, over ``task_defaults`` (a task's defaults for this method); unset ones take
         the method's defaults."""
-        options = dict(task_defaults or {})
-        options |= {name: getattr(self, name) for name in METHOD_OPTION_FIELDS if getattr(self, name) is not None}
-        if self.mona_gradient_checkpointing is not None:
-            options["gradient_checkpointing"] = self.mona_gradient_checkpointing
-        return options
+        given = {option: getattr(self, name) for name, option in METHOD_OPTION_FIELDS.items()}
+        return dict(task_defaults or {}) | {option: value for option, value in given.items() if value is not None}
 
     def data_sources(self) -> dict[str, Any]:
         """The keyword arguments of the tasks' data loaders (Hub dataset, local folders, validation split)."""
