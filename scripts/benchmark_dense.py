@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--task", default="", help="An offline task of the kind (default: the kind's).")
     parser.add_argument("--workers", type=int, default=2, help="Processes; each trains one run at a time.")
     parser.add_argument("--threads", type=int, default=1, help="Torch threads per process.")
+    parser.add_argument(
+        "--num_train_epochs", type=int, default=None, help="Schedule length (default: the task's epochs)."
+    )
     parser.add_argument("--max_train_steps", type=int, default=None, help="Cut runs short (quick checks).")
     parser.add_argument("--report_only", action="store_true", help="Train nothing: report the runs in --work_dir.")
     parser.add_argument("--work_dir", default="runs/segmentation")
@@ -38,6 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
         workers=args.workers,
         threads=args.threads,
         max_train_steps=args.max_train_steps,
+        num_train_epochs=args.num_train_epochs,
     )
     results = run_dense_benchmark(config, args.work_dir, report_only=args.report_only)
     results["command"] = shlex.join(["python", "scripts/benchmark_dense.py", *(argv or sys.argv[1:])])

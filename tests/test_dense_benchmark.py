@@ -63,6 +63,18 @@ def test_rate_is_chosen_on_the_mean_over_seeds_and_jobs_go_seed_by_seed():
     assert pending_jobs(config, rows[:1]) == [Job("mona", 1e-3, 0), Job("mona", 1e-3, 1), Job("mona", 1e-2, 1)]
 
 
+def test_longer_schedule_sets_the_steps_and_keeps_its_own_work_dir(tmp_path):
+    config = DenseBenchmarkConfig(methods=["linear"], task="digit-scenes-fewshot", seeds=[0], lr_grid=[1e-2])
+    longer = DenseBenchmarkConfig(**{**config.__dict__, "num_train_epochs": 2 * config.epochs, "workers": 1})
+    assert longer.total_steps == 2 * config.total_steps
+    row = {"method": "linear", "lr": 1e-2, "seed": 1, "val_score": 0.5, "curve": [{"step": config.total_steps}]}
+    (tmp_path / "runs.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=f"runs of \\[{config.total_steps}\\] steps; this benchmark trains "):
+        run_dense_benchmark(longer, tmp_path, log=lambda _: None)
+    with pytest.raises(ValueError, match="num_train_epochs must be at least 1"):
+        DenseBenchmarkConfig(num_train_epochs=0)
+
+
 def test_unknown_method_or_task_is_refused():
     with pytest.raises(ValueError, match="Unknown methods"):
         DenseBenchmarkConfig(methods=["mona", "dora"])

@@ -119,8 +119,8 @@ SCHEDULE_NAMES = {"polynomial": "poly", "cosine": "cosine", "linear": "linear"}
 
 @dataclass
 class DenseBenchmarkConfig:
-    """What to run. Empty ``task`` and ``lr_grid`` take the kind's; ``max_train_steps`` (quick runs) cuts the task's
-    epochs short."""
+    """What to run. Empty ``task`` and ``lr_grid`` take the kind's; ``num_train_epochs`` replaces the task's
+    schedule length (a longer schedule, to see the curves level off); ``max_train_steps`` (quick runs) cuts it short."""
 
     kind: str = "semantic-segmentation"
     methods: list[str] = field(default_factory=lambda: list(DENSE_METHODS))
@@ -131,6 +131,7 @@ class DenseBenchmarkConfig:
     threads: int = 1
     warmup_fraction: float = 0.1
     max_train_steps: int | None = None
+    num_train_epochs: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -146,6 +147,12 @@ class DenseBenchmarkConfig:
             )
         if not self.seeds:
             raise ValueError("Need at least one seed.")
+        if self.num_train_epochs is not None and self.num_train_epochs < 1:
+            raise ValueError(f"num_train_epochs must be at least 1, got {self.num_train_epochs}.")
+
+    @property
+    def epochs(self) -> int:
+        return self.num_train_epochs or KINDS[self.kind].tasks[self.task].epochs
 
     @property
     def steps_per_epoch(self) -> int:
@@ -156,7 +163,7 @@ class DenseBenchmarkConfig:
 
     @property
     def total_steps(self) -> int:
-        return self.max_train_steps or KINDS[self.kind].tasks[self.task].epochs * self.steps_per_epoch
+        return self.max_train_steps or self.epochs * self.steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -178,7 +185,7 @@ def run_config(job: Job, config: DenseBenchmarkConfig, output_dir: Path) -> RunC
         report_to="none",
         checkpointing_steps="no",
         eval_strategy="epoch",
-        num_train_epochs=task.epochs,
+        num_train_epochs=config.epochs,
         max_train_steps=config.max_train_steps,
         per_device_train_batch_size=task.batch_size,
         per_device_eval_batch_size=100,
@@ -283,6 +290,12 @@ def run_dense_benchmark(
     runs = work_dir / "runs.jsonl"
     rows = [json.loads(line) for line in runs.read_text().splitlines()] if runs.exists() else []
     jobs = [] if report_only else pending_jobs(config, rows)
+    other_schedule = sorted({row["curve"][-1]["step"] for row in rows} - {config.total_steps})
+    if jobs and other_schedule:
+        raise ValueError(
+            f"{runs} holds runs of {other_schedule} steps; this benchmark trains {config.total_steps} "
+            "(another schedule length). Give it its own --work_dir."
+        )
     log(f"{len(rows)} runs done, {len(jobs)} to go")
     with runs.open("a") as sink:
         for row in run_jobs(jobs, config, work_dir):
@@ -328,6 +341,7 @@ def markdown(results: dict) -> str:
     present = [m for m in config["methods"] if _chosen_rows(results, m)]
     # The steps the rows ran (their curves end there), not today's config: an older work dir reports what it ran.
     steps_run = max(point["step"] for row in results["rows"] for point in row["curve"])
+    epochs = config.get("num_train_epochs") or task["epochs"]
     head_params = min(_chosen_rows(results, m)[0]["trainable_params"] for m in present)  # linear: the heads only
     lines = [
         f"# {kind.title}",
@@ -336,7 +350,7 @@ def markdown(results: dict) -> str:
         f"({task['description']}). Test {kind.described}, mean ± sample std over the seeds at each method's chosen "
         f"rate. Rates from the grid {', '.join(f'{lr:g}' for lr in config['lr_grid'])}, chosen per method on the mean "
         f"final validation {label} over the seeds; the test split never chooses. {steps_run} steps of batch "
-        f"{task['batch_size']} ({task['epochs']} epochs), AdamW (weight decay {kind.weight_decay:g}), "
+        f"{task['batch_size']} ({epochs} epochs), AdamW (weight decay {kind.weight_decay:g}), "
         f"{SCHEDULE_NAMES[kind.lr_scheduler_type]} schedule with {100 * config['warmup_fraction']:.0f} % warm-up, "
         f"clipping {kind.max_grad_norm:g}, the same rate for heads and method parameters (times Mona's declared 0.1 "
         "on its projections).",
