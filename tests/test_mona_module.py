@@ -92,8 +92,9 @@ def test_inference_reuses_fused_kernels_until_a_parameter_changes():
         kernel = conv._derived_cache["fused_depthwise"][2][0]
         again = model(pixel_values=x).last_hidden_state
         assert conv._derived_cache["fused_depthwise"][2][0] is kernel  # reused, not rebuilt
-    torch.testing.assert_close(first, reference, rtol=0, atol=0)
-    torch.testing.assert_close(again, reference, rtol=0, atol=0)
+    # (inference adds Mona's output into the block's residual: the same sums in another order)
+    torch.testing.assert_close(first, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
     # Each way a parameter can change rebuilds what depends on it.
     changes = [
         lambda: torch.nn.init.normal_(conv.dw5_weight),  # in place (as an optimizer step)
@@ -107,10 +108,10 @@ def test_inference_reuses_fused_kernels_until_a_parameter_changes():
         with torch.no_grad():
             change()
         expected = model(pixel_values=x).last_hidden_state.detach()  # recording gradients: computed afresh
-        assert not torch.equal(expected, reference)
+        assert (expected - reference).abs().max() > 1e-3
         reference = expected
         with torch.no_grad():  # no_grad keeps the kernels too, as inference mode does
-            torch.testing.assert_close(model(pixel_values=x).last_hidden_state, expected, rtol=0, atol=0)
+            torch.testing.assert_close(model(pixel_values=x).last_hidden_state, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_training_after_inference_gets_gradients_and_the_model_still_copies():
