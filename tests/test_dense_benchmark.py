@@ -44,6 +44,7 @@ def test_quick_benchmark_records_curves_chooses_on_validation_resumes_and_report
     assert len((tmp_path / "work" / "runs.jsonl").read_text().splitlines()) == 4
     write_results(again, tmp_path / "out")
     report = (tmp_path / "out" / "results.md").read_text()
+    assert "validation mIoU over the seeds every rate ran (0);" in report
     assert "| mona | 1 |" in report and "| linear | 1 |" in report and (tmp_path / "out" / "results.png").stat().st_size
     assert json.loads((tmp_path / "out" / "results.json").read_text())["learning_rates"] == again["learning_rates"]
 
@@ -59,7 +60,7 @@ def test_rate_is_chosen_on_the_mean_over_seeds_and_jobs_go_seed_by_seed():
     assert choose_learning_rates(rows, config)["mona"]["chosen_lr"] == 1e-3
     # A seed run at one rate only (as after the choice) is left out of the comparison: both rates ran seed 1 alone.
     choice = choose_learning_rates([rows[1], rows[3], {**rows[1], "seed": 2, "val_score": 0.0}], config)["mona"]
-    assert choice == {"val_score_by_lr": {"0.01": 0.1, "0.001": 0.6}, "chosen_lr": 1e-3}
+    assert choice == {"val_score_by_lr": {"0.01": 0.1, "0.001": 0.6}, "chosen_lr": 1e-3, "choice_seeds": [1]}
     assert pending_jobs(config, rows[:1]) == [Job("mona", 1e-3, 0), Job("mona", 1e-3, 1), Job("mona", 1e-2, 1)]
 
 

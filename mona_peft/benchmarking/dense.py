@@ -277,6 +277,7 @@ def choose_learning_rates(rows: list[dict], config: DenseBenchmarkConfig) -> dic
         if means:
             chosen[method] = {"val_score_by_lr": {f"{lr:g}": m for lr, m in means.items()}}
             chosen[method]["chosen_lr"] = max(means, key=means.get)
+            chosen[method]["choice_seeds"] = sorted(common)
     return chosen
 
 
@@ -343,14 +344,17 @@ def markdown(results: dict) -> str:
     steps_run = max(point["step"] for row in results["rows"] for point in row["curve"])
     epochs = config.get("num_train_epochs") or task["epochs"]
     head_params = min(_chosen_rows(results, m)[0]["trainable_params"] for m in present)  # linear: the heads only
+    choice_seeds = sorted({tuple(results["learning_rates"][m].get("choice_seeds", config["seeds"])) for m in present})
+    seeds_words = "; ".join(", ".join(map(str, seeds)) for seeds in choice_seeds)
     lines = [
         f"# {kind.title}",
         "",
         f"{kind.model} around the shipped Swin pretrained on Fashion-MNIST, on the offline `{config['task']}` task "
         f"({task['description']}). Test {kind.described}, mean ± sample std over the seeds at each method's chosen "
         f"rate. Rates from the grid {', '.join(f'{lr:g}' for lr in config['lr_grid'])}, chosen per method on the mean "
-        f"final validation {label} over the seeds; the test split never chooses. {steps_run} steps of batch "
-        f"{task['batch_size']} ({epochs} epochs), AdamW (weight decay {kind.weight_decay:g}), "
+        f"final validation {label} over the seeds every rate ran ({seeds_words}); the test split never chooses. "
+        f"{steps_run} steps of batch {task['batch_size']} ({epochs} epochs), AdamW (weight decay "
+        f"{kind.weight_decay:g}), "
         f"{SCHEDULE_NAMES[kind.lr_scheduler_type]} schedule with {100 * config['warmup_fraction']:.0f} % warm-up, "
         f"clipping {kind.max_grad_norm:g}, the same rate for heads and method parameters (times Mona's declared 0.1 "
         "on its projections).",
