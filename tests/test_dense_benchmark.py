@@ -8,6 +8,7 @@ from mona_peft.benchmarking.dense import (
     DenseBenchmarkConfig,
     Job,
     choose_learning_rates,
+    markdown,
     pending_jobs,
     run_dense_benchmark,
     write_results,
@@ -45,8 +46,13 @@ def test_quick_benchmark_records_curves_chooses_on_validation_resumes_and_report
     write_results(again, tmp_path / "out")
     report = (tmp_path / "out" / "results.md").read_text()
     assert "validation mIoU over the seeds every rate ran (0);" in report
+    assert "| step 2 |" in report and "change, last" not in report  # one evaluation: no change to show
     assert "| mona | 1 |" in report and "| linear | 1 |" in report and (tmp_path / "out" / "results.png").stat().st_size
     assert json.loads((tmp_path / "out" / "results.json").read_text())["learning_rates"] == again["learning_rates"]
+    # With four evaluations the curves table shows each curve's change over the last one (is it levelling off?).
+    curve = [{"step": s, "val_score": v} for s, v in zip((1, 2, 3, 4), (0.1, 0.2, 0.3, 0.35), strict=True)]
+    longer = {**again, "rows": [{**row, "curve": curve} for row in again["rows"]]}
+    assert "| step 4 | change, last 1 epoch(s) |" in markdown(longer) and "| 35.0 | +5.0 |" in markdown(longer)
 
 
 def test_rate_is_chosen_on_the_mean_over_seeds_and_jobs_go_seed_by_seed():

@@ -389,10 +389,14 @@ def markdown(results: dict) -> str:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", f"## Validation curves at the chosen rates (mean {label} % over seeds)", ""]
     steps = _mean_curve(_chosen_rows(results, present[0]))[0]
-    lines += ["| method | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---:|" * len(steps)]
+    # Whether a curve has levelled off: its change over the last quarter of the evaluations.
+    tail = max(1, len(steps) // 4)
+    header = " | ".join(f"step {s}" for s in steps) + (f" | change, last {tail} epoch(s)" if len(steps) > tail else "")
+    lines += [f"| method | {header} |", "|---|" + "---:|" * (len(steps) + (len(steps) > tail))]
     for method in present:
         _, curve = _mean_curve(_chosen_rows(results, method))
-        lines.append(f"| {method} | " + " | ".join(f"{100 * v:.1f}" for v in curve) + " |")
+        change = [f"{100 * (curve[-1] - curve[-1 - tail]):+.1f}"] if len(curve) > tail else []
+        lines.append(f"| {method} | " + " | ".join([f"{100 * v:.1f}" for v in curve] + change) + " |")
     env = results["environment"]
     lines += [
         "",
