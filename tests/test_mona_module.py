@@ -71,66 +71,6 @@ def test_fused_kernel_is_the_padded_average_plus_centre_delta():
     torch.testing.assert_close(bias, (conv_filter.dw3_bias + conv_filter.dw5_bias + conv_filter.dw7_bias) / 3)
 
 
-def _tiny_mona_swin() -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = SwinModel(SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[2], num_heads=[2], window_size=4))
-    model = get_peft_model(model, mona_peft.MonaConfig())
-    for name, param in model.named_parameters():  # away from the identity init, so every Mona piece matters
-        if ".mona_" in name:
-            torch.nn.init.normal_(param, std=0.3)
-    return model.eval()
-
-
-def test_inference_reuses_fused_kernels_until_a_parameter_changes():
-    model = _tiny_mona_swin()
-    x = torch.randn(2, 3, 32, 32)
-    reference = model(pixel_values=x).last_hidden_state.detach()  # recording gradients: nothing is kept
-    conv = next(m for m in model.modules() if isinstance(m, MultiCognitiveFilter))
-    assert "_derived_cache" not in conv.__dict__
-    with torch.inference_mode():
-        first = model(pixel_values=x).last_hidden_state
-        kernel = conv._derived_cache["fused_depthwise"][2][0]
-        again = model(pixel_values=x).last_hidden_state
-        assert conv._derived_cache["fused_depthwise"][2][0] is kernel  # reused, not rebuilt
-    # (inference adds Mona's output into the block's residual: the same sums in another order)
-    torch.testing.assert_close(first, reference, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(again, first, rtol=0, atol=0)
-    # Each way a parameter can change rebuilds what depends on it.
-    changes = [
-        lambda: torch.nn.init.normal_(conv.dw5_weight),  # in place (as an optimizer step)
-        lambda: model.load_state_dict({n: p + 0.1 for n, p in model.state_dict().items() if ".mona_" in n}, False),
-        lambda: setattr(conv.pw_weight, "data", conv.pw_weight.data * 2),  # new storage, same parameter
-        lambda: setattr(conv, "dw3_bias", torch.nn.Parameter(conv.dw3_bias + 1)),  # a new parameter object
-    ]
-    for change in changes:
-        with torch.inference_mode():
-            model(pixel_values=x)  # fill the cache
-        with torch.no_grad():
-            change()
-        expected = model(pixel_values=x).last_hidden_state.detach()  # recording gradients: computed afresh
-        assert (expected - reference).abs().max() > 1e-3
-        reference = expected
-        with torch.no_grad():  # no_grad keeps the kernels too, as inference mode does
-            torch.testing.assert_close(model(pixel_values=x).last_hidden_state, expected, rtol=1e-5, atol=1e-5)
-
-
-def test_training_after_inference_gets_gradients_and_the_model_still_copies():
-    import copy
-
-    model = _tiny_mona_swin()
-    x = torch.randn(2, 3, 32, 32)
-    with torch.inference_mode():
-        model(pixel_values=x)
-    model.train()
-    model(pixel_values=x).last_hidden_state.sum().backward()
-    conv = next(m for m in model.modules() if isinstance(m, MultiCognitiveFilter))
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in conv.parameters())
-    copied = copy.deepcopy(model).eval()
-    with torch.inference_mode():
-        expected = model.eval()(pixel_values=x).last_hidden_state
-        torch.testing.assert_close(copied(pixel_values=x).last_hidden_state, expected)
-
-
 def test_official_initialisation():
     torch.manual_seed(0)
     model = get_peft_model(SwinModel(SwinConfig(embed_dim=32, depths=[2], num_heads=[2])), mona_peft.MonaConfig())

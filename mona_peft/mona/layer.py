@@ -36,14 +36,9 @@ class ScaledLayerNorm(nn.Module):
         self.gamma = nn.Parameter(torch.full((channels,), 1e-6))
         self.gammax = nn.Parameter(torch.ones(channels))
 
-    def scaled_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The LayerNorm's weight and bias times ``gamma``."""
-        return self.weight * self.gamma, self.bias * self.gamma
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # gamma folded into the LayerNorm's affine (channel-sized products): one pass over x fewer than `LN(x) * gamma`
-        weight, bias = derived_from_parameters(self, "scaled_affine", (self.weight, self.bias, self.gamma))
-        normed = F.layer_norm(x, (x.shape[-1],), weight, bias, self.eps)
+        normed = F.layer_norm(x, (x.shape[-1],), self.weight * self.gamma, self.bias * self.gamma, self.eps)
         return torch.addcmul(normed, x, self.gammax)  # one kernel for `+ x * gammax`
 
 
@@ -109,9 +104,7 @@ class MultiCognitiveFilter(nn.Module):
         height, width = grid
         image = z.reshape(batch, height, width, channels).permute(0, 3, 1, 2)  # channels-last view
         if self.fused:
-            kernel, bias = derived_from_parameters(
-                self, "fused_depthwise", [t for pair in self.conv_parameters()[:-1] for t in pair]
-            )
+            kernel, bias = self.fused_depthwise()
             out = F.conv2d(image, kernel, bias, padding=kernel.shape[-1] // 2, groups=channels)
         else:
             convs = [
@@ -126,27 +119,8 @@ class MultiCognitiveFilter(nn.Module):
     def project(self, z: torch.Tensor) -> torch.Tensor:
         """``z + conv1x1(z)``, per token."""
         if self.fused:
-            return F.linear(z, derived_from_parameters(self, "fused_projection", (self.pw_weight,)), self.pw_bias)
+            return F.linear(z, self.fused_projection(), self.pw_bias)
         return z + F.linear(z, self.pw_weight.view(self.channels, self.channels), self.pw_bias)
-
-
-def derived_from_parameters(module: nn.Module, method: str, parameters) -> Any:
-    """``getattr(module, method)()``: tensors computed from ``parameters`` (Mona's fused kernels, the scaled norm's
-    affine). Where no gradient is recorded (inference) the result is kept on the module and reused while the same
-    parameter objects hold the same storage at the same version: an optimizer step, ``load_state_dict``, ``.to()`` or
-    any in-place change rebuilds it. That saves about a dozen small kernel launches per Mona and forward pass."""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return getattr(module, method)()
-    parameters = tuple(parameters)
-    key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in parameters)
-    cache = module.__dict__.setdefault("_derived_cache", {})
-    entry = cache.get(method)
-    # the entry holds the parameter objects themselves, so a freed parameter's address cannot be mistaken for it
-    if entry is not None and entry[1] == key and all(a is b for a, b in zip(entry[0], parameters, strict=True)):
-        return entry[2]
-    value = getattr(module, method)()
-    cache[method] = (parameters, key, value)
-    return value
 
 
 _IDENTITIES: dict[tuple, torch.Tensor] = {}
