@@ -5,7 +5,6 @@ import torch
 import transformers as tf
 from conftest import TINY_MODELS, WITHOUT_CLASSIFIER, build_tiny_model
 from peft import get_peft_model
-from torch.utils._pytree import tree_leaves
 
 import mona_peft
 from mona_peft.mona.layer import MonaLayer
@@ -50,40 +49,6 @@ def test_every_block_is_adapted_and_changes_the_output(model_type):
             disabled = model(pixel_values=x).logits
     assert (adapted - plain).abs().max() > 1e-6
     torch.testing.assert_close(disabled, plain)
-
-
-def _tiny_without_classifier(model_type: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    if model_type == "dpt":
-        config = tf.DPTConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
-            patch_size=8, neck_hidden_sizes=[16, 16], fusion_hidden_size=16, backbone_out_indices=[0, 1], num_labels=3,
-        )  # fmt: skip
-        return tf.DPTForSemanticSegmentation(config).eval()
-    config = tf.MaskFormerSwinConfig(image_size=32, embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=4)
-    return tf.MaskFormerSwinModel(config).eval()
-
-
-@pytest.mark.parametrize("model_type", sorted(TINY_MODELS) + sorted(WITHOUT_CLASSIFIER))
-def test_inference_adds_in_place_and_equals_the_recorded_forward(model_type):
-    """Without autograd, Mona adds into the block's own residual tensor; with it, the block's output gets Mona's
-    contribution added afterwards. Both must give the same hidden states and outputs on every architecture."""
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    base = _tiny_without_classifier(model_type) if model_type in WITHOUT_CLASSIFIER else _build(model_type)
-    blocks = {"dpt": r"dpt\.encoder\.layer\.\d+"}.get(model_type)  # DPT's neck has 'layers' too
-    model = get_peft_model(base, mona_peft.MonaConfig(target_modules=blocks)).eval()
-    for name, param in model.named_parameters():
-        if ".mona_" in name:
-            torch.nn.init.normal_(param, std=0.2)
-    recorded = model(pixel_values=x, output_hidden_states=True)  # records gradients: nothing in place
-    with torch.inference_mode():
-        in_place = model(pixel_values=x, output_hidden_states=True)
-    output = "last_hidden_state" if model_type == "maskformer-swin" else "logits"
-    torch.testing.assert_close(in_place[output], recorded[output].detach(), rtol=1e-5, atol=1e-5)
-    fast_states, reference_states = (tree_leaves(out.hidden_states) for out in (in_place, recorded))
-    assert len(fast_states) == len(reference_states) > 2
-    for fast, reference in zip(fast_states, reference_states, strict=True):
-        torch.testing.assert_close(fast, reference.detach(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("model_type", sorted(TINY_MODELS))

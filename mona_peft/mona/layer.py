@@ -318,12 +318,6 @@ class MonaLayer(nn.Module, WrappingLayer):
         pending["ran"] = True
         if delta is None:
             return None
-        if not torch.is_grad_enabled():
-            # Nothing records gradients: add Mona's contribution into the block's residual tensor itself. Every
-            # registered block passes that one tensor both to this module and to its MLP residual addition, so the
-            # block's output carries it already: one pass over the tokens fewer (checked per architecture in tests).
-            hidden.add_(delta)
-            return None
         pending["delta"] = delta
         return (hidden + delta,) + tuple(args[1:])
 
