@@ -344,7 +344,8 @@ def markdown(results: dict) -> str:
     # The steps the rows ran (their curves end there), not today's config: an older work dir reports what it ran.
     steps_run = max(point["step"] for row in results["rows"] for point in row["curve"])
     epochs = config.get("num_train_epochs") or task["epochs"]
-    head_params = min(_chosen_rows(results, m)[0]["trainable_params"] for m in present)  # linear: the heads only
+    # Linear probing trains the heads only; without its rows the backbone's share is not known here.
+    head_params = _chosen_rows(results, "linear")[0]["trainable_params"] if "linear" in present else None
     choice_seeds = sorted({tuple(results["learning_rates"][m].get("choice_seeds", config["seeds"])) for m in present})
     seeds_words = "; ".join(", ".join(map(str, seeds)) for seeds in choice_seeds)
     lines = [
@@ -369,7 +370,8 @@ def markdown(results: dict) -> str:
         per_class = [statistics.fmean(c) for c in zip(*(r["test_per_class"] for r in rows), strict=True)]
         lines.append(
             f"| {method} | {len(rows)} | {rows[0]['lr']:g} | {rows[0]['trainable_params']:,} | "
-            f"{rows[0]['trainable_params'] - head_params:,} | {_size(rows[0]['weights_bytes'])} | "
+            f"{'-' if head_params is None else format(rows[0]['trainable_params'] - head_params, ',')} | "
+            f"{_size(rows[0]['weights_bytes'])} | "
             f"{_pm([r['test_score'] for r in rows], 100)} | {', '.join(f'{100 * v:.0f}' for v in per_class)} | "
             f"{_pm([r['val_score'] for r in rows], 100)} |"
         )
