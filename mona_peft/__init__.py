@@ -4,23 +4,18 @@
 (``PeftModel.from_pretrained``, ``PeftConfig.from_pretrained``, ``AutoPeftModel...``).
 """
 
-# isort: off
-# The method packages, in the order reports list their methods; importing one registers it (mona_peft.registration).
-# Adding a method: its own folder, plus its name here.
-from . import baselines, houlsby, adaptformer, vpt, mona  # noqa: F401
-
-# isort: on
-from .adaptformer import AdaptFormerConfig, AdaptFormerLayer, AdaptFormerModel
-from .architectures import (
+from . import tuners  # noqa: F401  (importing the method packages registers every method with PEFT)
+from .tuners.adaptformer import AdaptFormerConfig, AdaptFormerLayer, AdaptFormerModel
+from .tuners.architectures import (
     SUPPORTED_ARCHITECTURES,
     ArchitectureSpec,
     UnsupportedArchitectureError,
     supported_model_types,
 )
-from .config_utils import AdapterMismatchError, ConfigTypeError
-from .houlsby import HoulsbyConfig, HoulsbyLayer, HoulsbyModel
-from .mona import MonaConfig, MonaLayer, MonaModel
-from .vpt import VPTConfig, VPTLayer, VPTModel
+from .tuners.config_utils import AdapterMismatchError, ConfigTypeError
+from .tuners.houlsby import HoulsbyConfig, HoulsbyLayer, HoulsbyModel
+from .tuners.mona import MonaConfig, MonaLayer, MonaModel
+from .tuners.vpt import VPTConfig, VPTLayer, VPTModel
 
 __version__ = "0.1.0"
 

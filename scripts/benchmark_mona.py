@@ -36,8 +36,8 @@ from mona_peft.benchmarking.timing import (
     timed_pair,
     training_peak_bytes,
 )
-from mona_peft.methods import adamw
-from mona_peft.mona import MultiCognitiveFilter
+from mona_peft.tuners.methods import adamw
+from mona_peft.tuners.mona import MultiCognitiveFilter
 
 
 def set_fused(filters: list[MultiCognitiveFilter], fused: bool) -> None:

@@ -9,7 +9,7 @@ With a Hub model and dataset (needs network):
 See `python scripts/train_image_classification.py --help` for every flag.
 """
 
-from mona_peft.training import main
+from mona_peft.tasks.image_classification import main
 
 if __name__ == "__main__":
     main()

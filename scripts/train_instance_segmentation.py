@@ -13,8 +13,7 @@ With a Hub backbone and dataset (needs network; the dataset in run_instance_segm
 See `python scripts/train_instance_segmentation.py --help` for every flag.
 """
 
-from mona_peft.training import main
-from mona_peft.training.instance_segmentation import InstanceSegmentationTask
+from mona_peft.tasks.instance_segmentation import main
 
 if __name__ == "__main__":
-    main(task=InstanceSegmentationTask)
+    main()

@@ -12,8 +12,7 @@ With a Hub backbone and dataset (needs network):
 See `python scripts/train_object_detection.py --help` for every flag (--detector chooses the detector).
 """
 
-from mona_peft.training import main
-from mona_peft.training.object_detection import ObjectDetectionTask
+from mona_peft.tasks.object_detection import main
 
 if __name__ == "__main__":
-    main(task=ObjectDetectionTask)
+    main()

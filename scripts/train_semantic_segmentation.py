@@ -12,8 +12,7 @@ With a Hub backbone and dataset (needs network):
 See `python scripts/train_semantic_segmentation.py --help` for every flag.
 """
 
-from mona_peft.training import main
-from mona_peft.training.semantic_segmentation import SemanticSegmentationTask
+from mona_peft.tasks.semantic_segmentation import main
 
 if __name__ == "__main__":
-    main(task=SemanticSegmentationTask)
+    main()

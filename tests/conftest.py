@@ -146,7 +146,7 @@ def save_tiny_backbone_checkpoint(path: Path) -> str:
 
 def write_digit_coco_folders(root: Path, train: int = 6, validation: int = 3) -> tuple[Path, Path]:
     """Small COCO folders (images + annotations.json with boxes and RLE masks) of offline digit scenes."""
-    from mona_peft.data.detection import DETECTION_CLASSES, instance_scene_split, write_coco_folder
+    from mona_peft.tasks.object_detection.data import DETECTION_CLASSES, instance_scene_split, write_coco_folder
 
     write_coco_folder(instance_scene_split("train", train, seed=0), list(DETECTION_CLASSES), root / "train")
     write_coco_folder(

@@ -7,7 +7,7 @@ from conftest import TINY_MODELS, WITHOUT_CLASSIFIER, build_tiny_model
 from peft import get_peft_model
 
 import mona_peft
-from mona_peft.mona.layer import MonaLayer
+from mona_peft.tuners.mona.layer import MonaLayer
 
 # DeiT with its distillation head (both prefix tokens reach a head); four register tokens.
 OVERRIDES = {

@@ -14,15 +14,15 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from mona_peft.backbones import BACKBONES, backbone_path, build_backbone
-from mona_peft.backbones.pretraining import evaluate_accuracy
-from mona_peft.data import digits_tensors, fashion_mnist
-from mona_peft.data.fashion_mnist import (
+from mona_peft.backbones import BACKBONES, backbone_path, build_backbone, fashion_mnist
+from mona_peft.backbones.fashion_mnist import (
     FASHION_MNIST_CLASSES,
     FashionMNISTNotFoundError,
     load_fashion_mnist,
     pixel_values_from_uint8,
 )
+from mona_peft.backbones.pretraining import evaluate_accuracy
+from mona_peft.data import digits_tensors
 
 ARCHS = sorted(BACKBONES)
 

@@ -19,9 +19,9 @@ from torch import nn
 
 import mona_peft
 from mona_peft import AdaptFormerConfig, AdaptFormerLayer, HoulsbyConfig, HoulsbyLayer
-from mona_peft.methods import build_method, count_parameters, is_adapter_parameter
-from mona_peft.registration import methods
-from mona_peft.training import main
+from mona_peft.tasks.image_classification import main
+from mona_peft.tuners.methods import build_method, count_parameters, is_adapter_parameter
+from mona_peft.tuners.registry import methods
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HEAD = ["classifier"]
@@ -116,7 +116,7 @@ def test_each_method_trains_exactly_its_parameters(arch, tiny_model):
     sites = sorted(
         n.removeprefix("base_model.model.") for n, m in houlsby.named_modules() if isinstance(m, HoulsbyLayer)
     )
-    blocks = [n for n, _ in mona_peft.architectures.find_blocks(tiny_model(arch))]
+    blocks = [n for n, _ in mona_peft.tuners.architectures.find_blocks(tiny_model(arch))]
     assert sites == sorted(f"{b}.{s}" for b in blocks for s in HOULSBY_SITES[arch])
     lora = build_method(tiny_model(arch), "lora", HEAD)
     lora_sites = sorted(n.removeprefix("base_model.model.") for n, m in lora.named_modules() if hasattr(m, "lora_A"))
@@ -151,7 +151,7 @@ _FRESH_PROCESS_RELOAD = """
 import sys
 import torch
 import mona_peft  # noqa: F401  (registers the methods with PEFT)
-from mona_peft.bottleneck import BottleneckLayer
+from mona_peft.tuners.bottleneck import BottleneckLayer
 from peft import PeftModel
 from transformers import AutoModelForImageClassification
 

@@ -168,7 +168,7 @@ def test_learning_rate_is_chosen_on_the_mean_over_seeds_not_the_best_seed():
 def test_head_starts_fresh_for_other_class_names_of_the_same_count(tiny_swin, tmp_path):
     import torch
 
-    from mona_peft.training.image_classification import _fresh_head_for_new_labels
+    from mona_peft.tasks.image_classification.task import _fresh_head_for_new_labels
 
     base = tiny_swin()  # 3 labels: LABEL_0..2
     base.save_pretrained(tmp_path)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from mona_peft.metrics.coco import STAT_NAMES, CocoEvaluator
+from mona_peft.tasks.object_detection.coco import STAT_NAMES, CocoEvaluator
 
 BOX_KEYS = list(STAT_NAMES)
 MASK_KEYS = [f"mask_{name}" for name in STAT_NAMES]

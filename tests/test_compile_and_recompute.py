@@ -11,7 +11,7 @@ from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 
 import mona_peft
-from mona_peft.training import main
+from mona_peft.tasks.image_classification import main
 from mona_peft.training.config import RunConfig
 
 # aot_eager traces exactly what inductor traces (Dynamo + AOTAutograd) without generating C++: seconds, not minutes,
@@ -131,8 +131,10 @@ def test_speed_benchmark_measures_variants_and_several_models_in_one_command(tmp
     for name in ("swin-t", "upernet-swin-t"):
         monkeypatch.setitem(speed.SPEED_MODELS, name, dataclasses.replace(speed.SPEED_MODELS["swin-t"], build=tiny))
     built = []
-    build_method = mona_peft.methods.build_method
-    monkeypatch.setattr(mona_peft.methods, "build_method", lambda *a, **o: built.append(o) or build_method(*a, **o))
+    build_method = mona_peft.tuners.methods.build_method
+    monkeypatch.setattr(
+        mona_peft.tuners.methods, "build_method", lambda *a, **o: built.append(o) or build_method(*a, **o)
+    )
     argv = ["--speed", "--speed_model", "swin-t", "upernet-swin-t", "--image_size", "32", "--repeats", "1"]
     argv += ["--warmup", "0", "--speed_threads", "1", "--bf16", "--floor", "--output_dir", str(tmp_path)]
     threads = torch.get_num_threads()

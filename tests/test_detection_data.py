@@ -9,7 +9,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from mona_peft.data import ImageDataError
-from mona_peft.data.detection import (
+from mona_peft.tasks.object_detection.data import (
     ANNOTATION_FILE,
     DETECTION_CLASSES,
     DETECTION_TASKS,
@@ -26,7 +26,7 @@ from mona_peft.data.detection import (
     mask_box,
     write_coco_folder,
 )
-from mona_peft.data.segmentation import (
+from mona_peft.tasks.semantic_segmentation.data import (
     BACKGROUND_BANDS,
     SCENE_DIGITS,
     SceneLayout,

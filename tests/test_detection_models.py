@@ -29,9 +29,9 @@ from peft import PeftModel
 from torch import nn
 
 import mona_peft  # noqa: F401  (registers the methods with PEFT)
-from mona_peft.architectures import find_blocks, head_modules, resolve_architecture
-from mona_peft.methods import adamw, build_method
-from mona_peft.registration import MethodSpec, methods
+from mona_peft.tuners.architectures import find_blocks, head_modules, resolve_architecture
+from mona_peft.tuners.methods import adamw, build_method
+from mona_peft.tuners.registry import MethodSpec, methods
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 64

@@ -17,9 +17,10 @@ from peft import get_peft_model
 from transformers import SwinConfig, SwinForImageClassification
 
 import mona_peft
-from mona_peft import model_card
-from mona_peft.hub import push_to_hub
-from mona_peft.model_card import render_model_card, write_model_card
+from mona_peft.sharing import model_card
+from mona_peft.sharing.hub import push_to_hub
+from mona_peft.sharing.model_card import render_model_card, write_model_card
+from mona_peft.tasks.image_classification import ImageClassificationTask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_server import HubServer, isolate_hf_home, patch_endpoint  # noqa: E402
@@ -40,6 +41,7 @@ CARD_ARGS = dict(
     repo_id=f"{USER}/mona-swin-tiny-pets",
     num_labels=37,
     extra_tags=["vision"],
+    task=ImageClassificationTask.card,
 )
 
 LOAD_SCRIPT = """
@@ -256,7 +258,7 @@ with torch.no_grad():
 def test_whole_model_baseline_is_pushed_with_its_card_and_loads_without_peft(hub, tmp_path):
     from transformers import AutoImageProcessor, AutoModelForImageClassification, ViTImageProcessor
 
-    from mona_peft.training import main
+    from mona_peft.tasks.image_classification import main
 
     base = tmp_path / "base"
     tiny_swin().save_pretrained(base)
@@ -364,9 +366,9 @@ def test_segmentation_adapter_is_pushed_and_its_cards_snippet_reloads_it_in_a_fr
     from PIL import Image
     from transformers import AutoImageProcessor, ViTImageProcessor
 
-    from mona_peft.segmentation import load_segmentation_base
-    from mona_peft.training import main
-    from mona_peft.training.semantic_segmentation import SemanticSegmentationTask
+    from mona_peft.tasks.image_classification import main
+    from mona_peft.tasks.semantic_segmentation.model import load_segmentation_base
+    from mona_peft.tasks.semantic_segmentation.task import SemanticSegmentationTask
 
     backbone = tmp_path / "backbone"
     build_tiny_model("swin", depths=[1, 1, 1], num_heads=[2, 2, 4]).save_pretrained(backbone)
@@ -419,10 +421,11 @@ def test_detection_adapters_are_pushed_and_their_cards_snippets_reload_them_in_a
     from PIL import Image
     from transformers import AutoImageProcessor
 
-    from mona_peft.detection import load_detection_base, load_instance_segmentation_base
-    from mona_peft.training import main
-    from mona_peft.training.instance_segmentation import InstanceSegmentationTask
-    from mona_peft.training.object_detection import ObjectDetectionTask
+    from mona_peft.tasks.image_classification import main
+    from mona_peft.tasks.instance_segmentation import load_instance_segmentation_base
+    from mona_peft.tasks.instance_segmentation.task import InstanceSegmentationTask
+    from mona_peft.tasks.object_detection import load_detection_base
+    from mona_peft.tasks.object_detection.task import ObjectDetectionTask
 
     task, load_base, config_file, size_flags, output = {
         "object-detection": (

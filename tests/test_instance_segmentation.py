@@ -22,17 +22,17 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mona_peft.data.detection import INSTANCE_SCENE_SIZE, decode_mask, instance_scene_split
-from mona_peft.detection import INSTANCE_SEGMENTATION_CONFIG_FILE
-from mona_peft.hub import ALLOW_PATTERNS, IGNORE_PATTERNS
-from mona_peft.training import main, parse_args
-from mona_peft.training.instance_segmentation import (
+from mona_peft.sharing.hub import ALLOW_PATTERNS, IGNORE_PATTERNS
+from mona_peft.tasks.instance_segmentation import INSTANCE_SEGMENTATION_CONFIG_FILE
+from mona_peft.tasks.instance_segmentation.task import (
     InstanceSegmentationArguments,
     InstanceSegmentationTask,
     instance_objects,
     instance_predictions,
     mask_labels,
 )
+from mona_peft.tasks.object_detection.data import INSTANCE_SCENE_SIZE, decode_mask, instance_scene_split
+from mona_peft.training import main, parse_args
 from mona_peft.training.run import FineTuningRun
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,12 +7,12 @@ import evaluate
 import numpy as np
 import pytest
 
-from mona_peft.metrics import metric_path
+from mona_peft.tasks.semantic_segmentation import METRIC_PATH
 
 
 @pytest.fixture(scope="module")
 def mean_iou():
-    return evaluate.load(metric_path("mean_iou"))
+    return evaluate.load(METRIC_PATH)
 
 
 def test_ignore_index_and_a_class_that_occurs_nowhere(mean_iou):

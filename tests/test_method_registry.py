@@ -8,12 +8,13 @@ from conftest import build_tiny_swin
 from huggingface_hub import ModelCard
 from peft import PeftModel
 
-from mona_peft import registration
 from mona_peft.benchmarking.runner import BenchmarkConfig
-from mona_peft.methods import build_method, is_adapter_parameter
-from mona_peft.model_card import render_model_card
-from mona_peft.registration import MethodSpec, get_method, methods
+from mona_peft.sharing.model_card import render_model_card
+from mona_peft.tasks.image_classification import ImageClassificationTask
 from mona_peft.training import RunConfig, parse_args
+from mona_peft.tuners import registry as registration
+from mona_peft.tuners.methods import build_method, is_adapter_parameter
+from mona_peft.tuners.registry import MethodSpec, get_method, methods
 
 HEAD = ["classifier"]
 CARD = dict(
@@ -23,6 +24,7 @@ CARD = dict(
     hyperparameters={"learning_rate": 1e-3},
     trainable_params=10,
     total_params=100,
+    task=ImageClassificationTask.card,
 )
 
 
@@ -59,10 +61,9 @@ def test_the_training_flags_check_method_options_against_the_declaration():
 
 
 def test_mona_recomputation_defaults_per_task_and_the_flag_overrides_it():
-    from mona_peft.training import ImageClassificationTask
-    from mona_peft.training.instance_segmentation import InstanceSegmentationTask
-    from mona_peft.training.object_detection import ObjectDetectionTask
-    from mona_peft.training.semantic_segmentation import SemanticSegmentationTask
+    from mona_peft.tasks.instance_segmentation.task import InstanceSegmentationTask
+    from mona_peft.tasks.object_detection.task import ObjectDetectionTask
+    from mona_peft.tasks.semantic_segmentation.task import SemanticSegmentationTask
 
     dense = (SemanticSegmentationTask, ObjectDetectionTask, InstanceSegmentationTask)
     assert all(task.method_defaults["mona"] == {"gradient_checkpointing": True} for task in dense)

@@ -348,7 +348,7 @@ def test_trainer_callback_shrinks_and_keeps_training(tiny_swin, tmp_path):
 
 
 def test_training_script_mimi_flags(tiny_swin, tmp_path):
-    from mona_peft.training import main
+    from mona_peft.tasks.image_classification import main
 
     model_dir = tmp_path / "tiny-swin"
     tiny_swin().save_pretrained(model_dir)
@@ -374,7 +374,7 @@ def test_training_script_mimi_flags(tiny_swin, tmp_path):
 
 def test_config_widths_and_validation():
     config = MonaConfig(inner_dim=16, inner_dim_pattern={r"blocks\.1": 4, r"blocks\.0\.mona_mlp": 0})
-    from mona_peft.mona.config import mona_inner_dim
+    from mona_peft.tuners.mona.config import mona_inner_dim
 
     assert mona_inner_dim(config, "swin.encoder.layers.0.blocks.1", "attn") == 4
     assert mona_inner_dim(config, "swin.encoder.layers.0.blocks.0", "mlp") == 0

@@ -6,7 +6,7 @@ from peft import get_peft_model
 from transformers import SwinConfig, SwinModel
 
 import mona_peft
-from mona_peft.mona.layer import MultiCognitiveFilter
+from mona_peft.tuners.mona.layer import MultiCognitiveFilter
 
 SWIN_SIZES = {  # official figures: Mona parameters added to the backbone, head excluded
     "swin-t": (dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24]), 1_408_128),

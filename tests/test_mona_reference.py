@@ -7,7 +7,7 @@ from peft import get_peft_model
 from transformers import SwinConfig, SwinModel, ViTConfig, ViTModel
 
 import mona_peft
-from mona_peft.mona.layer import MonaLayer
+from mona_peft.tuners.mona.layer import MonaLayer
 
 
 def _close(actual, expected, rtol=1e-5):

@@ -13,10 +13,10 @@ from conftest import card_snippet
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
-from mona_peft.data.detection import AnnotationError
-from mona_peft.detection import DETECTION_CONFIG_FILE, DETECTORS
+from mona_peft.tasks.object_detection.data import AnnotationError
+from mona_peft.tasks.object_detection.model import DETECTION_CONFIG_FILE, DETECTORS
+from mona_peft.tasks.object_detection.task import ObjectDetectionTask
 from mona_peft.training import main
-from mona_peft.training.object_detection import ObjectDetectionTask
 
 
 def _args(backbone: str, out: Path, folders: tuple[Path, Path], *extra: str) -> list[str]:
@@ -58,8 +58,8 @@ def test_script_end_to_end_card_and_resume_equals_an_uninterrupted_run(detection
 def test_the_cards_snippet_reloads_the_trained_detector_in_a_fresh_process(detection_backbone, coco_folders, tmp_path):
     """RT-DETR (the default detector: batch norms in its heads, anchors from the input size) trained a few steps;
     the card's own loading snippet in a new Python gives the outputs the trained model gives."""
+    from mona_peft.tasks.object_detection.task import DetectionArguments
     from mona_peft.training import RunConfig
-    from mona_peft.training.object_detection import DetectionArguments
     from mona_peft.training.run import FineTuningRun
 
     out = tmp_path / "out"
@@ -111,7 +111,7 @@ def test_a_bad_annotation_is_named_before_any_training(detection_backbone, coco_
 
 
 def test_unknown_detector_names_the_choices():
-    from mona_peft.training.object_detection import DetectionArguments
+    from mona_peft.tasks.object_detection.task import DetectionArguments
 
     with pytest.raises(ValueError, match="Unknown --detector 'yolo'; available: " + ", ".join(DETECTORS)):
         ObjectDetectionTask(DetectionArguments(detector="yolo"))

@@ -44,7 +44,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from mona_peft import SUPPORTED_ARCHITECTURES, AdaptFormerConfig, HoulsbyConfig, MonaConfig, VPTConfig
-from mona_peft.architectures import resolve_architecture
+from mona_peft.tuners.architectures import resolve_architecture
 
 
 def _query_value(model: nn.Module) -> str:

@@ -8,7 +8,7 @@ from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPIN
 from peft.utils import PeftType
 
 import mona_peft
-from mona_peft import registration
+from mona_peft.tuners import registry as registration
 
 
 def test_peft_version_is_one_we_tested():

@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 
 import mona_peft
 from mona_peft.data import ImageDataError
-from mona_peft.training import FineTuningRun, main
+from mona_peft.tasks.image_classification import main
+from mona_peft.training import FineTuningRun
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,7 +106,9 @@ def test_resuming_a_finished_run_keeps_its_results_and_card(tiny_swin_dir, tmp_p
         name: (out / name).read_bytes() for name in ("all_results.json", "README.md", "adapter_model.safetensors")
     }
     pushed = []
-    monkeypatch.setattr("mona_peft.hub.push_to_hub", lambda folder, repo, token=None: pushed.append(folder) or "url")
+    monkeypatch.setattr(
+        "mona_peft.sharing.hub.push_to_hub", lambda folder, repo, token=None: pushed.append(folder) or "url"
+    )
     capsys.readouterr()
     results = main(_args(tiny_swin_dir, out, *run, "--resume_from_checkpoint", "latest", "--push_to_hub"))
     assert "already finished" in capsys.readouterr().out
@@ -226,7 +229,7 @@ _RECORD_WRITERS = """
 import os, sys
 from pathlib import Path
 import mona_peft.training.checkpoints as checkpoints
-from mona_peft.training import main
+from mona_peft.tasks.image_classification import main
 
 save = checkpoints.save_trainable
 
@@ -273,7 +276,7 @@ sys.path.insert(0, {tests!r})
 from conftest import build_tiny_swin, build_tiny_pixel_values
 import mona_peft
 from peft import get_peft_model
-from mona_peft.methods import load_trainable
+from mona_peft.tuners.methods import load_trainable
 from mona_peft.training.checkpoints import is_sharded, save_final_weights, save_trainable_weights
 
 out = Path(sys.argv[1])

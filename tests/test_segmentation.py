@@ -16,9 +16,8 @@ from peft import PeftModel
 from PIL import Image
 from safetensors.torch import load_file
 
-from mona_peft.architectures import head_modules
 from mona_peft.data import ImageDataError
-from mona_peft.data.segmentation import (
+from mona_peft.tasks.semantic_segmentation.data import (
     BACKGROUND_BANDS,
     MIN_CONTRAST,
     SCENE_CLASSES,
@@ -27,11 +26,16 @@ from mona_peft.data.segmentation import (
     load_segmentation_task,
     scene_split,
 )
-from mona_peft.methods import build_method
-from mona_peft.registration import methods
-from mona_peft.segmentation import SEGMENTATION_CONFIG_FILE, build_upernet, save_segmentation_config
+from mona_peft.tasks.semantic_segmentation.model import (
+    SEGMENTATION_CONFIG_FILE,
+    build_upernet,
+    save_segmentation_config,
+)
+from mona_peft.tasks.semantic_segmentation.task import SemanticSegmentationTask
 from mona_peft.training import main
-from mona_peft.training.semantic_segmentation import SemanticSegmentationTask
+from mona_peft.tuners.architectures import head_modules
+from mona_peft.tuners.methods import build_method
+from mona_peft.tuners.registry import methods
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["background", "a", "b"]
@@ -97,7 +101,7 @@ def test_every_method_trains_its_parameters_and_the_heads_and_reloads_identicall
     code = (
         "import sys, torch, mona_peft\n"
         "from peft import PeftModel\n"
-        "from mona_peft.segmentation import load_segmentation_base\n"
+        "from mona_peft.tasks.semantic_segmentation import load_segmentation_base\n"
         "x = torch.load(sys.argv[1])\n"
         "for folder in sys.argv[2:]:\n"
         "    model = PeftModel.from_pretrained(load_segmentation_base(folder), folder).eval()\n"
@@ -255,7 +259,7 @@ def test_script_end_to_end_and_resume_equals_an_uninterrupted_run(checkpoints, t
         torch.testing.assert_close(again[key], expected[key], rtol=1e-5, atol=1e-6)
 
     # The card's loading path, in this process: the adapter over the rebuilt base gives the run's predictions.
-    from mona_peft.segmentation import load_segmentation_base
+    from mona_peft.tasks.semantic_segmentation.model import load_segmentation_base
 
     model = PeftModel.from_pretrained(load_segmentation_base(full), full).eval()
     assert model(pixel_values=torch.zeros(1, 3, 32, 32)).logits.shape[1] == 3

@@ -17,7 +17,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
 from mona_peft import AdapterMismatchError, AdaptFormerConfig, HoulsbyConfig, MonaConfig, VPTConfig
-from mona_peft.methods import load_trainable, save_trainable
+from mona_peft.tuners.methods import load_trainable, save_trainable
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = "adapter_model.safetensors"
@@ -187,7 +187,7 @@ def test_configs_accept_json_round_trips():
 
 
 def test_mona_projections_train_at_a_tenth_of_the_adapter_rate():
-    from mona_peft.methods import build_method, parameter_groups
+    from mona_peft.tuners.methods import build_method, parameter_groups
 
     model = build_method(build_tiny_model("swin"), "mona", ["classifier"])
     groups = parameter_groups(model, 1e-2, adapter_lr_scale=2.0)

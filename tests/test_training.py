@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 import mona_peft
 from mona_peft.data import ImageDataError
-from mona_peft.training import main
+from mona_peft.tasks.image_classification import main
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "train_image_classification.py"
@@ -189,8 +189,8 @@ def test_push_to_hub_uploads_adapter_and_our_card(tiny_swin, tmp_path, monkeypat
     from hub_server import HubServer, isolate_hf_home, patch_endpoint
     from huggingface_hub import HfApi, hf_hub_download
 
-    from mona_peft.labels import load_labels
-    from mona_peft.model_card import is_mona_peft_card
+    from mona_peft.sharing.labels import load_labels
+    from mona_peft.sharing.model_card import is_mona_peft_card
 
     with HubServer(tokens={"hf_test": "test-user"}) as server:
         patch_endpoint(monkeypatch, server.url)

@@ -23,14 +23,14 @@ from torch import nn
 
 import mona_peft
 from mona_peft import VPTConfig, VPTLayer
-from mona_peft.methods import build_method, is_adapter_parameter
-from mona_peft.registration import methods
-from mona_peft.vpt.layer import prompt_init_bound
+from mona_peft.tuners.methods import build_method, is_adapter_parameter
+from mona_peft.tuners.registry import methods
+from mona_peft.tuners.vpt.layer import prompt_init_bound
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARCHS = ["swin", "vit"]
 NUM_PROMPTS = 3
-# VPT's architectures (not Swin v2: see mona_peft.architectures); DeiT with its distillation head.
+# VPT's architectures (not Swin v2: see mona_peft.tuners.architectures); DeiT with its distillation head.
 FAMILY = sorted(
     t
     for t in set(mona_peft.supported_model_types()) - WITHOUT_CLASSIFIER

@@ -24,8 +24,9 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, ge
 
 import mona_peft  # noqa: F401  (registers the methods)
 from mona_peft.backbones import backbone_path
-from mona_peft.data import image_transform, load_task
-from mona_peft.methods import adamw, build_method
+from mona_peft.data import load_task
+from mona_peft.tasks.image_classification.data import image_transform
+from mona_peft.tuners.methods import adamw, build_method
 
 #: kind -> regex on the parameter name (Mona's pieces).
 KINDS = {

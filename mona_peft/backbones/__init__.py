@@ -15,7 +15,7 @@ Here: what a shipped backbone is (:data:`BACKBONES`, :func:`backbone_path`, the 
 :data:`IMAGE_SIZE` / :data:`IMAGE_MEAN` / :data:`IMAGE_STD`, :func:`backbone_config`, :func:`build_backbone`,
 :func:`build_image_processor`, the Fashion-MNIST label maps). :func:`mona_peft.backbones.pretraining.pretrain`
 (command line: ``scripts/pretrain_backbone.py``) rebuilds the checkpoints from the data that
-:mod:`mona_peft.data.fashion_mnist` reads; each folder's ``training_log.json`` records the exact command, seed,
+:mod:`mona_peft.backbones.fashion_mnist` reads; each folder's ``training_log.json`` records the exact command, seed,
 hardware and learning curve.
 """
 
@@ -58,6 +58,19 @@ IMAGE_STD = (0.5, 0.5, 0.5)
 
 #: Shipped checkpoints: name -> folder under ``mona_peft/backbones/``.
 BACKBONES = {"swin": "swin-fmnist", "vit": "vit-fmnist"}
+#: The classes of Fashion-MNIST (:mod:`.fashion_mnist`), the labels of every shipped backbone.
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 def backbone_path(name: str) -> Path:
@@ -72,9 +85,6 @@ def backbone_path(name: str) -> Path:
 
 def _label_maps() -> dict[str, dict]:
     """``id2label`` / ``label2id`` of the Fashion-MNIST classes, the labels of every shipped backbone."""
-    # Imported here: mona_peft.data.fashion_mnist imports this module's IMAGE_* constants.
-    from ..data.fashion_mnist import FASHION_MNIST_CLASSES
-
     id2label = dict(enumerate(FASHION_MNIST_CLASSES))
     return {"id2label": id2label, "label2id": {label: index for index, label in id2label.items()}}
 

@@ -1,7 +1,7 @@
 """Pretraining of the shipped backbones on Fashion-MNIST, and their model cards.
 
 :func:`pretrain` trains :func:`mona_peft.backbones.build_backbone` ``(config.arch)`` on Fashion-MNIST (read by
-:mod:`mona_peft.data.fashion_mnist`) and saves it, with its image processor, ``training_log.json`` (the exact
+:mod:`mona_peft.backbones.fashion_mnist`) and saves it, with its image processor, ``training_log.json`` (the exact
 command, seed, hardware and learning curve) and ``README.md`` (:func:`write_model_card`), by default into the
 shipped folder :func:`mona_peft.backbones.backbone_path` ``(config.arch)``. ``scripts/pretrain_backbone.py`` is its
 command line.
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from ..data.fashion_mnist import fashion_mnist_tensors
 from . import backbone_path, build_backbone, build_image_processor
+from .fashion_mnist import fashion_mnist_tensors
 
 __all__ = ["PretrainConfig", "evaluate_accuracy", "pretrain", "write_model_card"]
 

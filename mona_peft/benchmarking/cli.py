@@ -7,7 +7,7 @@ import shlex
 import sys
 
 from ..data import TASKS
-from ..registration import methods
+from ..tuners.registry import methods
 from .runner import LR_GRID, BenchmarkConfig, run_benchmark
 from .speed import SPEED_MODELS
 

@@ -25,14 +25,14 @@ from typing import Any
 
 import torch
 
-from ..data.detection import DETECTION_TASKS
-from ..data.segmentation import SEGMENTATION_TASKS
-from ..registration import methods
+from ..tasks.instance_segmentation.task import InstanceSegmentationTask
+from ..tasks.object_detection.data import DETECTION_TASKS
+from ..tasks.object_detection.task import ObjectDetectionTask
+from ..tasks.semantic_segmentation.data import SEGMENTATION_TASKS
+from ..tasks.semantic_segmentation.task import SemanticSegmentationTask
 from ..training import RunConfig, train
-from ..training.instance_segmentation import InstanceSegmentationTask
-from ..training.object_detection import ObjectDetectionTask
-from ..training.semantic_segmentation import SemanticSegmentationTask
 from ..training.task import TrainingTask
+from ..tuners.registry import methods
 from .timing import environment
 
 #: The methods of the dense benchmarks (what 2 CPU cores allow; the issues' lists minus BitFit and the rest).

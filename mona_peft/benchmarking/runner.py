@@ -33,8 +33,9 @@ from pathlib import Path
 import torch
 
 from ..data import TASKS, load_task
-from ..registration import get_method, methods
+from ..tasks.image_classification import ImageClassificationTask
 from ..training import RunConfig, train
+from ..tuners.registry import get_method, methods
 from .timing import PeakRSS, contention, cpu_snapshot, environment, model_state_bytes, summarize, timed_pair
 
 #: One learning-rate grid for every method, wide enough that each method's best rate lies inside it: full
@@ -129,7 +130,7 @@ def _reload(job: Job, output_dir: Path, backbone: str, num_labels: int) -> torch
     from peft import PeftModel
     from transformers import AutoModelForImageClassification
 
-    from ..methods import build_method
+    from ..tuners.methods import build_method
 
     if get_method(job.method).saves_whole_model:
         model = AutoModelForImageClassification.from_pretrained(output_dir)
@@ -143,7 +144,7 @@ def _reload(job: Job, output_dir: Path, backbone: str, num_labels: int) -> torch
 def _pixel_batch(task: str, config: BenchmarkConfig, size: int, split: str = "test") -> tuple[torch.Tensor, ...]:
     from transformers import AutoImageProcessor
 
-    from ..data import image_transform
+    from ..tasks.image_classification.data import image_transform
 
     data = load_task(task, config.task_seed)[split]
     batch = data.select(range(min(size, len(data))))[:]
@@ -153,11 +154,11 @@ def _pixel_batch(task: str, config: BenchmarkConfig, size: int, split: str = "te
 
 def run_job(job: Job, config: BenchmarkConfig, work_dir: Path) -> dict:
     """Train ``job`` with the training core, then measure the trained model; returns the result row."""
-    from ..methods import save_trainable
+    from ..tuners.methods import save_trainable
 
     started = time.perf_counter()
     output_dir = work_dir / job.task / job.method / f"lr{job.lr:g}" / f"seed{job.seed}"
-    final = train(training_config(job, config, output_dir))
+    final = train(training_config(job, config, output_dir), ImageClassificationTask())
     model = _reload(job, output_dir, _backbone_path(config), _num_labels(job.task, config))
     if get_method(job.method).saves_whole_model:  # what a checkpoint of this method holds: its trained tensors only
         adapter_file = save_trainable(model, output_dir / "trainable")
@@ -213,7 +214,7 @@ def inference_latency(model: torch.nn.Module, job: Job, config: BenchmarkConfig)
 
 def training_peak_memory(model: torch.nn.Module, job: Job, config: BenchmarkConfig) -> int | None:
     """Peak memory of one training step at the task's batch size: weights + AdamW state + the step's peak RSS rise."""
-    from ..methods import adamw
+    from ..tuners.methods import adamw
 
     pixels, labels = _pixel_batch(job.task, config, TASKS[job.task].batch_size, split="train")
     model.train()

@@ -103,14 +103,14 @@ def _around_swin_t(
 
 def rt_detr_swin_t(image_size: int = 512, seed: int = 0) -> torch.nn.Module:
     """RT-DETR at transformers' COCO defaults (300 queries, 100 denoising queries) around a Swin-T, 80 classes."""
-    from ..detection import build_detector
+    from ..tasks.object_detection.model import build_detector
 
     return _around_swin_t(lambda folder, labels: build_detector("rt_detr", folder, labels), image_size, seed)
 
 
 def mask2former_swin_t(image_size: int = 512, seed: int = 0) -> torch.nn.Module:
     """Mask2Former at transformers' COCO defaults (width 256, 100 queries) around a Swin-T, 80 classes."""
-    from ..detection import build_mask2former
+    from ..tasks.instance_segmentation.model import build_mask2former
 
     return _around_swin_t(build_mask2former, image_size, seed)
 
@@ -175,13 +175,13 @@ SPEED_MODELS = {
     "rt-detr-swin-t": SpeedModel(
         rt_detr_swin_t,
         _box_targets,
-        "RT-DETR (mona_peft.detection.build_detector, transformers' COCO sizes: 300 queries, 100 denoising) around "
+        "RT-DETR (mona_peft.tasks.object_detection.build_detector, transformers' COCO sizes: 300 queries, 100 denoising) around "
         "SwinConfig() (Swin-T), 80 classes, 5 boxes per image, random init",
     ),
     "mask2former-swin-t": SpeedModel(
         mask2former_swin_t,
         _mask_targets,
-        "Mask2Former (mona_peft.detection.build_mask2former, transformers' COCO sizes) around SwinConfig() (Swin-T), "
+        "Mask2Former (mona_peft.tasks.object_detection.build_mask2former, transformers' COCO sizes) around SwinConfig() (Swin-T), "
         "80 classes, 5 masks per image, random init",
     ),
 }
@@ -212,8 +212,8 @@ def parse_variant(variant: str) -> tuple[str, dict[str, Any]]:
 def build_models(config: SpeedConfig) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
     """The bare model (eval) and one copy per method variant (see :func:`parse_variant`), all with the same
     weights."""
-    from ..architectures import head_modules
-    from ..methods import build_method
+    from ..tuners.architectures import head_modules
+    from ..tuners.methods import build_method
 
     if config.model not in SPEED_MODELS:
         raise ValueError(f"Unknown speed model {config.model!r}; available: {', '.join(SPEED_MODELS)}.")
@@ -338,7 +338,7 @@ def _measure_mode(
 ) -> tuple[list[dict], float]:
     """The rows of one mode (``"eager"``, or ``"compiled"``: compiles every variant in place first) and the bare
     model's median latency in ms."""
-    from ..methods import adamw, count_parameters
+    from ..tuners.methods import adamw, count_parameters
 
     compile_s: dict[str, dict[str, float]] = {}
 

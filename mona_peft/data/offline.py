@@ -2,7 +2,7 @@
 
 scikit-learn's bundled digits are read in one place (:func:`load_digits_arrays`) for the training script's default
 (:func:`digits_dataset`), quick probes (:func:`digits_tensors`), the benchmark tasks below and the segmentation scenes
-(:mod:`mona_peft.data.segmentation`). The benchmark's downstream tasks; none of them is Fashion-MNIST, which the
+(:mod:`mona_peft.tasks.semantic_segmentation.data`). The benchmark's downstream tasks; none of them is Fashion-MNIST, which the
 shipped backbones were pretrained on:
 
 - ``digits``: scikit-learn's bundled handwritten digits (8x8 grayscale scans, upsampled to 32x32), 10 classes,
@@ -16,7 +16,7 @@ shipped backbones were pretrained on:
 
 ``load_task(name, seed)`` returns a ``datasets.DatasetDict`` with ``train`` / ``validation`` / ``test`` splits, an
 ``image`` column (PIL images) and a ``ClassLabel`` ``label`` column (the format of
-:mod:`mona_peft.data.image_classification`). ``seed`` picks which images (digits) or blocks and crop positions
+:mod:`mona_peft.tasks.image_classification.data`). ``seed`` picks which images (digits) or blocks and crop positions
 (textures) go where; the split sizes never change. Choose hyper-parameters on ``validation``; report ``test``.
 """
 

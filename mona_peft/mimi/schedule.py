@@ -165,7 +165,7 @@ class MiMi:
         self.adapter_name = adapter_name or active_adapter_name(model)
         sites = find_sites(model, self.adapter_name)
         if not sites:
-            from ..registration import methods
+            from ..tuners.registry import methods
 
             shrinkable = ", ".join(name for name, spec in methods().items() if spec.shrinkable)
             raise ValueError(

@@ -15,7 +15,7 @@ What neuron ``i`` owns:
 - Houlsby adapter ``x -> up(act(down(x)))`` of width ``C`` and ``r`` neurons: row ``i`` of the down projection and
   its bias (a Linear is an affine map; its bias is one more column of that row), column ``i`` of the up projection:
   ``2C + 1`` parameters. The up projection's bias is shared by all neurons (it goes when the whole adapter goes).
-- Mona ``x -> up(gelu(pw(dw(down(norm(x))))))`` (see ``mona_peft.mona``): as above (down row + bias, up column),
+- Mona ``x -> up(gelu(pw(dw(down(norm(x))))))`` (see ``mona_peft.tuners.mona``): as above (down row + bias, up column),
   plus everything of channel ``i`` inside the multi-cognitive filter. The depthwise convolutions never mix channels,
   so channel ``i``'s kernel and bias in each of them are neuron ``i``'s alone (``sum(k*k) + len(kernel_sizes)``
   parameters for kernels ``(3, 5, 7)``: 83 + 3). The 1x1 convolution ``pw`` mixes channels: its row ``i``
@@ -43,8 +43,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..houlsby import HoulsbyLayer
-from ..mona.layer import SITES, MonaLayer, MultiCognitiveFilter
+from ..tuners.houlsby import HoulsbyLayer
+from ..tuners.mona.layer import SITES, MonaLayer, MultiCognitiveFilter
 
 #: How a kept-neuron index tensor maps an old parameter (or its optimizer moment) to the new, smaller one.
 Slicer = Callable[[torch.Tensor], torch.Tensor]

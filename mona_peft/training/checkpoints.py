@@ -20,7 +20,7 @@ from peft import PeftModel
 from safetensors.torch import save_file
 from torch import nn
 
-from ..methods import TRAINABLE_FILE, save_trainable
+from ..tuners.methods import TRAINABLE_FILE, save_trainable
 from .config import RunConfig
 
 RUN_ARGS_FILE = "run_args.json"

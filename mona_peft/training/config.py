@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from ..registration import get_method, methods
+from ..tuners.registry import get_method, methods
 
 #: Fields that configure the method itself, and the method option each sets; a run passes the ones set to the method's
 #: builder (see ``method_options``).
@@ -72,7 +72,7 @@ class RunConfig:
     )
     overwrite_output_dir: bool = field(default=False, metadata=_help("Allow an output dir that holds a different run."))
     # method
-    method: str = field(default="mona", metadata=_help("Fine-tuning method (see mona_peft.registration)."))
+    method: str = field(default="mona", metadata=_help("Fine-tuning method (see mona_peft.tuners.registry)."))
     inner_dim: int | None = field(
         default=None, metadata=_help("Bottleneck width of mona, adapter and adaptformer (default 64).")
     )

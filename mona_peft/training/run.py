@@ -22,15 +22,15 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from ..config_utils import AdapterMismatchError
-from ..methods import (
+from ..tuners.config_utils import AdapterMismatchError
+from ..tuners.methods import (
     adamw,
     build_method,
     count_parameters,
     load_trainable,
     parameter_groups,
 )
-from ..registration import get_method
+from ..tuners.registry import get_method
 from .checkpoints import (
     RESULTS_FILE,
     RUN_ARGS_FILE,
@@ -470,7 +470,7 @@ class FineTuningRun:
             self.push()
 
     def push(self) -> None:
-        from ..hub import push_to_hub
+        from ..sharing.hub import push_to_hub
 
         config = self.config
         url = push_to_hub(self.output_dir, config.hub_model_id or self.output_dir.name, token=config.hub_token)
@@ -491,18 +491,16 @@ class FineTuningRun:
         return table
 
 
-def train(config: RunConfig, task: TrainingTask | None = None) -> dict[str, Any]:
-    """Run one fine-tuning job of ``task`` (default: image classification); returns the final results.
+def train(config: RunConfig, task: TrainingTask) -> dict[str, Any]:
+    """Run one fine-tuning job of ``task``; returns the final results.
 
     Example::
 
+        from mona_peft.tasks.image_classification import ImageClassificationTask
         from mona_peft.training import RunConfig, train
 
-        results = train(RunConfig(method="lora", max_train_steps=20, output_dir="out", report_to="none"))
+        config = RunConfig(method="lora", max_train_steps=20, output_dir="out", report_to="none")
+        results = train(config, ImageClassificationTask())
         print(results["eval_top1"])
     """
-    if task is None:
-        from .image_classification import ImageClassificationTask
-
-        task = ImageClassificationTask()
     return FineTuningRun(config, task).execute()

@@ -8,7 +8,9 @@ resumption, logging, MiMi, the results file, the model card and the push.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -17,6 +19,7 @@ from datasets import DatasetDict
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..sharing.model_card import CardTask, write_model_card
 from .config import RunConfig
 
 #: The dense tasks' method defaults: Mona recomputes its inside in the backward pass. UperNet around a Swin-T at 512 px
@@ -29,8 +32,12 @@ DENSE_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"mona": {"gradient_checkpoin
 class TrainingTask(ABC):
     """The task-specific parts of a fine-tuning run: data, model and head, batches, metric, model card."""
 
+    #: The task's name: its folder in ``mona_peft/tasks/``, e.g. ``"semantic_segmentation"``.
+    name: str
     #: The Hub's pipeline tag, e.g. ``"image-classification"``.
     pipeline_tag: str
+    #: The task's model card: template (in ``model_cards/``), the model-index's task and scores.
+    card: CardTask
     #: ``--output_dir`` when none is given.
     default_output_dir: str
     #: A dataclass of the task's own flags (parsed beside ``RunConfig``), passed to the constructor; or None.
@@ -82,12 +89,12 @@ class TrainingTask(ABC):
     def evaluate(self, model: nn.Module, loader: DataLoader, accelerator: Accelerator, labels: list[str]) -> dict:
         """The task's metrics on ``loader`` (gathered over processes)."""
 
-    @abstractmethod
     def write_model_card(self, output_dir: Path, **card: Any) -> Path:
-        """Render the task's model card into ``output_dir/README.md``.
+        """Render the task's model card (:attr:`card`) into ``output_dir/README.md``.
 
-        The keyword arguments are those of :func:`mona_peft.model_card.render_model_card`.
+        The keyword arguments are those of :func:`mona_peft.sharing.model_card.render_model_card`.
         """
+        return write_model_card(output_dir, task=self.card, **card)
 
     def save_extras(self, model: nn.Module, processor: Any, output_dir: Path) -> None:
         """Files the saved weights need besides themselves (none unless the task says so)."""
@@ -96,3 +103,17 @@ class TrainingTask(ABC):
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The training loss of one batch."""
         return model(**batch).loss
+
+
+_TASKS: dict[str, type[TrainingTask]] = {}
+
+
+def declare_task(task: type[TrainingTask]) -> type[TrainingTask]:
+    """Declare a task (idempotent for the same name), as its package's ``__init__`` does; returns ``task``."""
+    _TASKS[task.name] = task
+    return task
+
+
+def tasks() -> Mapping[str, type[TrainingTask]]:
+    """Every declared task by name, in declaration order (read-only); ``import mona_peft.tasks`` declares them."""
+    return MappingProxyType(_TASKS)

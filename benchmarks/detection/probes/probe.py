@@ -13,9 +13,9 @@ import time
 
 import torch
 
-import mona_peft.data.detection as detection_data
+import mona_peft.tasks.object_detection.data as detection_data
+from mona_peft.tasks.object_detection.task import DetectionArguments, ObjectDetectionTask
 from mona_peft.training import RunConfig, train
-from mona_peft.training.object_detection import DetectionArguments, ObjectDetectionTask
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--detector", default="conditional_detr")

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from PIL import Image as PILImage
 from transformers import AutoImageProcessor, SegformerImageProcessorPil, get_scheduler
 
-from mona_peft.architectures import head_modules
 from mona_peft.backbones import backbone_path
-from mona_peft.data import segmentation as seg
-from mona_peft.methods import adamw, build_method, parameter_groups
-from mona_peft.segmentation import build_upernet
+from mona_peft.tasks.semantic_segmentation import data as seg
+from mona_peft.tasks.semantic_segmentation.model import build_upernet
+from mona_peft.tuners.architectures import head_modules
+from mona_peft.tuners.methods import adamw, build_method, parameter_groups
 
 torch.set_num_threads(1)
 p = argparse.ArgumentParser()

@@ -1,0 +1,130 @@
+"""Task models around a pretrained backbone checkpoint: the parts segmentation and detection share.
+
+A pretrained Swin has no segmentation or detection head, so a run builds the task model (UperNet, a DETR-family
+detector) from the backbone's config, copies the backbone's pretrained weights into it, and trains fresh heads with
+the method. The task model's config is saved beside the adapter with the backbone checkpoint it needs, so the base
+model can be rebuilt anywhere (:func:`save_base_config`, :func:`load_base_model`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from transformers import CONFIG_MAPPING, AutoConfig, AutoModel, PretrainedConfig
+
+
+def portable_checkpoint(backbone: str) -> str:
+    """``mona_peft:<name>`` for a backbone shipped with the package (its path differs between installs)."""
+    from ..backbones import BACKBONES, backbone_path
+
+    for name in BACKBONES:
+        if Path(backbone).resolve() == backbone_path(name).resolve():
+            return f"mona_peft:{name}"
+    return str(backbone)
+
+
+def checkpoint_path(checkpoint: str) -> str:
+    """The path or Hub id of a checkpoint recorded by :func:`portable_checkpoint`."""
+    from ..backbones import backbone_path
+
+    return (
+        str(backbone_path(checkpoint.removeprefix("mona_peft:"))) if checkpoint.startswith("mona_peft:") else checkpoint
+    )
+
+
+def feature_channels(config: PretrainedConfig) -> list[int]:
+    """Channels of each feature map a Swin-like or DINOv2 backbone config returns (its ``out_features``)."""
+    if config.model_type.startswith("dinov2"):
+        return [config.hidden_size] * len(config.out_features)
+    return [config.embed_dim * 2**i for i in range(len(config.depths))][-len(config.out_features) :]
+
+
+def feature_strides(config: PretrainedConfig) -> list[int]:
+    """Pixels per feature of each feature map of a hierarchical (Swin-like) backbone config."""
+    strides = [config.patch_size * 2**i for i in range(len(config.depths))]
+    return strides[-len(config.out_features) :]
+
+
+def backbone_features_config(
+    backbone: str, allowed: tuple[str, ...], levels: int | None = None, task_words: str = "this model"
+) -> PretrainedConfig:
+    """The config of the checkpoint ``backbone`` returning its last ``levels`` stages (all when None), without labels.
+
+    DINOv2 returns four evenly spaced blocks instead of stages. Raises ``ValueError`` naming what ``task_words``
+    takes for any other model type.
+    """
+    config = copy.deepcopy(AutoConfig.from_pretrained(checkpoint_path(backbone)))
+    if config.model_type not in allowed:
+        raise ValueError(
+            f"{backbone} is a {config.model_type!r} checkpoint; {task_words} takes these backbones: "
+            f"{', '.join(allowed)}."
+        )
+    stages = config.stage_names[1:]
+    if config.model_type.startswith("dinov2"):
+        step = max(1, len(stages) // 4)
+        stages = stages[step - 1 :: step][-4:]
+    if levels is not None:
+        stages = stages[-levels:]
+    config.set_output_features_output_indices(out_features=stages, out_indices=None)
+    config.id2label, config.label2id = {}, {}
+    return config
+
+
+def label_maps(labels: list[str]) -> dict[str, Any]:
+    """``id2label`` and ``label2id`` of a config, from the class names in id order."""
+    return {"id2label": dict(enumerate(labels)), "label2id": {label: i for i, label in enumerate(labels)}}
+
+
+#: Tensors of a pretrained model that a backbone may lack: the final norm and pooler (Swin v2's backbone has neither;
+#: it normalises each stage it returns instead).
+_ONLY_AFTER_THE_LAST_BLOCK = ("layernorm.", "pooler.")
+
+
+def load_pretrained_backbone(model: nn.Module, backbone: str) -> None:
+    """Copy the weights of the checkpoint ``backbone`` into the matching sub-module of ``model``'s backbone.
+
+    Every tensor must land, except a final norm or pooler the backbone does not have. Raises ``ValueError`` naming
+    the checkpoint when no sub-module fits.
+    """
+    pretrained = AutoModel.from_pretrained(checkpoint_path(backbone)).state_dict()
+    for module in model.modules():
+        own = module.state_dict()
+        landing = {k: v for k, v in pretrained.items() if k in own and own[k].shape == v.shape}
+        left_out = set(pretrained) - set(landing)
+        if landing and all(key.startswith(_ONLY_AFTER_THE_LAST_BLOCK) for key in left_out):
+            module.load_state_dict(landing, strict=False)
+            return
+    raise ValueError(f"No part of {type(model).__name__} has the shapes of the weights in {backbone}.")
+
+
+def save_base_config(model: nn.Module, folder: str | Path, file_name: str) -> Path:
+    """Write the config :func:`load_base_model` rebuilds ``model`` from (its heads come from the adapter)."""
+    path = Path(folder) / file_name
+    path.write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True))
+    return path
+
+
+def load_base_model(
+    folder_or_repo: str | Path, file_name: str, build: Callable[[PretrainedConfig], nn.Module], what: str
+) -> nn.Module:
+    """The model an adapter was trained on: ``build(config)`` of the config ``file_name`` of a folder or Hub
+    repository, with the pretrained backbone weights of the checkpoint recorded there (``backbone_checkpoint``)."""
+    folder = Path(folder_or_repo)
+    if folder.is_dir():
+        path = folder / file_name
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} has no {file_name}: it is not {what}.")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(str(folder_or_repo), file_name))
+    values = json.loads(path.read_text())
+    config = CONFIG_MAPPING[values["model_type"]].from_dict(values)
+    model = build(config)
+    load_pretrained_backbone(model, config.backbone_checkpoint)
+    return model

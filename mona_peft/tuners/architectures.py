@@ -1,0 +1,310 @@
+"""The one place that knows each supported architecture.
+
+Block-level methods (Mona, and later VPT) need three facts about a backbone that PEFT's
+``target_modules`` cannot express: which modules are the transformer blocks, where inside a
+block the residual stream continues after the attention residual add, and how the block's
+tokens lie on the 2-D patch grid (grid size, number of prefix tokens such as CLS, distillation
+or register tokens). Supporting a new architecture means adding one ``ArchitectureSpec`` below.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import nn
+
+GridSource = Literal["input_dimensions", "patch_embedding"]
+PromptLayout = Literal["sequence", "windows"]
+
+
+@dataclass(frozen=True)
+class WindowModules:
+    """Where VPT's windowed variant (Swin) finds what it runs the prompt tokens through.
+
+    Names are relative to one block, except ``downsample``, which is relative to the block's stage (the
+    module holding the ``ModuleList`` of blocks): the patch merging after the stage's last block, or None.
+    """
+
+    attention: str = "attention"
+    relative_position_bias: str = "attention.relative_position_bias"
+    norm_before: str = "layernorm_before"
+    norm_after: str = "layernorm_after"
+    mlp: str = "mlp"
+    dropout: str = "dropout"
+    drop_path: str = "drop_path"
+    downsample: str = "downsample"
+    merge_norm: str = "norm"  # of the patch merging, on the 4 concatenated copies of a token
+    merge_reduction: str = "reduction"  # of the patch merging: 4C -> 2C
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """How block-level adapters attach to one transformers architecture.
+
+    Attributes:
+        model_type: ``config.model_type`` of the backbone (``"swin"``, ``"vit"``, ...).
+        block_class: class name of one transformer block (``"SwinLayer"``).
+        block_pattern: regex (PEFT ``target_modules`` syntax) matching the blocks' module names.
+        post_attention_input: submodule of the block whose input is the residual stream right after
+            the attention residual add (and which starts the MLP branch).
+        grid_source: ``"input_dimensions"`` when the block receives its ``(height, width)`` as second
+            argument (Swin), ``"patch_embedding"`` when the grid is read off the patch projection's
+            output (plain ViTs, where every block sees the same grid).
+        patch_projection: name suffix of the patch-embedding convolution (for ``"patch_embedding"``).
+        num_prefix_tokens: tokens before the patch tokens (CLS, distillation, registers), from the config.
+        prompt_layout: how VPT's prompt tokens join a block's tokens: ``"sequence"`` (inserted after the
+            prefix tokens of the one token sequence: plain ViTs), ``"windows"`` (shared by every attention
+            window: Swin), or ``None`` where VPT is not supported.
+        embedding_width: width of the patch embedding, from the config (VPT's prompt initialisation).
+        window_modules: module names of the ``"windows"`` layout.
+
+    Module names inside one block, for the baseline methods (``mona_peft.tuners.methods``):
+
+        attention_projections: the query, key and value projections, in that order (LoRA).
+        attention_output: the attention's output projection (Houlsby adapter after the MSA).
+        mlp_input: the module whose input is the MLP's input (AdaptFormer reads it).
+        mlp_output: the module whose output is the MLP's output (AdaptFormer wraps it); the same module as
+            ``mlp_input`` when the MLP is one module.
+        mlp_output_projection: the MLP's last Linear (Houlsby adapter after the MLP).
+        layer_norms: name suffixes of every LayerNorm of the backbone, blocks and outside them (LayerNorm tuning).
+    """
+
+    model_type: str
+    block_class: str
+    block_pattern: str
+    post_attention_input: str
+    grid_source: GridSource
+    patch_projection: str = "embeddings.patch_embeddings.projection"
+    num_prefix_tokens: Callable[[Any], int] = lambda config: 0
+    prompt_layout: PromptLayout | None = "sequence"
+    embedding_width: Callable[[Any], int] = lambda config: config.hidden_size
+    window_modules: WindowModules | None = None
+    attention_projections: tuple[str, str, str] = ("attention.q_proj", "attention.k_proj", "attention.v_proj")
+    attention_output: str = "attention.o_proj"
+    mlp_input: str = "mlp"
+    mlp_output: str = "mlp"
+    mlp_output_projection: str = "mlp.fc2"
+    layer_norms: tuple[str, ...] = ("layernorm_before", "layernorm_after", "layernorm")
+
+    def pattern_in_blocks(self, *names: str) -> str:
+        """A PEFT ``target_modules`` regex matching the modules ``names`` (relative to a block) in every block."""
+        return rf"{self.block_pattern}\.(?:{'|'.join(re.escape(name) for name in names)})"
+
+
+_VIT_BLOCKS = r"(.*\.)?layers?\.\d+"
+_SWIN_BLOCKS = r"(.*\.)?layers\.\d+\.blocks\.\d+"
+# Swin also normalises the patch embedding and each patch merging; ViT/DeiT's names are the dataclass default. Its
+# backbone (inside UperNet, Mask2Former, the detectors) normalises each stage it returns with `hidden_states_norms`
+# (the final `layernorm` is then never applied): those are the norms dense heads read.
+_SWIN_LAYER_NORMS = (
+    "embeddings.norm",
+    "layernorm_before",
+    "layernorm_after",
+    "downsample.norm",
+    "layernorm",
+    *(f"hidden_states_norms.stage{stage}" for stage in range(1, 5)),
+)
+_DINOV2_LAYER_NORMS = ("norm1", "norm2", "layernorm")
+
+SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
+    spec.model_type: spec
+    for spec in (
+        ArchitectureSpec(
+            "swin",
+            "SwinLayer",
+            _SWIN_BLOCKS,
+            "layernorm_after",
+            "input_dimensions",
+            layer_norms=_SWIN_LAYER_NORMS,
+            prompt_layout="windows",
+            embedding_width=lambda c: c.embed_dim,
+            window_modules=WindowModules(),
+        ),
+        # VPT: Swin v2's attention computes its continuous position bias inside the attention, with no module
+        # output to pad for prompt tokens, so the windowed prompt variant does not apply (prompt_layout=None).
+        # Swin v2 uses post-norm residuals: the stream after the attention add feeds the MLP directly. Its modules keep
+        # the BERT-style names, and its MLP is two sibling modules (`intermediate`, then `output`).
+        ArchitectureSpec(
+            "swinv2",
+            "Swinv2Layer",
+            _SWIN_BLOCKS,
+            "intermediate",
+            "input_dimensions",
+            attention_projections=("attention.self.query", "attention.self.key", "attention.self.value"),
+            attention_output="attention.output.dense",
+            mlp_input="intermediate",
+            mlp_output="output",
+            mlp_output_projection="output.dense",
+            layer_norms=_SWIN_LAYER_NORMS,
+            prompt_layout=None,
+        ),
+        # MaskFormer's own copy of Swin (v1, pre-norm, SwinLayer-shaped) keeps the BERT-style names: the MLP is
+        # `intermediate`, then `output` (the block adds the residual itself). VPT: its attention adds the relative
+        # position bias straight from the parameter table, with no module output to pad for prompt tokens, so the
+        # windowed prompt variant does not apply (prompt_layout=None). Its per-stage output norms, which the pixel
+        # decoder reads, are indexed by number (SwinBackbone's by stage name).
+        ArchitectureSpec(
+            "maskformer-swin",
+            "MaskFormerSwinLayer",
+            _SWIN_BLOCKS,
+            "layernorm_after",
+            "input_dimensions",
+            attention_projections=("attention.self.query", "attention.self.key", "attention.self.value"),
+            attention_output="attention.output.dense",
+            mlp_input="intermediate",
+            mlp_output="output",
+            mlp_output_projection="output.dense",
+            layer_norms=(*_SWIN_LAYER_NORMS, *(f"hidden_states_norms.{index}" for index in range(4))),
+            prompt_layout=None,
+            embedding_width=lambda c: c.embed_dim,
+        ),
+        ArchitectureSpec(
+            "vit", "ViTLayer", _VIT_BLOCKS, "layernorm_after", "patch_embedding", num_prefix_tokens=lambda c: 1
+        ),
+        # DPT's ViT (non-hybrid) keeps the BERT-style names; its MLP is `intermediate`, then `output` (which also adds
+        # the residual, so an adapter on `output` still adds to the block's output).
+        ArchitectureSpec(
+            "dpt",
+            "DPTViTLayer",
+            _VIT_BLOCKS,
+            "layernorm_after",
+            "patch_embedding",
+            num_prefix_tokens=lambda c: 1,
+            attention_projections=("attention.attention.query", "attention.attention.key", "attention.attention.value"),
+            attention_output="attention.output.dense",
+            mlp_input="intermediate",
+            mlp_output="output",
+            mlp_output_projection="output.dense",
+        ),
+        # DeiT prepends a CLS and a distillation token.
+        ArchitectureSpec(
+            "deit", "DeiTLayer", _VIT_BLOCKS, "layernorm_after", "patch_embedding", num_prefix_tokens=lambda c: 2
+        ),
+        ArchitectureSpec(
+            "dinov2",
+            "Dinov2Layer",
+            _VIT_BLOCKS,
+            "norm2",
+            "patch_embedding",
+            num_prefix_tokens=lambda c: 1,
+            layer_norms=_DINOV2_LAYER_NORMS,
+        ),
+        ArchitectureSpec(
+            "dinov2_with_registers",
+            "Dinov2WithRegistersLayer",
+            _VIT_BLOCKS,
+            "norm2",
+            "patch_embedding",
+            num_prefix_tokens=lambda c: 1 + c.num_register_tokens,
+            layer_norms=_DINOV2_LAYER_NORMS,
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ResolvedArchitecture:
+    """An ``ArchitectureSpec`` bound to one model instance."""
+
+    spec: ArchitectureSpec
+    config: Any
+    num_prefix_tokens: int
+    patch_projection: nn.Module | None
+
+
+class UnsupportedArchitectureError(ValueError):
+    """Raised for a model none of whose sub-models is a supported backbone."""
+
+
+def supported_model_types() -> list[str]:
+    """The ``config.model_type`` values mona_peft can adapt."""
+    return sorted(SUPPORTED_ARCHITECTURES)
+
+
+def find_blocks(model: nn.Module, spec: ArchitectureSpec | None = None) -> list[tuple[str, nn.Module]]:
+    """``(name, block)`` of every transformer block of ``model``'s backbone, in forward order."""
+    spec = spec or resolve_architecture(model).spec
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if type(module).__name__ == spec.block_class and re.fullmatch(spec.block_pattern, name)
+    ]
+
+
+def resolve_architecture(model: nn.Module) -> ResolvedArchitecture:
+    """Find the supported backbone inside ``model``.
+
+    The backbone may be the model itself (``SwinForImageClassification``) or nested in it (the
+    ``SwinBackbone`` of an ``UperNetForSemanticSegmentation``): the first sub-model whose
+    ``config.model_type`` is supported and which contains that architecture's blocks wins.
+    """
+    seen_types = []
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        model_type = getattr(config, "model_type", None)
+        if model_type is None or model_type in seen_types:
+            continue
+        seen_types.append(model_type)
+        spec = SUPPORTED_ARCHITECTURES.get(model_type)
+        if spec is None:
+            continue
+        if not any(type(sub).__name__ == spec.block_class for sub in module.modules()):
+            continue
+        projection = None
+        if spec.grid_source == "patch_embedding":
+            projection = next(
+                (sub for name, sub in module.named_modules() if name.endswith(spec.patch_projection)), None
+            )
+            if projection is None:
+                raise UnsupportedArchitectureError(
+                    f"{type(module).__name__} has no patch projection '{spec.patch_projection}' "
+                    "to read the token grid from."
+                )
+        return ResolvedArchitecture(spec, config, spec.num_prefix_tokens(config), projection)
+    found = ", ".join(seen_types) if seen_types else "no transformers config at all"
+    raise UnsupportedArchitectureError(
+        f"{type(model).__name__} is not a supported backbone (found model_type: {found}). "
+        f"Supported model types: {', '.join(supported_model_types())}."
+    )
+
+
+#: Modules that only hold others (no forward of their own): ``head_modules`` names their elements instead.
+_CONTAINERS = (nn.ModuleList, nn.ModuleDict)
+
+
+def head_modules(model: nn.Module) -> list[str]:
+    """Names of the modules outside ``model``'s backbone that hold parameters: what every method trains in full.
+
+    The largest such modules are named (``decode_head``, not its convolutions): the decode and auxiliary heads of an
+    UperNet, the neck and head of a DPT, the classifier of an image classifier, the transformer and prediction
+    heads of a detector. The backbone's own modules (its norms included) are never listed. A ``ModuleList`` or
+    ``ModuleDict`` has no forward of its own, and PEFT's ``modules_to_save`` refuses to wrap one, so it is named by
+    its elements (RT-DETR's ``model.encoder_input_proj.0``, ...). A module without parameters (a sine position
+    embedding, a loss) is not named.
+    """
+    spec = resolve_architecture(model).spec
+    block_names = {name for name, _ in find_blocks(model, spec)}
+    # The highest sub-model of the backbone's type below the root (the root of a classifier shares its config).
+    backbone = next(
+        module
+        for name, module in model.named_modules()
+        if module is not model
+        and getattr(getattr(module, "config", None), "model_type", None) == spec.model_type
+        and any(block.startswith(f"{name}.") for block in block_names)
+    )
+    names: list[str] = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        for name, child in module.named_children():
+            if child is backbone:
+                continue
+            if any(sub is backbone for sub in child.modules()) or isinstance(child, _CONTAINERS):
+                visit(f"{prefix}{name}.", child)
+            elif any(True for _ in child.parameters()):
+                names.append(f"{prefix}{name}")
+
+    visit("", model)
+    return names
