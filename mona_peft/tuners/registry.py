@@ -123,7 +123,11 @@ class MethodSpec:
             training script's ``--adapter_lr_scale``).
         lr_scales: name fragment -> factor: those of the method's parameters train at ``factor`` times the adapter
             learning rate (see :func:`mona_peft.tuners.methods.parameter_groups`); the function is unchanged.
-        shrinkable: whether MiMi can shrink its adapters.
+        shrinkable: whether MiMi can shrink its adapters (``mona_peft.mimi`` finds them through ``site``).
+        dense: whether the dense benchmarks (segmentation, detection, instance segmentation) run it by default. VPT
+            does not: its prompts were never part of the dense comparisons.
+        step_cost: its training step's time relative to full fine-tuning's (Swin-T at 224, eager,
+            ``benchmarks/speed.json``); the benchmark starts the slowest jobs first.
 
     Example::
 
@@ -141,6 +145,8 @@ class MethodSpec:
     parameter_markers: tuple[str, ...] = ()
     lr_scales: Mapping[str, float] = field(default_factory=dict)
     shrinkable: bool = False
+    dense: bool = True
+    step_cost: float = 1.0
 
     def __post_init__(self) -> None:
         if (self.peft_config is None) == (self.trains is None):

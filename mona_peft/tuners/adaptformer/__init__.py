@@ -19,5 +19,6 @@ declare_method(
             inner_dim=inner_dim, scale=scale, modules_to_save=head
         ),
         parameter_markers=(".adaptformer_",),
+        step_cost=0.61,
     )
 )

@@ -54,18 +54,21 @@ for _spec in (
         "Full fine-tuning",
         "Full fine-tuning trains every parameter of the backbone and the head.",
         trains=lambda model: lambda name: True,
+        step_cost=1.0,
     ),
     MethodSpec(
         "linear",
         "Linear probing",
         "Linear probing trains only the head on a frozen backbone.",
         trains=lambda model: lambda name: False,
+        step_cost=0.28,
     ),
     MethodSpec(
         "bitfit",
         "BitFit",
         "BitFit trains only the bias terms of the backbone, and the head.",
         trains=lambda model: lambda name: name.endswith(".bias"),
+        step_cost=0.57,
     ),
     MethodSpec(
         "ln_tuning",
@@ -73,12 +76,14 @@ for _spec in (
         "LayerNorm tuning trains only the LayerNorms of the backbone.",
         peft_config=_ln_tuning_config,
         parameter_markers=(".ln_tuning_layers.",),
+        step_cost=0.56,
     ),
     MethodSpec(
         "partial1",
         "Partial-1",
         "Partial-1 trains the last transformer block of the backbone and the head.",
         trains=_last_block,
+        step_cost=0.32,
     ),
     MethodSpec(
         "lora",
@@ -87,6 +92,7 @@ for _spec in (
         options={"rank": 8, "alpha": 8},
         peft_config=_lora_config,
         parameter_markers=(".lora_",),
+        step_cost=0.59,
     ),
 ):
     declare_method(_spec)

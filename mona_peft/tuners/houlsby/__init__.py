@@ -18,5 +18,6 @@ declare_method(
         peft_config=lambda model, head, inner_dim: HoulsbyConfig(inner_dim=inner_dim, modules_to_save=head),
         parameter_markers=(".houlsby_",),
         shrinkable=True,
+        step_cost=0.64,
     )
 )

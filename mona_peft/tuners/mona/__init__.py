@@ -25,5 +25,6 @@ declare_method(
         # stream blows up at high rates (benchmarks/stability). Same function, only the optimiser's step differs.
         lr_scales={f".mona_{site}_{projection}.": 0.1 for site in ("attn", "mlp") for projection in ("down", "up")},
         shrinkable=True,
+        step_cost=0.85,
     )
 )

@@ -32,5 +32,7 @@ for _deep in (False, True):
             options={"num_prompts": 10},
             peft_config=_config_builder(_deep),
             parameter_markers=(".vpt_",),
+            dense=False,
+            step_cost=0.66 if _deep else 0.69,
         )
     )
