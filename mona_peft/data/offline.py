@@ -2,8 +2,8 @@
 
 scikit-learn's bundled digits are read in one place (:func:`load_digits_arrays`) for the training script's default
 (:func:`digits_dataset`), quick probes (:func:`digits_tensors`), the benchmark tasks below and the segmentation scenes
-(:mod:`mona_peft.tasks.semantic_segmentation.data`). The benchmark's downstream tasks; none of them is Fashion-MNIST, which the
-shipped backbones were pretrained on:
+(:mod:`mona_peft.tasks.semantic_segmentation.data`). The benchmark's downstream tasks; none of them is
+Fashion-MNIST, which the shipped backbones were pretrained on:
 
 - ``digits``: scikit-learn's bundled handwritten digits (8x8 grayscale scans, upsampled to 32x32), 10 classes,
   60 / 20 / 50 images per class for train / validation / test.

@@ -16,6 +16,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from .labels import LABELS_FILE
+
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 MODEL_CONFIG_FILE = "config.json"
@@ -25,15 +27,13 @@ CARD_FILE = "README.md"
 # Top-level files only: a pattern is matched against the path relative to the folder, and "*" also matches "/",
 # hence the ignore pattern for everything in a subfolder (checkpoints/, runs/, logs/, ...).
 ALLOW_PATTERNS = [
-    CONFIG_FILE,
     *WEIGHT_FILES,
     MODEL_CONFIG_FILE,
     *MODEL_WEIGHT_FILES,
-    "preprocessor_config.json",
-    "segmentation_config.json",  # the UperNet a segmentation adapter was trained in (mona_peft.tasks.semantic_segmentation)
-    "detection_config.json",  # the detector a detection adapter was trained in (mona_peft.tasks.object_detection)
-    "instance_segmentation_config.json",  # the Mask2Former of an instance-segmentation adapter (mona_peft.tasks.object_detection)
-    "labels.json",  # a classifier's class names (mona_peft.sharing.labels)
+    # adapter_config.json, preprocessor_config.json, and the task model a dense adapter was trained in, whatever the
+    # task names it (its ``save_extras``: segmentation_config.json, detection_config.json, ...)
+    "*_config.json",
+    LABELS_FILE,  # a classifier's class names
     CARD_FILE,
     "*results.json",
 ]

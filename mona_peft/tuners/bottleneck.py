@@ -4,9 +4,9 @@ Both put a small ``up(act(down(.)))`` module next to one module of every transfo
 where its input comes from and where its output goes. ``BottleneckLayer`` keeps each adapter's pieces in flat
 ``ModuleDict``s named with the method's prefix (``houlsby_down[adapter]``, ``houlsby_up[adapter]``) as PEFT's
 save/load and adapter renaming expect, with the down and up projections as plain ``nn.Linear`` (MiMi prunes their
-hidden neurons). ``BottleneckModel`` finds the target modules through ``mona_peft.tuners.architectures``, refuses to merge
-(the adapters are non-linear), gives ``unload()`` the untouched base modules back, and routes mixed-adapter batches
-(``adapter_names=[...]``).
+hidden neurons). ``BottleneckModel`` finds the target modules through ``mona_peft.tuners.architectures``, refuses to
+merge (the adapters are non-linear), gives ``unload()`` the untouched base modules back, and routes mixed-adapter
+batches (``adapter_names=[...]``).
 """
 
 from __future__ import annotations

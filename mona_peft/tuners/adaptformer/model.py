@@ -15,8 +15,8 @@ class AdaptFormerModel(BottleneckModel):
     """Injects AdaptFormer's scaled parallel adapter next to the MLP of every block.
 
     Created by ``peft.get_peft_model(model, AdaptFormerConfig(...))`` after ``import mona_peft``. The MLP is named per
-    architecture in ``mona_peft.tuners.architectures`` (``mlp_input``, ``mlp_output``). Not mergeable (``merge_and_unload``
-    raises); ``unload()`` returns the untouched base model.
+    architecture in ``mona_peft.tuners.architectures`` (``mlp_input``, ``mlp_output``). Not mergeable
+    (``merge_and_unload`` raises); ``unload()`` returns the untouched base model.
     """
 
     prefix: str = "adaptformer_"

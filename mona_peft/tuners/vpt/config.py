@@ -36,9 +36,9 @@ class VPTConfig(WrappingConfig):
         prompt_dropout: dropout on the prompt parameters each time they enter the sequence (0.0 in the paper's
             default recipe).
         target_modules: transformer blocks that get prompts, as a regex or a list of name suffixes. Defaults to every
-            block of the backbone (from ``mona_peft.tuners.architectures``). Shallow prompts enter before the first matched
-            block; deep prompts are held by every matched block. Prompts are carried through later unmatched blocks
-            and removed after the backbone's last block, as in the paper's prompt-depth ablations.
+            block of the backbone (from ``mona_peft.tuners.architectures``). Shallow prompts enter before the first
+            matched block; deep prompts are held by every matched block. Prompts are carried through later unmatched
+            blocks and removed after the backbone's last block, as in the paper's prompt-depth ablations.
         modules_to_save: modules trained and saved in full, e.g. ``["classifier"]``.
 
     Prompts are initialised uniform(-b, b) with ``b = sqrt(6 / (3 * patch_h * patch_w + d))`` (the paper's
