@@ -8,16 +8,16 @@ a mask, else ``w * h``), ``iscrowd`` and ``segmentation`` (the compressed COCO R
 size is the image's; ``""`` when the annotation has no mask). :func:`decode_mask` turns ``segmentation`` back into a
 boolean array, :func:`encode_mask` the other way.
 
-**Offline scenes** (``digit-instances``, ``digit-instances-fewshot``): the compositor of the semantic
-``digit-scenes`` (:func:`mona_peft.tasks.semantic_segmentation.data.compose_instances`: scikit-learn's scans of
-the digits 0, 1 and 2 on crops of scikit-image's photographs, colours kept visible, splits drawn from disjoint
-photograph bands and disjoint scans), with each digit reported as an instance. A digit's mask is its upsampled ink above half of full ink minus the
-pixels of digits painted after it; its box is the tight box of that visible mask (``w = x_max - x_min + 1``). Scenes
-are ``INSTANCE_SCENE_SIZE`` (32) pixels square, the shipped backbone's pretraining resolution, with 2 to 4 digits of
-8 to 15 pixels. Occlusion rule: a digit's position is re-drawn (seeded) until every digit placed so far keeps at least
-half of its ink pixels and at least ``MIN_INSTANCE_AREA`` (8) of them visible, so every painted digit is annotated and
-none is hidden beyond recognition (a visible digit left unannotated would teach a detector to ignore digits). A digit
-no position of 50 allows is neither painted nor annotated. The scenes draw from a random stream of their own (not the
+**Offline scenes** (``digit-instances``, ``digit-instances-fewshot``): the compositor of the semantic ``digit-scenes``
+(:func:`mona_peft.tasks.semantic_segmentation.data.compose_instances`: scikit-learn's scans of the digits 0, 1 and 2 on
+crops of scikit-image's photographs, colours kept visible, splits drawn from disjoint photograph bands and disjoint
+scans), with each digit reported as an instance. A digit's mask is its upsampled ink above half of full ink minus the
+pixels of digits painted after it; its box is the tight box of that visible mask (``w = x_max - x_min + 1``). Scenes are
+``INSTANCE_SCENE_SIZE`` (32) pixels square, the shipped backbone's pretraining resolution, with 2 to 4 digits of 8 to 15
+pixels. Occlusion rule: a digit's position is re-drawn (seeded) until every digit placed so far keeps at least half of
+its ink pixels and at least ``MIN_INSTANCE_AREA`` (8) of them visible, so every painted digit is annotated and none is
+hidden beyond recognition (a visible digit left unannotated would teach a detector to ignore digits). A digit no
+position of 50 allows is neither painted nor annotated. The scenes draw from a random stream of their own (not the
 semantic scenes'), seeded by the seed and the split; the sizes never change.
 
 Why these sizes: a box task needs room for boxes to differ in place and size, so the digits are smaller than the
