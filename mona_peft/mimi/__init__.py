@@ -11,6 +11,8 @@ small adapter saves small and reloads with ``PeftModel.from_pretrained`` after `
 - :mod:`.callback`: :class:`MiMiCallback` for the HF ``Trainer``.
 """
 
+from ..tuners.houlsby.site import HoulsbySite
+from ..tuners.mona.site import MonaSite
 from .schedule import MiMi, MiMiSchedule
 from .shrink import (
     ShrinkResult,
@@ -20,7 +22,7 @@ from .shrink import (
     select_neurons,
     shrink_adapters,
 )
-from .sites import AdapterSite, HoulsbySite, MonaSite, find_sites, role_scales, unwrap_empty_layers
+from .sites import AdapterSite, find_sites, role_scales, site_kinds, unwrap_empty_layers
 
 
 def __getattr__(name: str):
@@ -44,6 +46,7 @@ __all__ = [
     "importance_scores",
     "remap_optimizer",
     "role_scales",
+    "site_kinds",
     "select_neurons",
     "shrink_adapters",
     "unwrap_empty_layers",

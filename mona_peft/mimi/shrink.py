@@ -26,7 +26,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .sites import AdapterSite, Replacement, _base_model, find_sites, role_scales, unwrap_empty_layers
+from ..tuners.sites import AdapterSite, Replacement
+from .sites import _base_model, find_sites, role_scales, unwrap_empty_layers
 
 Measure = Literal["neurons", "params"]
 Ranking = Literal["global", "local"]

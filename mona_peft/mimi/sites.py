@@ -1,5 +1,9 @@
 """The adapters MiMi can shrink ("sites"), their neurons' importance scores, and the structured shrink itself.
 
+Each shrinkable method declares its site class (``MethodSpec.site``:
+:class:`~mona_peft.tuners.houlsby.site.HoulsbySite`, :class:`~mona_peft.tuners.mona.site.MonaSite`); this module finds
+the sites through those declarations.
+
 A *site* is one adapter with one hidden layer: a Houlsby adapter on one Linear layer, or one Mona (a block has two,
 after the attention and after the MLP). Its hidden neurons are the bottleneck's channels.
 
@@ -36,262 +40,13 @@ neuron is removed from its layer.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from ..tuners.houlsby import HoulsbyLayer
-from ..tuners.mona.layer import SITES, MonaLayer, MultiCognitiveFilter
+from ..tuners.registry import methods
+from ..tuners.sites import AdapterSite, Replacement
 
-#: How a kept-neuron index tensor maps an old parameter (or its optimizer moment) to the new, smaller one.
-Slicer = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class Replacement:
-    """A parameter replaced by a smaller one; ``slicer`` maps the old parameter's tensors (moments) to the new."""
-
-    old: nn.Parameter
-    new: nn.Parameter
-    slicer: Slicer
-
-
-def _identity(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
-
-
-def _rows(keep: torch.Tensor) -> Slicer:
-    return lambda tensor: tensor.index_select(0, keep.to(tensor.device))
-
-
-def _columns(keep: torch.Tensor) -> Slicer:
-    return lambda tensor: tensor.index_select(1, keep.to(tensor.device))
-
-
-def _rows_and_columns(keep: torch.Tensor) -> Slicer:
-    return lambda tensor: tensor.index_select(0, keep.to(tensor.device)).index_select(1, keep.to(tensor.device))
-
-
-def _rebuilt_like(old: nn.Parameter, value: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(value.detach().clone().contiguous(), requires_grad=old.requires_grad)
-
-
-def _replace_parameters(module: nn.Module, slicers: dict[str, Slicer]) -> list[Replacement]:
-    """Swap ``module``'s named parameters for sliced copies (new objects) in place; return the replacements."""
-    replaced = []
-    for name, slicer in slicers.items():
-        old = getattr(module, name)
-        new = _rebuilt_like(old, slicer(old.data))
-        setattr(module, name, new)
-        replaced.append(Replacement(old, new, slicer))
-    return replaced
-
-
-def _shrink_linear(layer: nn.Linear, keep: torch.Tensor, hidden_is_output: bool) -> list[Replacement]:
-    """Keep ``keep`` of the hidden neurons of a down (hidden = outputs) or up (hidden = inputs) projection."""
-    if hidden_is_output:
-        replaced = _replace_parameters(layer, {"weight": _rows(keep), "bias": _rows(keep)})
-        layer.out_features = len(keep)
-    else:
-        replaced = _replace_parameters(layer, {"weight": _columns(keep)})
-        if layer.bias is not None:  # shared by all neurons: unchanged values, but kept as its own object
-            replaced += _replace_parameters(layer, {"bias": _identity})
-        layer.in_features = len(keep)
-    return replaced
-
-
-class AdapterSite:
-    """One adapter with one hidden layer that MiMi can score, shrink and remove.
-
-    ``name`` is the layer's module name in the base model; ``key`` names the site in the adapter config's
-    ``inner_dim_pattern`` (an escaped, exact regex).
-    """
-
-    kind = ""
-
-    def __init__(self, layer: nn.Module, adapter: str, name: str) -> None:
-        self.layer = layer
-        self.adapter = adapter
-        self.name = name
-
-    @property
-    def key(self) -> str:
-        return re.escape(self.name)
-
-    @property
-    def size(self) -> int:
-        """Number of hidden neurons."""
-        raise NotImplementedError
-
-    def owned(self, size: int) -> int:
-        """Parameters each neuron owns when the adapter has ``size`` neurons."""
-        raise NotImplementedError
-
-    def params(self, size: int) -> int:
-        """Parameters of the whole adapter with ``size`` neurons (0 when ``size`` is 0: the adapter is removed)."""
-        raise NotImplementedError
-
-    def roles(self) -> dict[str, tuple[torch.Tensor, int]]:
-        """Per-neuron L1 norm of each kind of owned parameter, ``{role: (l1 of shape (size,), count per neuron)}``."""
-        raise NotImplementedError
-
-    def l1(self) -> torch.Tensor:
-        """Per-neuron L1 norm of the owned parameters, shape ``(size,)``."""
-        with torch.no_grad():
-            return sum(l1.float().cpu() for l1, _ in self.roles().values())
-
-    def scores(self, normalize: bool = True, role_scales: dict[str, float] | None = None) -> torch.Tensor:
-        """MiMi's importance of each hidden neuron (mean absolute owned parameter; the L1 sum without ``normalize``).
-
-        ``role_scales`` (see :func:`role_scales`) first divides each kind of parameter by its typical magnitude.
-        """
-        if role_scales is None:
-            l1 = self.l1()
-        else:
-            with torch.no_grad():
-                l1 = sum(v.float().cpu() / role_scales[role] for role, (v, _) in self.roles().items())
-        return l1 / self.owned(self.size) if normalize else l1
-
-    def shrink(self, keep: torch.Tensor) -> list[Replacement]:
-        """Keep only the neurons ``keep`` (sorted indices, at least one); returns the replaced parameters."""
-        raise NotImplementedError
-
-    def remove(self) -> list[nn.Parameter]:
-        """Remove this adapter from its layer; returns its parameters."""
-        removed = []
-        for attribute in self.layer.adapter_layer_names:
-            modules = getattr(self.layer, attribute)
-            if self._owns(attribute) and self.adapter in modules:
-                removed += list(modules[self.adapter].parameters())
-                del modules[self.adapter]
-        return removed
-
-    def _owns(self, attribute: str) -> bool:
-        return True
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r}, adapter={self.adapter!r}, size={self.size})"
-
-
-class HoulsbySite(AdapterSite):
-    """A Houlsby adapter ``up(act(down(h)))`` on one Linear layer's output."""
-
-    kind = "houlsby"
-
-    @property
-    def down(self) -> nn.Linear:
-        return self.layer.houlsby_down[self.adapter]
-
-    @property
-    def up(self) -> nn.Linear:
-        return self.layer.houlsby_up[self.adapter]
-
-    @property
-    def size(self) -> int:
-        return self.down.out_features
-
-    def owned(self, size: int) -> int:
-        return self.down.in_features + 1 + self.up.out_features
-
-    def params(self, size: int) -> int:
-        return size * self.owned(size) + self.up.out_features if size else 0
-
-    def roles(self) -> dict[str, tuple[torch.Tensor, int]]:
-        down, up = self.down, self.up
-        return {
-            "down": (down.weight.abs().sum(1) + down.bias.abs(), down.in_features + 1),
-            "up": (up.weight.abs().sum(0), up.out_features),
-        }
-
-    def shrink(self, keep: torch.Tensor) -> list[Replacement]:
-        return _shrink_linear(self.down, keep, hidden_is_output=True) + _shrink_linear(
-            self.up, keep, hidden_is_output=False
-        )
-
-    def remove(self) -> list[nn.Parameter]:
-        removed = super().remove()
-        if self.adapter in self.layer.houlsby_activation:
-            del self.layer.houlsby_activation[self.adapter]
-        return removed
-
-
-class MonaSite(AdapterSite):
-    """One Mona (``site`` ``"attn"`` or ``"mlp"``) of a block."""
-
-    kind = "mona"
-
-    def __init__(self, layer: MonaLayer, adapter: str, name: str, site: str) -> None:
-        super().__init__(layer, adapter, name)
-        self.site = site
-
-    @property
-    def key(self) -> str:
-        return re.escape(f"{self.name}.mona_{self.site}")
-
-    def __repr__(self) -> str:
-        return f"MonaSite({self.name!r}, site={self.site!r}, adapter={self.adapter!r}, size={self.size})"
-
-    def _piece(self, piece: str) -> nn.Module:
-        return getattr(self.layer, f"mona_{self.site}_{piece}")[self.adapter]
-
-    def _owns(self, attribute: str) -> bool:
-        return attribute.startswith(f"mona_{self.site}_")
-
-    @property
-    def size(self) -> int:
-        return self._piece("down").out_features
-
-    @property
-    def channels(self) -> int:
-        return self._piece("down").in_features
-
-    def owned(self, size: int) -> int:
-        kernels = self._piece("filter").kernel_sizes
-        depthwise = sum(k * k for k in kernels) + len(kernels)
-        # down row + bias, up column, the depthwise kernels and biases, 1x1 row + column (diagonal once) + bias
-        return 2 * self.channels + 1 + depthwise + (2 * size - 1) + 1
-
-    def params(self, size: int) -> int:
-        if not size:
-            return 0
-        kernels = self._piece("filter").kernel_sizes
-        channels = self.channels
-        norm = sum(p.numel() for p in self._piece("norm").parameters())
-        down = size * (channels + 1)
-        conv = size * (sum(k * k for k in kernels) + len(kernels)) + size * size + size
-        up = size * channels + channels
-        return norm + down + conv + up
-
-    def roles(self) -> dict[str, tuple[torch.Tensor, int]]:
-        down, conv, up = self._piece("down"), self._piece("filter"), self._piece("up")
-        roles = {
-            "down": (down.weight.abs().sum(1) + down.bias.abs(), self.channels + 1),
-            "up": (up.weight.abs().sum(0), self.channels),
-        }
-        for k in conv.kernel_sizes:
-            l1 = getattr(conv, f"dw{k}_weight").abs().sum((1, 2, 3)) + getattr(conv, f"dw{k}_bias").abs()
-            roles[f"dw{k}"] = (l1, k * k + 1)
-        pointwise = conv.pw_weight.abs()[:, :, 0, 0]
-        l1 = pointwise.sum(1) + pointwise.sum(0) - pointwise.diagonal() + conv.pw_bias.abs()
-        roles["pw"] = (l1, 2 * self.size)
-        return roles
-
-    def shrink(self, keep: torch.Tensor) -> list[Replacement]:
-        replaced = _shrink_linear(self._piece("down"), keep, hidden_is_output=True)
-        replaced += _shrink_linear(self._piece("up"), keep, hidden_is_output=False)
-        conv: MultiCognitiveFilter = self._piece("filter")
-        slicers = {}
-        for k in conv.kernel_sizes:
-            slicers[f"dw{k}_weight"] = _rows(keep)
-            slicers[f"dw{k}_bias"] = _rows(keep)
-        slicers["pw_weight"] = _rows_and_columns(keep)
-        slicers["pw_bias"] = _rows(keep)
-        replaced += _replace_parameters(conv, slicers)
-        conv.channels = len(keep)
-        return replaced
+__all__ = ["AdapterSite", "Replacement", "find_sites", "role_scales", "site_kinds", "unwrap_empty_layers"]
 
 
 def role_scales(sites: list[AdapterSite]) -> dict[str, float]:
@@ -315,18 +70,23 @@ def role_scales(sites: list[AdapterSite]) -> dict[str, float]:
 
 
 def find_sites(model: nn.Module, adapter_name: str) -> list[AdapterSite]:
-    """Every Mona and Houlsby adapter named ``adapter_name`` in ``model``, in module order.
+    """Every shrinkable adapter (Mona, Houlsby, ...: see :func:`site_kinds`) named ``adapter_name`` in ``model``, in
+    module order.
 
     ``model`` is a ``PeftModel`` (or its tuner); names are relative to the base model, as in the adapter config.
     """
-    root = _base_model(model)
+    kinds = site_kinds()
     sites: list[AdapterSite] = []
-    for name, module in root.named_modules():
-        if isinstance(module, MonaLayer):
-            sites += [MonaSite(module, adapter_name, name, s) for s in SITES if module.has_mona(adapter_name, s)]
-        elif isinstance(module, HoulsbyLayer) and adapter_name in module.houlsby_down:
-            sites.append(HoulsbySite(module, adapter_name, name))
+    for name, module in _base_model(model).named_modules():
+        kind = next((kind for kind in kinds if isinstance(module, kind.layer_class)), None)
+        if kind is not None:
+            sites += kind.sites_of(module, adapter_name, name)
     return sites
+
+
+def site_kinds() -> list[type[AdapterSite]]:
+    """The site class of every method that declares one (``MethodSpec.site``): the adapters MiMi can shrink."""
+    return [spec.site for spec in methods().values() if spec.site is not None]
 
 
 def _base_model(model: nn.Module) -> nn.Module:
@@ -342,14 +102,15 @@ def _base_model(model: nn.Module) -> nn.Module:
 
 
 def unwrap_empty_layers(model: nn.Module) -> list[str]:
-    """Put back the plain module wherever a Mona/Houlsby layer no longer holds any adapter; returns their names.
+    """Put back the plain module wherever a shrinkable method's layer no longer holds any adapter; returns their names.
 
     This is the structure ``PeftModel.from_pretrained`` builds from a config that gives such a module width 0.
     """
     root = _base_model(model)
+    layer_classes = tuple(kind.layer_class for kind in site_kinds())
     unwrapped = []
     for name, module in list(root.named_modules()):
-        if not isinstance(module, (MonaLayer, HoulsbyLayer)):
+        if not isinstance(module, layer_classes):
             continue
         if any(len(getattr(module, attribute)) for attribute in module.adapter_layer_names):
             continue

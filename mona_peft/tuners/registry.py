@@ -123,7 +123,8 @@ class MethodSpec:
             training script's ``--adapter_lr_scale``).
         lr_scales: name fragment -> factor: those of the method's parameters train at ``factor`` times the adapter
             learning rate (see :func:`mona_peft.tuners.methods.parameter_groups`); the function is unchanged.
-        shrinkable: whether MiMi can shrink its adapters (``mona_peft.mimi`` finds them through ``site``).
+        site: the :class:`~mona_peft.tuners.sites.AdapterSite` subclass through which MiMi finds, scores and shrinks
+            the method's adapters; ``None``: MiMi cannot shrink them.
         dense: whether the dense benchmarks (segmentation, detection, instance segmentation) run it by default. VPT
             does not: its prompts were never part of the dense comparisons.
         step_cost: its training step's time relative to full fine-tuning's (Swin-T at 224, eager,
@@ -144,7 +145,7 @@ class MethodSpec:
     trains: Callable[[nn.Module], Callable[[str], bool]] | None = None
     parameter_markers: tuple[str, ...] = ()
     lr_scales: Mapping[str, float] = field(default_factory=dict)
-    shrinkable: bool = False
+    site: type | None = None
     dense: bool = True
     step_cost: float = 1.0
 
@@ -153,6 +154,11 @@ class MethodSpec:
             raise ValueError(f"Method {self.name!r} needs exactly one of peft_config (a PEFT method) and trains.")
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
         object.__setattr__(self, "lr_scales", MappingProxyType(dict(self.lr_scales)))
+
+    @property
+    def shrinkable(self) -> bool:
+        """Whether MiMi can shrink the method's adapters (it declares a ``site``)."""
+        return self.site is not None
 
     @property
     def saves_whole_model(self) -> bool:

@@ -4,6 +4,7 @@ from ..registry import MethodSpec, declare_method, register_method
 from .config import HoulsbyConfig
 from .layer import HoulsbyLayer
 from .model import HoulsbyModel
+from .site import HoulsbySite
 
 __all__ = ["HoulsbyConfig", "HoulsbyLayer", "HoulsbyModel"]
 
@@ -17,7 +18,7 @@ declare_method(
         options={"inner_dim": 64},
         peft_config=lambda model, head, inner_dim: HoulsbyConfig(inner_dim=inner_dim, modules_to_save=head),
         parameter_markers=(".houlsby_",),
-        shrinkable=True,
+        site=HoulsbySite,
         step_cost=0.64,
     )
 )

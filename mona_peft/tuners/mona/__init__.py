@@ -4,6 +4,7 @@ from ..registry import MethodSpec, declare_method, register_method
 from .config import MonaConfig
 from .layer import MonaLayer, MultiCognitiveFilter, ScaledLayerNorm
 from .model import MonaModel
+from .site import MonaSite
 
 __all__ = ["MonaConfig", "MonaLayer", "MonaModel", "MultiCognitiveFilter", "ScaledLayerNorm"]
 
@@ -24,7 +25,7 @@ declare_method(
         # adds up(filter(down(x))) to the stream it reads, and Adam's per-element steps grow that gain until the
         # stream blows up at high rates (benchmarks/stability). Same function, only the optimiser's step differs.
         lr_scales={f".mona_{site}_{projection}.": 0.1 for site in ("attn", "mlp") for projection in ("down", "up")},
-        shrinkable=True,
+        site=MonaSite,
         step_cost=0.85,
     )
 )
