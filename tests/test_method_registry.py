@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 from conftest import build_tiny_swin
+from harness.runner import BenchmarkConfig
 from huggingface_hub import ModelCard
 from peft import PeftModel
 
-from mona_peft.benchmarking.runner import BenchmarkConfig
 from mona_peft.sharing.model_card import render_model_card
 from mona_peft.tasks.image_classification import ImageClassificationTask
 from mona_peft.training import RunConfig, parse_args
@@ -74,7 +74,7 @@ def test_mona_recomputation_defaults_per_task_and_the_flag_overrides_it():
     assert off.method_options(on) == {"gradient_checkpointing": False}
     assert parse_args(["--mona_gradient_checkpointing", "true"]).method_options() == {"gradient_checkpointing": True}
     with pytest.raises(
-        SystemExit, match=r"--mona_gradient_checkpointing does not apply to --method lora \(it takes no"
+        SystemExit, match=r"--mona_gradient_checkpointing does not apply to --method lora \(it takes --alpha, --rank\)"
     ):
         parse_args(["--method", "lora", "--mona_gradient_checkpointing", "true"])
     with pytest.raises(SystemExit, match=r"--inner_dim does not apply to --method vpt_deep \(it takes --num_prompts\)"):

@@ -28,8 +28,6 @@ from conftest import (
     logits_after_fresh_process_reload,
 )
 from peft import (
-    LNTuningConfig,
-    LoraConfig,
     PeftConfig,
     PeftModel,
     get_peft_model,
@@ -43,33 +41,35 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from mona_peft import SUPPORTED_ARCHITECTURES, AdaptFormerConfig, HoulsbyConfig, MonaConfig, VPTConfig
+from mona_peft import SUPPORTED_ARCHITECTURES, MonaConfig
 from mona_peft.tuners.architectures import resolve_architecture
+from mona_peft.tuners.registry import MethodSpec, methods
+
+#: Small values of the declared options (an option a method does not take is left out): every case stays fast.
+SMALL_OPTIONS = {"inner_dim": 4, "rank": 4, "alpha": 4, "num_prompts": 2}
 
 
-def _query_value(model: nn.Module) -> str:
-    spec = resolve_architecture(model).spec
-    query, _, value = spec.attention_projections
-    return spec.pattern_in_blocks(query, value)
+def _declared_case(spec: MethodSpec) -> Callable[[nn.Module, list[str]], PeftConfig]:
+    """A method's PeftConfig as its declaration builds it, with small options; dropout 0 keeps training-mode outputs
+    deterministic (gradient checkpointing compares two training passes)."""
+
+    def build(model: nn.Module, head: list[str]) -> PeftConfig:
+        small = {option: value for option, value in SMALL_OPTIONS.items() if option in spec.options}
+        config = spec.peft_config(model, head, **spec.resolve_options(small))
+        if hasattr(config, "dropout"):
+            config.dropout = 0.0
+        return config
+
+    return build
 
 
-def _layer_norms(model: nn.Module) -> list[str]:
-    return list(resolve_architecture(model).spec.layer_norms)
-
-
-#: The case table: method -> function(model, head) returning its PeftConfig. Small widths keep every case fast;
-#: dropout 0 keeps training-mode outputs deterministic (gradient checkpointing compares two training passes).
+#: The case table: every declared PEFT method (mona_peft's and PEFT's LoRA and LN tuning, as controls), and Mona with
+#: its prefix tokens left out of the adapter.
 METHODS: dict[str, Callable[[nn.Module, list[str]], PeftConfig]] = {
-    "mona": lambda model, head: MonaConfig(inner_dim=4, dropout=0.0, modules_to_save=head),
+    **{name: _declared_case(spec) for name, spec in methods().items() if spec.peft_config is not None},
     "mona_prefix_skip": lambda model, head: MonaConfig(
         inner_dim=4, dropout=0.0, prefix_tokens="skip", modules_to_save=head
     ),
-    "vpt_shallow": lambda model, head: VPTConfig(num_prompts=2, deep=False, modules_to_save=head),
-    "vpt_deep": lambda model, head: VPTConfig(num_prompts=2, deep=True, modules_to_save=head),
-    "houlsby": lambda model, head: HoulsbyConfig(inner_dim=4, modules_to_save=head),
-    "adaptformer": lambda model, head: AdaptFormerConfig(inner_dim=4, dropout=0.0, modules_to_save=head),
-    "lora": lambda model, head: LoraConfig(r=4, lora_alpha=4, target_modules=_query_value(model), modules_to_save=head),
-    "ln_tuning": lambda model, head: LNTuningConfig(target_modules=_layer_norms(model), modules_to_save=head),
 }
 ARCHITECTURES = sorted(set(SUPPORTED_ARCHITECTURES) - WITHOUT_CLASSIFIER)
 BEHAVIOURS = (

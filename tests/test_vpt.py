@@ -504,4 +504,4 @@ def test_training_methods(tiny_vit):
     from mona_peft.training import parse_args
 
     args = parse_args(["--method", "vpt_deep", "--num_prompts", "7", "--model_name_or_path", "x"])
-    assert args.method == "vpt_deep" and args.num_prompts == 7
+    assert args.method == "vpt_deep" and args.options == {"num_prompts": 7}

@@ -1,24 +1,20 @@
 """The typed configuration of one fine-tuning run, shared by every task's script, the benchmark and the tests.
 
 The scripts' flags are generated from :class:`RunConfig` by transformers' ``HfArgumentParser`` (one flag per field,
-named as in transformers' ``no_trainer`` examples); the benchmark and the tests build a ``RunConfig`` directly.
+named as in transformers' ``no_trainer`` examples), and from the methods' declared options (:func:`method_flags`:
+``--inner_dim``, ``--rank``, ...); the benchmark and the tests build a ``RunConfig`` directly, with the options in
+``options``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
+from typing import Any, Literal, Optional
 
 from ..tuners.registry import get_method, methods
 
-#: Fields that configure the method itself, and the method option each sets; a run passes the ones set to the method's
-#: builder (see ``method_options``).
-METHOD_OPTION_FIELDS = {
-    "inner_dim": "inner_dim",
-    "num_prompts": "num_prompts",
-    "mona_gradient_checkpointing": "gradient_checkpointing",
-}
 #: Fields that may differ between an interrupted run and its resumption (or a moved run dir): still the same run.
 # Compiling and recomputing change how the steps run, not what they compute: a run may be resumed with or without.
 RESUMABLE_FIELDS = frozenset(
@@ -32,7 +28,6 @@ RESUMABLE_FIELDS = frozenset(
         "torch_compile",
         "torch_compile_backend",
         "torch_compile_mode",
-        "mona_gradient_checkpointing",
     }
 )
 
@@ -73,20 +68,9 @@ class RunConfig:
     overwrite_output_dir: bool = field(default=False, metadata=_help("Allow an output dir that holds a different run."))
     # method
     method: str = field(default="mona", metadata=_help("Fine-tuning method (see mona_peft.tuners.registry)."))
-    inner_dim: int | None = field(
-        default=None, metadata=_help("Bottleneck width of mona, adapter and adaptformer (default 64).")
-    )
-    num_prompts: int | None = field(
-        default=None, metadata=_help("Prompt tokens per set of vpt_shallow and vpt_deep (default 10).")
-    )
-    mona_gradient_checkpointing: bool | None = field(
-        default=None,
-        metadata=_help(
-            "mona, true or false: keep only each Mona's input for the backward pass and recompute its inside (less "
-            "memory, same results). Default: true for segmentation, detection and instance segmentation, false for "
-            "classification."
-        ),
-    )
+    # The method's options as given (``{"inner_dim": 16}``); unset ones take the task's, then the method's defaults.
+    # On the command line each has a flag of its own (method_flags), so this field has none.
+    options: dict[str, Any] = field(default_factory=dict, metadata={"help": argparse.SUPPRESS})
     adapter_lr_scale: float = field(
         default=2.0, metadata=_help("Adapter lr = this x --learning_rate (2 in the paper).")
     )
@@ -158,11 +142,12 @@ class RunConfig:
                 f"--num_train_epochs must be at least 1 (or give --max_train_steps), got {self.num_train_epochs}."
             )
         spec = get_method(self.method)
-        for name, option in METHOD_OPTION_FIELDS.items():
-            if getattr(self, name) is not None and option not in spec.options:
-                flags = [flag for flag, taken in METHOD_OPTION_FIELDS.items() if taken in spec.options]
-                accepted = ", ".join(f"--{flag}" for flag in flags) or "no options"
-                raise ValueError(f"--{name} does not apply to --method {self.method} (it takes {accepted}).")
+        for option in sorted(set(self.options) - set(spec.options)):
+            flag = next((flag for flag in method_flags().values() if flag.option == option), None)
+            accepted = ", ".join(f"--{spec.flag(name)}" for name in sorted(spec.options)) or "no options"
+            raise ValueError(
+                f"--{flag.name if flag else option} does not apply to --method {self.method} (it takes {accepted})."
+            )
         if self.mimi_target is not None:
             if not spec.shrinkable:
                 shrinkable = " and ".join(name for name, other in methods().items() if other.shrinkable)
@@ -191,8 +176,7 @@ class RunConfig:
     def method_options(self, task_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
         """The method's options as given, over ``task_defaults`` (a task's defaults for this method); unset ones take
         the method's defaults."""
-        given = {option: getattr(self, name) for name, option in METHOD_OPTION_FIELDS.items()}
-        return dict(task_defaults or {}) | {option: value for option, value in given.items() if value is not None}
+        return dict(task_defaults or {}) | dict(self.options)
 
     def data_sources(self) -> dict[str, Any]:
         """The keyword arguments of the tasks' data loaders (Hub dataset, local folders, validation split)."""
@@ -202,15 +186,59 @@ class RunConfig:
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same run (recorded in the output dir; resumption must match it)."""
         values = {k: v for k, v in sorted(asdict(self).items()) if k not in RESUMABLE_FIELDS}
+        resumable = get_method(self.method).resumable_options if self.method in methods() else ()
+        values["options"] = {k: v for k, v in sorted(self.options.items()) if k not in resumable}
         return json.loads(json.dumps(values))
 
     def scalars(self) -> dict[str, int | float | str | bool]:
         """The settings a tracker (TensorBoard) can record."""
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if isinstance(getattr(self, f.name), (int, float, str, bool))
-        }
+        settings = {f.name: getattr(self, f.name) for f in fields(self)} | self.options
+        return {name: value for name, value in settings.items() if isinstance(value, (int, float, str, bool))}
+
+
+@dataclass(frozen=True)
+class MethodFlag:
+    """The command-line flag of a method option (``--inner_dim``), shared by the methods whose option it sets."""
+
+    name: str
+    option: str
+    type: type
+    help: str
+    defaults: dict[str, Any]
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.defaults)
+
+
+def method_flags() -> dict[str, MethodFlag]:
+    """Every method option's flag by name, from the declarations (``MethodSpec.options``, ``option_help``,
+    ``option_flags``); raises if two methods give one flag different options or types."""
+    flags: dict[str, MethodFlag] = {}
+    for name, spec in methods().items():
+        for option, default in spec.options.items():
+            flag = spec.flag(option)
+            known = flags.get(flag)
+            if known is None:
+                flags[flag] = MethodFlag(flag, option, type(default), spec.option_help[option], {name: default})
+            elif (known.option, known.type) != (option, type(default)):
+                raise ValueError(
+                    f"--{flag} would set {known.option!r} ({known.type.__name__}) of {known.methods} and {option!r} "
+                    f"({type(default).__name__}) of {name!r}: give one of them another flag (option_flags)."
+                )
+            else:
+                known.defaults[name] = default
+    return flags
+
+
+def _method_flags_dataclass() -> type:
+    """A dataclass with one optional field per method flag, for ``HfArgumentParser``."""
+    specs = []
+    for flag in method_flags().values():
+        defaults = ", ".join(f"{method} {default}" for method, default in flag.defaults.items())
+        help_text = f"{flag.help} Methods: {', '.join(flag.methods)} (defaults: {defaults})."
+        specs.append((flag.name, Optional[flag.type], field(default=None, metadata={"help": help_text})))  # noqa: UP045
+    return make_dataclass("MethodOptionFlags", specs)
 
 
 def parse_args(
@@ -226,11 +254,15 @@ def parse_args(
     """
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser([RunConfig] + ([extra] if extra else []), description=description)
+    parser = HfArgumentParser(
+        [RunConfig, _method_flags_dataclass()] + ([extra] if extra else []), description=description
+    )
     parser.set_defaults(**(defaults or {}))
-    parsed = parser.parse_args_into_dataclasses(args=argv)
+    config, flags, *rest = parser.parse_args_into_dataclasses(args=argv)
+    flag_options = {flag.option: getattr(flags, flag.name) for flag in method_flags().values()}
+    config.options = {option: value for option, value in flag_options.items() if value is not None}
     try:
-        parsed[0].validate()
+        config.validate()
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
-    return tuple(parsed) if extra else parsed[0]
+    return (config, *rest) if extra else config

@@ -115,7 +115,14 @@ class MethodSpec:
         name: the ``--method`` value, e.g. ``"mona"``.
         display_name: how model cards and reports name it, e.g. ``"Mona"``.
         summary: one or two sentences for the model card.
-        options: the options the method accepts, with their defaults (``{"inner_dim": 64}``).
+        options: the options the method accepts, with their defaults (``{"inner_dim": 64}``). Each becomes a flag of
+            the training scripts (:func:`mona_peft.training.config.method_flags`), named as the option unless
+            ``option_flags`` says otherwise; methods that share an option name share its flag.
+        option_help: one line of help per option, for its flag (every option needs one).
+        option_flags: option -> flag name where they differ (Mona's ``gradient_checkpointing`` is
+            ``--mona_gradient_checkpointing``, apart from the model's own gradient checkpointing).
+        resumable_options: options that change how the steps run, not what they compute: an interrupted run may
+            resume with another value (Mona's ``gradient_checkpointing``).
         peft_config: ``(model, head, **options) -> PeftConfig`` of a PEFT method; ``head`` is ``modules_to_save``.
         trains: ``(model) -> (parameter_name -> bool)``: which backbone parameters a whole-model method trains (the
             head always trains).
@@ -141,6 +148,9 @@ class MethodSpec:
     display_name: str
     summary: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    option_help: Mapping[str, str] = field(default_factory=dict)
+    option_flags: Mapping[str, str] = field(default_factory=dict)
+    resumable_options: tuple[str, ...] = ()
     peft_config: Callable[..., Any] | None = None
     trains: Callable[[nn.Module], Callable[[str], bool]] | None = None
     parameter_markers: tuple[str, ...] = ()
@@ -152,7 +162,17 @@ class MethodSpec:
     def __post_init__(self) -> None:
         if (self.peft_config is None) == (self.trains is None):
             raise ValueError(f"Method {self.name!r} needs exactly one of peft_config (a PEFT method) and trains.")
-        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        for what, names in (("option_help", set(self.option_help)), ("option_flags", set(self.option_flags))):
+            if names - set(self.options):
+                raise ValueError(
+                    f"Method {self.name!r}: {what} names {sorted(names - set(self.options))}, not options."
+                )
+        if set(self.options) - set(self.option_help):
+            raise ValueError(
+                f"Method {self.name!r}: options {sorted(set(self.options) - set(self.option_help))} need help."
+            )
+        for name in ("options", "option_help", "option_flags"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
         object.__setattr__(self, "lr_scales", MappingProxyType(dict(self.lr_scales)))
 
     @property
@@ -164,6 +184,10 @@ class MethodSpec:
     def saves_whole_model(self) -> bool:
         """Whether ``save_pretrained`` writes the whole model (``True``) or a PEFT adapter (``False``)."""
         return self.peft_config is None
+
+    def flag(self, option: str) -> str:
+        """The command-line flag (without ``--``) of ``option``."""
+        return self.option_flags.get(option, option)
 
     def resolve_options(self, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The defaults updated with ``options``; an option the method does not accept raises ``ValueError``."""

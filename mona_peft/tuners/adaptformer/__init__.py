@@ -15,6 +15,10 @@ declare_method(
         "AdaptFormer adds a scaled bottleneck (down projection, ReLU, up projection) in parallel to the MLP of every "
         "transformer block.",
         options={"inner_dim": 64, "scale": 0.1},
+        option_help={
+            "inner_dim": "Bottleneck width of the adapters.",
+            "scale": "Factor on AdaptFormer's parallel branch.",
+        },
         peft_config=lambda model, head, inner_dim, scale: AdaptFormerConfig(
             inner_dim=inner_dim, scale=scale, modules_to_save=head
         ),

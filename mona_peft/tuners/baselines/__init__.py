@@ -90,6 +90,7 @@ for _spec in (
         "LoRA",
         "LoRA adds trainable low-rank updates to the attention's query and value projections.",
         options={"rank": 8, "alpha": 8},
+        option_help={"rank": "LoRA's rank.", "alpha": "LoRA's alpha (the update is scaled by alpha / rank)."},
         peft_config=_lora_config,
         parameter_markers=(".lora_",),
         step_cost=0.59,

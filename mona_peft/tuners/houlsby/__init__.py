@@ -16,6 +16,7 @@ declare_method(
         "Houlsby's bottleneck adapter (down projection, GELU, up projection, plus a skip) on the output of the "
         "attention and of the MLP of every transformer block.",
         options={"inner_dim": 64},
+        option_help={"inner_dim": "Bottleneck width of the adapters."},
         peft_config=lambda model, head, inner_dim: HoulsbyConfig(inner_dim=inner_dim, modules_to_save=head),
         parameter_markers=(".houlsby_",),
         site=HoulsbySite,

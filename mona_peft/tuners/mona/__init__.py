@@ -17,6 +17,13 @@ declare_method(
         "stream after attention and after the MLP: a scaled LayerNorm, a down projection, depthwise 3x3/5x5/7x7 "
         "convolutions over the patch grid, GELU and an up projection.",
         options={"inner_dim": 64, "gradient_checkpointing": False},
+        option_help={
+            "inner_dim": "Bottleneck width of the adapters.",
+            "gradient_checkpointing": "Keep only each Mona's input for the backward pass and recompute its inside "
+            "(less memory, same results); the dense tasks turn it on by default.",
+        },
+        option_flags={"gradient_checkpointing": "mona_gradient_checkpointing"},
+        resumable_options=("gradient_checkpointing",),
         peft_config=lambda model, head, inner_dim, gradient_checkpointing: MonaConfig(
             inner_dim=inner_dim, gradient_checkpointing=gradient_checkpointing, modules_to_save=head
         ),

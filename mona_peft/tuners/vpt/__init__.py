@@ -30,6 +30,7 @@ for _deep in (False, True):
                 else "one set, inserted before the first block and carried through every block."
             ),
             options={"num_prompts": 10},
+            option_help={"num_prompts": "Prompt tokens per set."},
             peft_config=_config_builder(_deep),
             parameter_markers=(".vpt_",),
             dense=False,
