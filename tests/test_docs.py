@@ -1,6 +1,7 @@
 """The documentation is tested: README.md and every page of docs/.
 
-- README.md stays short (at most 200 lines); every relative link of README.md and docs/*.md names an existing file.
+- README.md stays short (at most 200 lines); every relative link of README.md and docs/*.md names an existing file
+  (and an existing heading, for an anchor into a Markdown file).
 - docs/architectures.md lists every ``model_type`` of ``SUPPORTED_ARCHITECTURES``.
 - Every fenced ``python`` block runs, offline (``HF_HUB_OFFLINE=1``, an empty Hugging Face cache), in a temporary
   directory of its own and a fresh namespace, under a timeout, unless the line before its fence is
@@ -108,12 +109,31 @@ def test_relative_links_point_to_files(page):
     text = prose(page)
     broken = []
     for target in LINK.findall(text):
-        if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
-            continue  # https:, mailto:, or an anchor of the same page
-        path = (page.parent / target.split("#", 1)[0]).resolve()
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):
+            continue  # https:, mailto:
+        file_part, _, anchor = target.partition("#")
+        path = (page.parent / file_part).resolve() if file_part else page
         if not path.exists():
             broken.append(target)
-    assert not broken, f"{page.relative_to(ROOT)} links to missing files: {broken}"
+        elif anchor and path.suffix == ".md" and anchor not in heading_anchors(path):
+            broken.append(target)
+    assert not broken, f"{page.relative_to(ROOT)} links to missing files or headings: {broken}"
+
+
+def heading_anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown file (lower case, punctuation dropped, spaces to hyphens;
+    repeated headings get -1, -2, ...)."""
+    anchors: set[str] = set()
+    for line in prose(path).splitlines():
+        match = re.match(r"^#{1,6}\s+(.*?)\s*$", line)
+        if match:
+            slug = re.sub(r"[^\w\- ]", "", match.group(1).lower()).replace(" ", "-")
+            candidate, count = slug, 0
+            while candidate in anchors:
+                count += 1
+                candidate = f"{slug}-{count}"
+            anchors.add(candidate)
+    return anchors
 
 
 def test_architectures_page_lists_every_model_type():
