@@ -366,7 +366,7 @@ def test_segmentation_adapter_is_pushed_and_its_cards_snippet_reloads_it_in_a_fr
     from PIL import Image
     from transformers import AutoImageProcessor, ViTImageProcessor
 
-    from mona_peft.tasks.image_classification import main
+    from mona_peft.training import main
     from mona_peft.tasks.semantic_segmentation.model import load_segmentation_base
     from mona_peft.tasks.semantic_segmentation.task import SemanticSegmentationTask
 
@@ -421,7 +421,7 @@ def test_detection_adapters_are_pushed_and_their_cards_snippets_reload_them_in_a
     from PIL import Image
     from transformers import AutoImageProcessor
 
-    from mona_peft.tasks.image_classification import main
+    from mona_peft.training import main
     from mona_peft.tasks.instance_segmentation import load_instance_segmentation_base
     from mona_peft.tasks.instance_segmentation.task import InstanceSegmentationTask
     from mona_peft.tasks.object_detection import load_detection_base

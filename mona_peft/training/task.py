@@ -109,7 +109,13 @@ _TASKS: dict[str, type[TrainingTask]] = {}
 
 
 def declare_task(task: type[TrainingTask]) -> type[TrainingTask]:
-    """Declare a task (idempotent for the same name), as its package's ``__init__`` does; returns ``task``."""
+    """Declare a task (idempotent for the same name), as its package's ``__init__`` does; returns ``task``.
+
+    Raises ``TypeError`` naming what a task must say and ``task`` does not.
+    """
+    missing = [name for name in ("name", "pipeline_tag", "card", "default_output_dir") if not hasattr(task, name)]
+    if missing:
+        raise TypeError(f"Task {task.__name__} does not set {', '.join(missing)} (see TrainingTask).")
     _TASKS[task.name] = task
     return task
 

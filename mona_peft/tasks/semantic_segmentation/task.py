@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, SegformerImageProcessorPil
 
-from ...sharing.model_card import Score, normalise_metric_key
+from ...sharing.model_card import CardTask, Score, normalise_metric_key
 from ...training.config import RunConfig
 from ...training.task import DENSE_METHOD_DEFAULTS, TrainingTask
 from ...tuners.architectures import head_modules
@@ -70,6 +70,7 @@ class SemanticSegmentationTask(TrainingTask):
     method_defaults = DENSE_METHOD_DEFAULTS
     name = "semantic_segmentation"
     pipeline_tag = "image-segmentation"
+    card = CardTask("semantic_segmentation.md", "image-segmentation", "Semantic Segmentation", segmentation_scores)
     default_output_dir = "outputs/mona-digit-scenes"
     arguments_class = SegmentationArguments
     # UperNet's pyramid pooling normalises 1x1 maps with BatchNorm: a last training batch of one image would fail.
