@@ -1,4 +1,4 @@
-"""Benchmark the fine-tuning methods offline (logic in ``mona_peft.benchmarking``).
+"""Benchmark the fine-tuning methods offline (the harness, outside the wheel, is ``benchmarks/harness``).
 
 Downstream accuracy and costs, every method x task x seed on the shipped pretrained Swin (about 30 min on 2 CPUs):
     python scripts/benchmark.py                     # -> benchmarks/results.json, results.md, results.png
@@ -8,7 +8,11 @@ Training step, peak memory and inference latency ratios on a Swin-T at 224x224 (
     python scripts/benchmark.py --speed             # -> benchmarks/speed.json
 """
 
-from mona_peft.benchmarking.cli import main
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the harness package
+from harness.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -28,7 +28,11 @@ from peft import get_peft_model
 from transformers import SwinConfig, SwinForImageClassification
 
 import mona_peft
-from mona_peft.benchmarking.timing import (
+from mona_peft.tuners.methods import adamw
+from mona_peft.tuners.mona import MultiCognitiveFilter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the harness package
+from harness.timing import (  # noqa: E402
     contention,
     cpu_snapshot,
     environment,
@@ -36,8 +40,6 @@ from mona_peft.benchmarking.timing import (
     timed_pair,
     training_peak_bytes,
 )
-from mona_peft.tuners.methods import adamw
-from mona_peft.tuners.mona import MultiCognitiveFilter
 
 
 def set_fused(filters: list[MultiCognitiveFilter], fused: bool) -> None:

@@ -26,6 +26,9 @@ from torch import nn
 
 import mona_peft  # noqa: F401  (registers Mona with PEFT)
 
+# The benchmark harness lives outside the package (benchmarks/harness); the tests import it as `harness`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
 TINY_IMAGE_SIZE = 32
 
 # drop_path_rate=0: Swin's default stochastic depth (0.1) would make train-mode outputs random.

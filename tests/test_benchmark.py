@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from datasets import ClassLabel
 
-from mona_peft.benchmarking import TASKS, load_task
+from mona_peft.data import TASKS, load_task
 from mona_peft.data.offline import (
     DIGITS_FEWSHOT_PER_CLASS,
     DIGITS_PER_CLASS,
@@ -115,7 +115,7 @@ def test_unknown_task_is_refused():
 
 
 def test_quick_benchmark_writes_rows_report_and_plot(tmp_path):
-    from mona_peft.benchmarking.cli import main
+    from harness.cli import main
 
     results = main(["--quick", "--output_dir", str(tmp_path), "--work_dir", str(tmp_path / "work")])
     written = json.loads((tmp_path / "results.json").read_text())
@@ -148,7 +148,7 @@ def test_quick_benchmark_writes_rows_report_and_plot(tmp_path):
 
 
 def test_learning_rate_is_chosen_on_the_mean_over_seeds_not_the_best_seed():
-    from mona_peft.benchmarking.runner import BenchmarkConfig, choose_learning_rates
+    from harness.runner import BenchmarkConfig, choose_learning_rates
 
     config = BenchmarkConfig(methods=["mona"], tasks=["digits"], seeds=[0, 1, 2], lr_grid=[1e-3, 1e-2])
     # 1e-2 has the best single seed but diverges on another one; 1e-3 is stable.

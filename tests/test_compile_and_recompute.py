@@ -92,7 +92,7 @@ def test_compiled_mona_has_no_graph_breaks(build, mode):
 
 
 def test_speed_benchmark_adds_compiled_rows_beside_the_eager_ones(tmp_path, monkeypatch):
-    from mona_peft.benchmarking import speed
+    from harness import speed
 
     def tiny(image_size: int = 32, seed: int = 0):  # the benchmark's Swin-T, shrunk: the rows, not the numbers
         return build_tiny_swin(seed=seed, depths=[1], num_heads=[2]).train()
@@ -123,7 +123,7 @@ def test_speed_benchmark_adds_compiled_rows_beside_the_eager_ones(tmp_path, monk
 
 def test_speed_benchmark_measures_variants_and_several_models_in_one_command(tmp_path, monkeypatch):
     """What the GPU run does (two networks, a Mona variant beside Mona, bf16 autocast), on CPU with tiny networks."""
-    from mona_peft.benchmarking import cli, speed
+    from harness import cli, speed
 
     def tiny(image_size: int = 32, seed: int = 0):
         return build_tiny_swin(seed=seed, depths=[1], num_heads=[2]).train()
@@ -163,7 +163,7 @@ def test_speed_benchmark_measures_variants_and_several_models_in_one_command(tmp
 
 
 def test_speed_autocast_is_bf16_on_cuda_by_default_only():
-    from mona_peft.benchmarking.speed import SpeedConfig
+    from harness.speed import SpeedConfig
 
     assert SpeedConfig(device="cuda").bf16 is True and SpeedConfig().bf16 is False
     with SpeedConfig(bf16=True).autocast():

@@ -3,24 +3,18 @@
 import json
 
 import pytest
+from harness.report import markdown
+from harness.runner import BenchmarkConfig, Job, choose_learning_rates, pending_jobs, run_benchmark, write_results
 
-from mona_peft.benchmarking.dense import (
-    DenseBenchmarkConfig,
-    Job,
-    choose_learning_rates,
-    markdown,
-    pending_jobs,
-    run_dense_benchmark,
-    write_results,
-)
+SEGMENTATION = "semantic-segmentation"
 
 
 def test_quick_benchmark_records_curves_chooses_on_validation_resumes_and_reports(tmp_path):
-    config = DenseBenchmarkConfig(
-        methods=["linear", "mona"], task="digit-scenes-fewshot", seeds=[0], lr_grid=[1e-2, 3e-3],
+    config = BenchmarkConfig(
+        kind=SEGMENTATION, methods=["linear", "mona"], tasks=["digit-scenes-fewshot"], seeds=[0], lr_grid=[1e-2, 3e-3],
         workers=1, max_train_steps=2,
     )  # fmt: skip
-    results = run_dense_benchmark(config, tmp_path / "work", log=lambda _: None)
+    results = run_benchmark(config, tmp_path / "work", log=lambda _: None)
     rows = results["rows"]
     assert sorted((r["method"], r["lr"]) for r in rows) == [
         ("linear", 3e-3),
@@ -38,10 +32,10 @@ def test_quick_benchmark_records_curves_chooses_on_validation_resumes_and_report
         best = max((r for r in rows if r["method"] == method), key=lambda r: r["val_score"])
         assert choice["chosen_lr"] == best["lr"]
     # A second call on the same work dir trains nothing more; a report of more seeds trains nothing either.
-    again = run_dense_benchmark(config, tmp_path / "work", log=lambda _: None)
+    again = run_benchmark(config, tmp_path / "work", log=lambda _: None)
     assert len(again["rows"]) == 4
-    more_seeds = DenseBenchmarkConfig(**{**config.__dict__, "seeds": [0, 1]})
-    assert run_dense_benchmark(more_seeds, tmp_path / "work", log=lambda _: None, report_only=True)["rows"] == rows
+    more_seeds = BenchmarkConfig(**{**config.__dict__, "seeds": [0, 1]})
+    assert run_benchmark(more_seeds, tmp_path / "work", log=lambda _: None, report_only=True)["rows"] == rows
     assert len((tmp_path / "work" / "runs.jsonl").read_text().splitlines()) == 4
     write_results(again, tmp_path / "out")
     report = (tmp_path / "out" / "results.md").read_text()
@@ -56,7 +50,7 @@ def test_quick_benchmark_records_curves_chooses_on_validation_resumes_and_report
 
 
 def test_rate_is_chosen_on_the_mean_over_seeds_and_jobs_go_seed_by_seed():
-    config = DenseBenchmarkConfig(methods=["mona"], seeds=[0, 1], lr_grid=[1e-3, 1e-2])
+    config = BenchmarkConfig(kind=SEGMENTATION, methods=["mona"], seeds=[0, 1], lr_grid=[1e-3, 1e-2])
     rows = [
         {"method": "mona", "lr": 1e-2, "seed": 0, "val_score": 0.9},  # one lucky seed
         {"method": "mona", "lr": 1e-2, "seed": 1, "val_score": 0.1},
@@ -67,28 +61,34 @@ def test_rate_is_chosen_on_the_mean_over_seeds_and_jobs_go_seed_by_seed():
     # A seed run at one rate only (as after the choice) is left out of the comparison: both rates ran seed 1 alone.
     choice = choose_learning_rates([rows[1], rows[3], {**rows[1], "seed": 2, "val_score": 0.0}], config)["mona"]
     assert choice == {"val_score_by_lr": {"0.01": 0.1, "0.001": 0.6}, "chosen_lr": 1e-3, "choice_seeds": [1]}
-    assert pending_jobs(config, rows[:1]) == [Job("mona", 1e-3, 0), Job("mona", 1e-3, 1), Job("mona", 1e-2, 1)]
+    assert pending_jobs(config, rows[:1]) == [
+        Job("mona", "digit-scenes", 1e-3, 0),
+        Job("mona", "digit-scenes", 1e-3, 1),
+        Job("mona", "digit-scenes", 1e-2, 1),
+    ]
 
 
 def test_longer_schedule_sets_the_steps_and_keeps_its_own_work_dir(tmp_path):
-    config = DenseBenchmarkConfig(methods=["linear"], task="digit-scenes-fewshot", seeds=[0], lr_grid=[1e-2])
-    longer = DenseBenchmarkConfig(**{**config.__dict__, "num_train_epochs": 2 * config.epochs, "workers": 1})
+    config = BenchmarkConfig(
+        kind=SEGMENTATION, methods=["linear"], tasks=["digit-scenes-fewshot"], seeds=[0], lr_grid=[1e-2]
+    )
+    longer = BenchmarkConfig(**{**config.__dict__, "num_train_epochs": 2 * config.epochs, "workers": 1})
     assert longer.total_steps == 2 * config.total_steps
     row = {"method": "linear", "lr": 1e-2, "seed": 1, "val_score": 0.5, "curve": [{"step": config.total_steps}]}
     (tmp_path / "runs.jsonl").write_text(json.dumps(row) + "\n")
     with pytest.raises(ValueError, match=f"runs of \\[{config.total_steps}\\] steps; this benchmark trains "):
-        run_dense_benchmark(longer, tmp_path, log=lambda _: None)
+        run_benchmark(longer, tmp_path, log=lambda _: None)
     with pytest.raises(ValueError, match="num_train_epochs must be at least 1"):
-        DenseBenchmarkConfig(num_train_epochs=0)
+        BenchmarkConfig(kind=SEGMENTATION, num_train_epochs=0)
 
 
 def test_unknown_method_or_task_is_refused():
     with pytest.raises(ValueError, match="Unknown methods"):
-        DenseBenchmarkConfig(methods=["mona", "dora"])
+        BenchmarkConfig(kind=SEGMENTATION, methods=["mona", "dora"])
     with pytest.raises(ValueError, match="digit-scenes"):
-        DenseBenchmarkConfig(task="ade20k")
+        BenchmarkConfig(kind=SEGMENTATION, tasks=["ade20k"])
     with pytest.raises(ValueError, match="object-detection"):
-        DenseBenchmarkConfig(kind="panoptic")
+        BenchmarkConfig(kind="panoptic")
 
 
 @pytest.mark.parametrize(
@@ -96,11 +96,11 @@ def test_unknown_method_or_task_is_refused():
     [("object-detection", "map", "box AP"), ("instance-segmentation", "mask_map", "mask AP")],
 )
 def test_detection_kinds_score_on_coco_ap_and_report_it(kind, score, label, tmp_path):
-    config = DenseBenchmarkConfig(
-        kind=kind, methods=["mona"], task="digit-instances-fewshot", seeds=[0], lr_grid=[1e-3], workers=1,
+    config = BenchmarkConfig(
+        kind=kind, methods=["mona"], tasks=["digit-instances-fewshot"], seeds=[0], lr_grid=[1e-3], workers=1,
         max_train_steps=1,
     )  # fmt: skip
-    results = run_dense_benchmark(config, tmp_path / "work", log=lambda _: None)
+    results = run_benchmark(config, tmp_path / "work", log=lambda _: None)
     (row,) = results["rows"]
     assert row["curve"] == [{"step": 1, "val_score": row["val_score"]}]
     assert row["test_scores"][score] == row["test_score"] and len(row["test_per_class"]) == 3  # digits 0-2
@@ -111,7 +111,7 @@ def test_detection_kinds_score_on_coco_ap_and_report_it(kind, score, label, tmp_
 
 
 def test_upernet_speed_run_measures_every_method_against_full_lora_and_the_bare_model(tmp_path):
-    from mona_peft.benchmarking.speed import MONA_TARGETS, SpeedConfig, run_speed
+    from harness.speed import MONA_TARGETS, SpeedConfig, run_speed
 
     config = SpeedConfig(methods=["mona"], model="upernet-swin-t", image_size=32, repeats=1, warmup=1)
     report = run_speed(config, tmp_path / "speed.json", "test", log=lambda _: None)
@@ -128,7 +128,7 @@ def test_upernet_speed_run_measures_every_method_against_full_lora_and_the_bare_
 # RT-DETR selects its 300 queries among the anchors of its three levels: 160 pixels give 525 of them.
 @pytest.mark.parametrize(("model", "size"), [("rt-detr-swin-t", 160), ("mask2former-swin-t", 64)])
 def test_detector_speed_runs_train_on_random_objects_and_compare_every_method(model, size, tmp_path):
-    from mona_peft.benchmarking.speed import SpeedConfig, run_speed
+    from harness.speed import SpeedConfig, run_speed
 
     config = SpeedConfig(methods=["mona"], model=model, image_size=size, repeats=1, warmup=0)
     report = run_speed(config, tmp_path / "speed.json", "test", log=lambda _: None)

@@ -1,14 +1,14 @@
-"""Mona's floor estimate (mona_peft.benchmarking.floor): the counts come from the model, the arithmetic is exact."""
+"""Mona's floor estimate (benchmarks/harness/floor.py): the counts come from the model, the arithmetic is exact."""
 
 import dataclasses
 
 import pytest
 import torch
 from conftest import TINY_IMAGE_SIZE, TINY_SWIN_CONFIG, build_tiny_pixel_values, build_tiny_swin, build_tiny_vit
+from harness.floor import MonaSite, floor_seconds, measure_rates, mona_floor, mona_sites
 from peft import get_peft_model
 
 import mona_peft
-from mona_peft.benchmarking.floor import MonaSite, floor_seconds, measure_rates, mona_floor, mona_sites
 
 
 def test_sites_follow_the_swin_stages():

@@ -1,4 +1,5 @@
-"""Command line of ``scripts/benchmark.py``: the downstream benchmark, ``--quick`` and ``--speed``."""
+"""Command lines of ``scripts/benchmark.py`` (the classification benchmark, ``--quick`` and ``--speed``) and of
+``scripts/benchmark_dense.py`` (the dense kinds); both run :func:`harness.runner.run_benchmark`."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import argparse
 import shlex
 import sys
 
-from ..data import TASKS
-from ..tuners.registry import methods
-from .runner import LR_GRID, BenchmarkConfig, run_benchmark
+from mona_peft.data import TASKS
+from mona_peft.tuners.registry import methods
+
+from .kinds import DENSE_KINDS, LR_GRID, dense_methods
+from .runner import BenchmarkConfig, run_benchmark
 from .speed import SPEED_MODELS
 
 QUICK = {"methods": ["linear", "mona"], "tasks": ["digits-fewshot"], "seeds": [0], "lr_grid": [3e-3, 1e-2]}
@@ -72,45 +75,92 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """``scripts/benchmark.py``: the classification benchmark, or (``--speed``) the speed benchmark."""
     parser = build_parser()
     args = parser.parse_args(argv)
     command = shlex.join(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
     if args.speed:
-        from .speed import SpeedConfig, run_speed
-
-        several = len(args.speed_model) > 1
-        if several and args.speed_output:
-            parser.error("--speed_output names one file; with several --speed_model, use --output_dir.")
-        reports = {}
-        for model in args.speed_model:
-            config = SpeedConfig(
-                methods=args.methods or list(methods()),
-                batch_size=args.batch_size,
-                repeats=args.repeats,
-                warmup=args.warmup,
-                image_size=args.image_size or (224 if model == "swin-t" else 512),
-                model=model,
-                device=args.device,
-                threads=args.speed_threads,
-                torch_compile=args.torch_compile or bool(args.torch_compile_backend or args.torch_compile_mode),
-                compile_backend=args.torch_compile_backend,
-                compile_mode=args.torch_compile_mode,
-                bf16=args.bf16,
-                floor=args.floor,
-            )
-            name = f"speed_{model}.json" if several else "speed.json"
-            reports[model] = run_speed(config, args.speed_output or f"{args.output_dir}/{name}", command)
-        return reports if several else reports[model]
+        return _speed(parser, args, command)
     defaults = dict(QUICK) if args.quick else {}
     config = BenchmarkConfig(
-        methods=args.methods or defaults.get("methods", list(methods())),
-        tasks=args.tasks or defaults.get("tasks", list(TASKS)),
+        kind="image-classification",
+        methods=args.methods or defaults.get("methods", []),
+        tasks=args.tasks or defaults.get("tasks", []),
         seeds=args.seeds or defaults.get("seeds", [0, 1, 2]),
-        lr_grid=args.lr_grid or defaults.get("lr_grid", list(LR_GRID)),
+        lr_grid=args.lr_grid or defaults.get("lr_grid", []),
         workers=args.workers or (1 if args.quick else 2),
         threads=args.threads,
         max_train_steps=args.max_train_steps or (2 if args.quick else None),
         latency_repeats=3 if args.quick else 5,
         work_dir=args.work_dir,
     )
-    return run_benchmark(config, args.output_dir, command, plot=not args.no_plot)
+    return run_benchmark(config, output_dir=args.output_dir, command=command, plot=not args.no_plot)
+
+
+def _speed(parser: argparse.ArgumentParser, args: argparse.Namespace, command: str) -> dict:
+    """``--speed``: one report per ``--speed_model`` (several: ``speed_<model>.json`` each, returned by model)."""
+    from .speed import SpeedConfig, run_speed
+
+    several = len(args.speed_model) > 1
+    if several and args.speed_output:
+        parser.error("--speed_output names one file; with several --speed_model, use --output_dir.")
+    reports = {}
+    for model in args.speed_model:
+        config = SpeedConfig(
+            methods=args.methods or list(methods()),
+            batch_size=args.batch_size,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            image_size=args.image_size or (224 if model == "swin-t" else 512),
+            model=model,
+            device=args.device,
+            threads=args.speed_threads,
+            torch_compile=args.torch_compile or bool(args.torch_compile_backend or args.torch_compile_mode),
+            compile_backend=args.torch_compile_backend,
+            compile_mode=args.torch_compile_mode,
+            bf16=args.bf16,
+            floor=args.floor,
+        )
+        name = f"speed_{model}.json" if several else "speed.json"
+        reports[model] = run_speed(config, args.speed_output or f"{args.output_dir}/{name}", command)
+    return reports if several else reports[model]
+
+
+def build_dense_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="The dense-task benchmarks: methods x learning rates x seeds around the shipped Swin, offline. "
+        "Interrupted? Run the same command again: finished runs are kept in <work_dir>/runs.jsonl."
+    )
+    add = parser.add_argument
+    add("--kind", choices=DENSE_KINDS, default="semantic-segmentation")
+    add("--methods", nargs="+", default=None, help=f"Default: {' '.join(dense_methods())} (MethodSpec.dense).")
+    add("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    add("--lr_grid", nargs="+", type=float, default=[], help="Default: the kind's grid.")
+    add("--task", default="", help="An offline task of the kind (default: the kind's).")
+    add("--workers", type=int, default=2, help="Processes; each trains one run at a time.")
+    add("--threads", type=int, default=1, help="Torch threads per process.")
+    add("--num_train_epochs", type=int, default=None, help="Schedule length (default: the task's epochs).")
+    add("--max_train_steps", type=int, default=None, help="Cut runs short (quick checks).")
+    add("--report_only", action="store_true", help="Train nothing: report the runs in --work_dir.")
+    add("--work_dir", default="runs/segmentation")
+    add("--output_dir", default="benchmarks/segmentation")
+    return parser
+
+
+def dense_main(argv: list[str] | None = None) -> dict:
+    """``scripts/benchmark_dense.py``: one dense kind's benchmark, written to ``--output_dir``."""
+    args = build_dense_parser().parse_args(argv)
+    config = BenchmarkConfig(
+        kind=args.kind,
+        methods=args.methods or [],
+        tasks=[args.task] if args.task else [],
+        seeds=args.seeds,
+        lr_grid=args.lr_grid,
+        workers=args.workers,
+        threads=args.threads,
+        max_train_steps=args.max_train_steps,
+        num_train_epochs=args.num_train_epochs,
+        work_dir=args.work_dir,
+    )
+    command = shlex.join(["python", "scripts/benchmark_dense.py", *(sys.argv[1:] if argv is None else argv)])
+    return run_benchmark(config, output_dir=args.output_dir, command=command, report_only=args.report_only)

@@ -63,7 +63,7 @@ def mona_sites(model: nn.Module, pixel_values: torch.Tensor) -> list[MonaSite]:
         >>> sites[0]  # doctest: +SKIP
         MonaSite(tokens=6272, grid_tokens=6272, channels=96, inner_dim=64, kernel_size=7)
     """
-    from ..tuners.mona.layer import SITES, MonaLayer
+    from mona_peft.tuners.mona.layer import SITES, MonaLayer
 
     sites: list[MonaSite] = []
     handles = []

@@ -1,9 +1,12 @@
-"""``results.md`` and the accuracy-vs-trainable-parameters plot from a benchmark's ``results.json``."""
+"""``results.md`` and ``results.png`` from a benchmark's ``results.json``, for every kind: classification's
+accuracy, rate and cost tables; the dense kinds' scores, grid and validation curves."""
 
 from __future__ import annotations
 
 import statistics
 from pathlib import Path
+
+from .kinds import SCHEDULE_NAMES, kind_of
 
 
 def _cells(results: dict) -> dict[tuple[str, str], list[dict]]:
@@ -42,12 +45,16 @@ def summary(results: dict) -> dict[str, dict[str, dict]]:
 
 
 def markdown(results: dict) -> str:
-    """The report: accuracy table, chosen learning rates, costs, and how it was run."""
+    """The report of a results file, for any kind (:data:`harness.kinds.KINDS`)."""
+    if kind_of(results).several_tasks:
+        return classification_markdown(results)
+    return dense_markdown(results)
+
+
+def classification_markdown(results: dict) -> str:
+    """The classification report: accuracy table, chosen learning rates, costs, and how it was run."""
     config = results["config"]
-    methods, tasks = config["methods"], config["tasks"]
-    cells = _cells(results)
     seeds = len(config["seeds"])
-    env = results["environment"]
     lines = [
         "# Downstream benchmark",
         "",
@@ -56,6 +63,15 @@ def markdown(results: dict) -> str:
         f"Learning rate chosen per method and task from a {len(config['lr_grid'])}-value grid by the mean "
         "validation top-1 over the seeds (below); the test split never chooses.",
         "",
+    ]
+    lines += _accuracy_table(results) + _rates_table(results) + _costs_table(results) + _run_notes(results)
+    return "\n".join(lines)
+
+
+def _accuracy_table(results: dict) -> list[str]:
+    methods, tasks = results["config"]["methods"], results["config"]["tasks"]
+    cells = _cells(results)
+    lines = [
         "| method | trainable params | trainable % | " + " | ".join(tasks) + " | mean |",
         "|---|---:|---:|" + "---:|" * len(tasks) + "---:|",
     ]
@@ -70,7 +86,12 @@ def markdown(results: dict) -> str:
             + " | ".join(per_task)
             + f" | {100 * statistics.fmean(task_means):.1f} |"
         )
-    lines += [
+    return lines
+
+
+def _rates_table(results: dict) -> list[str]:
+    methods, tasks = results["config"]["methods"], results["config"]["tasks"]
+    lines = [
         "",
         "## Chosen learning rates (mean validation top-1 % over the seeds at each grid value)",
         "",
@@ -84,7 +105,13 @@ def markdown(results: dict) -> str:
             grid = ", ".join(f"{float(lr):g}: {100 * v:.1f}" for lr, v in choice["mean_validation_top1"].items())
             entries.append(f"**{choice['chosen_lr']:g}** ({grid})")
         lines.append(f"| {method} | " + " | ".join(entries) + " |")
-    lines += [
+    return lines
+
+
+def _costs_table(results: dict) -> list[str]:
+    methods, tasks = results["config"]["methods"], results["config"]["tasks"]
+    cells = _cells(results)
+    lines = [
         "",
         "## Costs (mean ± std over every task and seed)",
         "",
@@ -101,12 +128,18 @@ def markdown(results: dict) -> str:
             f"{_pm([r['train_images_per_s'] for r in rows], digits=0)} | "
             f"{_pm(memory, 1e-6, 1) if memory else 'n/a'} | {_pm([r['infer_latency_ratio'] for r in rows], digits=2)} |"
         )
+    return lines
+
+
+def _run_notes(results: dict) -> list[str]:
+    """The recipe, what the cost columns measure, and the command, machine and versions."""
+    config, env = results["config"], results["environment"]
     schedules = "; ".join(
         f"{t}: {s['epochs']} epochs, batch {s['batch_size']}" for t, s in results["schedules"].items()
     )
     # resumed runs give the contention of each invocation instead
     busy = (env.get("cpu_share_used_elsewhere") or {}) if len(results.get("invocations") or []) <= 1 else {}
-    lines += [
+    return [
         "",
         f"Schedules (every method alike): {schedules}; AdamW, weight decay {config['weight_decay']}, gradient clipping "
         f"{config['max_grad_norm']}, {100 * config['warmup_fraction']:.0f}% linear warm-up then cosine, one learning "
@@ -132,7 +165,6 @@ def markdown(results: dict) -> str:
         + ".",
         "",
     ]
-    return "\n".join(lines)
 
 
 def plot_method_point(axis, method: str, trainable_params: int, scores: list[float], color) -> None:
@@ -144,6 +176,11 @@ def plot_method_point(axis, method: str, trainable_params: int, scores: list[flo
 
 
 def plot(results: dict, path: str | Path) -> None:
+    """The figure of a results file, for any kind."""
+    (classification_plot if kind_of(results).several_tasks else dense_plot)(results, path)
+
+
+def classification_plot(results: dict, path: str | Path) -> None:
     """Test top-1 vs trainable parameters (log scale), one panel per task, one point per method, std error bars."""
     import matplotlib
 
@@ -185,3 +222,156 @@ def _invocations(results: dict) -> str:
             part += f" ({100 * busy['other_processes']:.0f}% of the CPU used elsewhere)"
         parts.append(part)
     return f" over {len(invocations)} invocations on the same work dir ({'; '.join(parts)})"
+
+
+# ------------------------------------------------------------------------------------------------- dense kinds
+
+
+def _chosen_rows(results: dict, method: str) -> list[dict]:
+    chosen = results["learning_rates"].get(method, {}).get("chosen_lr")
+    return [r for r in results["rows"] if r["method"] == method and r["lr"] == chosen]
+
+
+def _mean_curve(rows: list[dict]) -> tuple[list[int], list[float]]:
+    """Validation score after each epoch, averaged over the seeds that reached it."""
+    by_step: dict[int, list[float]] = {}
+    for row in rows:
+        for point in row["curve"]:
+            by_step.setdefault(point["step"], []).append(point["val_score"])
+    steps = sorted(by_step)
+    return steps, [statistics.fmean(by_step[s]) for s in steps]
+
+
+def dense_markdown(results: dict) -> str:
+    """The dense report: the test score per method at its chosen rate, the grid on validation, the curves as
+    numbers."""
+    config = results["config"]
+    present = [m for m in config["methods"] if _chosen_rows(results, m)]
+    lines = _dense_intro(results, present) + _dense_scores_table(results, present)
+    lines += _dense_grid_table(results, present) + _dense_curves_table(results, present)
+    env = results["environment"]
+    lines += [
+        "",
+        f"Run on {env['device_name']} ({env['cpu_count']} cores) with {config['workers']} worker process(es) of "
+        f"{config['threads']} thread(s); command: `{results.get('command', 'scripts/benchmark_dense.py')}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _dense_intro(results: dict, present: list[str]) -> list[str]:
+    config, task = results["config"], results["task"]
+    kind = kind_of(results)
+    label = kind.label
+    # The steps the rows ran (their curves end there), not today's config: an older work dir reports what it ran.
+    steps_run = max(point["step"] for row in results["rows"] for point in row["curve"])
+    epochs = config.get("num_train_epochs") or task["epochs"]
+    choice_seeds = sorted({tuple(results["learning_rates"][m].get("choice_seeds", config["seeds"])) for m in present})
+    seeds_words = "; ".join(", ".join(map(str, seeds)) for seeds in choice_seeds)
+    return [
+        f"# {kind.title}",
+        "",
+        f"{kind.model} around the shipped Swin pretrained on Fashion-MNIST, on the offline `{config['task']}` task "
+        f"({task['description']}). Test {kind.described}, mean ± sample std over the seeds at each method's chosen "
+        f"rate. Rates from the grid {', '.join(f'{lr:g}' for lr in config['lr_grid'])}, chosen per method on the mean "
+        f"final validation {label} over the seeds every rate ran ({seeds_words}); the test split never chooses. "
+        f"{steps_run} steps of batch {task['batch_size']} ({epochs} epochs), AdamW (weight decay "
+        f"{kind.weight_decay:g}), "
+        f"{SCHEDULE_NAMES[kind.lr_scheduler_type]} schedule with {100 * config['warmup_fraction']:.0f} % warm-up, "
+        f"clipping {kind.max_grad_norm:g}, the same rate for heads and method parameters (times Mona's declared 0.1 "
+        "on its projections).",
+        "",
+    ]
+
+
+def _dense_scores_table(results: dict, present: list[str]) -> list[str]:
+    kind = kind_of(results)
+    label = kind.label
+    # Linear probing trains the heads only; without its rows the backbone's share is not known here.
+    head_params = _chosen_rows(results, "linear")[0]["trainable_params"] if "linear" in present else None
+    lines = [
+        f"| method | seeds | chosen lr | trainable params | in the backbone | weights file | test {label} | "
+        f"{kind.per_class_label} | val {label} |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for method in present:
+        rows = _chosen_rows(results, method)
+        per_class = [statistics.fmean(c) for c in zip(*(r["test_per_class"] for r in rows), strict=True)]
+        lines.append(
+            f"| {method} | {len(rows)} | {rows[0]['lr']:g} | {rows[0]['trainable_params']:,} | "
+            f"{'-' if head_params is None else format(rows[0]['trainable_params'] - head_params, ',')} | "
+            f"{_size(rows[0]['weights_bytes'])} | "
+            f"{_pm([r['test_score'] for r in rows], 100)} | {', '.join(f'{100 * v:.0f}' for v in per_class)} | "
+            f"{_pm([r['val_score'] for r in rows], 100)} |"
+        )
+    return lines
+
+
+def _dense_grid_table(results: dict, present: list[str]) -> list[str]:
+    label, grid = kind_of(results).label, results["config"]["lr_grid"]
+    lines = [
+        "",
+        '"In the backbone": trainable parameters beyond the heads (what linear probing trains). Full fine-tuning '
+        "and linear probing save the whole model.",
+        "",
+        f"## Learning-rate grid (mean final validation {label} %, over the seeds every rate ran)",
+        "",
+        "| method | " + " | ".join(f"{lr:g}" for lr in grid) + " |",
+        "|---|" + "---:|" * len(grid),
+    ]
+    for method in present:
+        by_lr = results["learning_rates"][method]["val_score_by_lr"]
+        cells = [f"{100 * by_lr[f'{lr:g}']:.1f}" if f"{lr:g}" in by_lr else "-" for lr in grid]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _dense_curves_table(results: dict, present: list[str]) -> list[str]:
+    label = kind_of(results).label
+    lines = ["", f"## Validation curves at the chosen rates (mean {label} % over seeds)", ""]
+    steps = _mean_curve(_chosen_rows(results, present[0]))[0]
+    # Whether a curve has levelled off: its change over the last quarter of the evaluations.
+    tail = max(1, len(steps) // 4)
+    header = " | ".join(f"step {s}" for s in steps) + (f" | change, last {tail} epoch(s)" if len(steps) > tail else "")
+    lines += [f"| method | {header} |", "|---|" + "---:|" * (len(steps) + (len(steps) > tail))]
+    for method in present:
+        _, curve = _mean_curve(_chosen_rows(results, method))
+        change = [f"{100 * (curve[-1] - curve[-1 - tail]):+.1f}"] if len(curve) > tail else []
+        lines.append(f"| {method} | " + " | ".join([f"{100 * v:.1f}" for v in curve] + change) + " |")
+    return lines
+
+
+def dense_plot(results: dict, path: str | Path) -> None:
+    """Left: the test score vs trainable parameters (log scale). Right: validation curves at the chosen rates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    config = results["config"]
+    kind = kind_of(results)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
+    colors = plt.get_cmap("tab10")
+    for index, method in enumerate(config["methods"]):
+        rows = _chosen_rows(results, method)
+        if not rows:
+            continue
+        scores = [100 * r["test_score"] for r in rows]
+        plot_method_point(left, method, rows[0]["trainable_params"], scores, colors(index))
+        steps, curve = _mean_curve(rows)
+        right.plot(
+            steps, [100 * v for v in curve], marker="o", color=colors(index), label=f"{method} ({rows[0]['lr']:g})"
+        )
+    left.set_xscale("log")
+    left.set_xlabel("trainable parameters (log scale, heads included)")
+    left.set_ylabel(f"test {kind.label} (%)")
+    right.set_xlabel("training step")
+    right.set_ylabel(f"validation {kind.label} (%)")
+    right.legend(fontsize=8)
+    for axis in (left, right):
+        axis.grid(True, alpha=0.3)
+    model = kind.model.split(" (")[0]
+    figure.suptitle(f"{model} on the shipped Swin, {config['task']} (mean over the seeds each method ran)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -7,7 +7,7 @@ Random init (``SwinConfig()`` defaults: embed dim 96, depths 2-2-6-2, window 7),
 own copy of the same weights; the bare model is the same network without a method. All variants run interleaved in
 one process (order alternating every repetition, after warm-up); the reported ratios are ratios of medians, with the
 quartiles of the per-repetition ratios as the spread. Peak training memory is weights + buffers + AdamW state + the
-step's peak allocation (CUDA) or peak resident-size increase (CPU; see :mod:`mona_peft.benchmarking.timing`).
+step's peak allocation (CUDA) or peak resident-size increase (CPU; see :mod:`harness.timing`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from mona_peft.tuners.registry import methods
 
 from .floor import measure_rates, mona_floor, mona_sites
 from .timing import contention, cpu_snapshot, environment, summarize, timed_pair, training_peak_bytes
@@ -42,7 +44,8 @@ MONA_TARGETS = {
 
 @dataclass
 class SpeedConfig:
-    methods: list[str] = field(default_factory=lambda: ["full", "lora", "mona"])
+    #: Default: every declared method (``full`` and ``lora`` join any list: the ratios' references).
+    methods: list[str] = field(default_factory=lambda: list(methods()))
     batch_size: int = 2
     repeats: int = 10
     warmup: int = 2
@@ -55,7 +58,7 @@ class SpeedConfig:
     torch_compile: bool = False
     compile_backend: str | None = None  # torch.compile's default (inductor)
     compile_mode: str | None = None
-    #: Also estimate Mona's floor (:mod:`mona_peft.benchmarking.floor`) from the measured rows and this machine's
+    #: Also estimate Mona's floor (:mod:`harness.floor`) from the measured rows and this machine's
     #: measured rates (needs ``mona`` among the methods).
     floor: bool = False
     #: Forward passes under ``torch.autocast`` in bfloat16 (weights and optimizer state stay float32); default: on
@@ -103,14 +106,14 @@ def _around_swin_t(
 
 def rt_detr_swin_t(image_size: int = 512, seed: int = 0) -> torch.nn.Module:
     """RT-DETR at transformers' COCO defaults (300 queries, 100 denoising queries) around a Swin-T, 80 classes."""
-    from ..tasks.object_detection.model import build_detector
+    from mona_peft.tasks.object_detection.model import build_detector
 
     return _around_swin_t(lambda folder, labels: build_detector("rt_detr", folder, labels), image_size, seed)
 
 
 def mask2former_swin_t(image_size: int = 512, seed: int = 0) -> torch.nn.Module:
     """Mask2Former at transformers' COCO defaults (width 256, 100 queries) around a Swin-T, 80 classes."""
-    from ..tasks.instance_segmentation.model import build_mask2former
+    from mona_peft.tasks.instance_segmentation.model import build_mask2former
 
     return _around_swin_t(build_mask2former, image_size, seed)
 
@@ -175,14 +178,14 @@ SPEED_MODELS = {
     "rt-detr-swin-t": SpeedModel(
         rt_detr_swin_t,
         _box_targets,
-        "RT-DETR (mona_peft.tasks.object_detection.build_detector, transformers' COCO sizes: 300 queries, 100 denoising) around "
-        "SwinConfig() (Swin-T), 80 classes, 5 boxes per image, random init",
+        "RT-DETR (mona_peft.tasks.object_detection.build_detector, transformers' COCO sizes: 300 queries, 100 "
+        "denoising) around SwinConfig() (Swin-T), 80 classes, 5 boxes per image, random init",
     ),
     "mask2former-swin-t": SpeedModel(
         mask2former_swin_t,
         _mask_targets,
-        "Mask2Former (mona_peft.tasks.object_detection.build_mask2former, transformers' COCO sizes) around SwinConfig() (Swin-T), "
-        "80 classes, 5 masks per image, random init",
+        "Mask2Former (mona_peft.tasks.instance_segmentation.build_mask2former, transformers' COCO sizes) around "
+        "SwinConfig() (Swin-T), 80 classes, 5 masks per image, random init",
     ),
 }
 
@@ -212,8 +215,8 @@ def parse_variant(variant: str) -> tuple[str, dict[str, Any]]:
 def build_models(config: SpeedConfig) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
     """The bare model (eval) and one copy per method variant (see :func:`parse_variant`), all with the same
     weights."""
-    from ..tuners.architectures import head_modules
-    from ..tuners.methods import build_method
+    from mona_peft.tuners.architectures import head_modules
+    from mona_peft.tuners.methods import build_method
 
     if config.model not in SPEED_MODELS:
         raise ValueError(f"Unknown speed model {config.model!r}; available: {', '.join(SPEED_MODELS)}.")
@@ -263,10 +266,7 @@ def run_speed(config: SpeedConfig, output: str | Path | None, command: str, log=
     env = environment(device)
     started, cpu_start = time.perf_counter(), cpu_snapshot()
     bare, models = build_models(config)
-    generator = torch.Generator().manual_seed(config.seed)
-    x = torch.randn(config.batch_size, 3, config.image_size, config.image_size, generator=generator)
-    targets = _to_device(SPEED_MODELS[config.model].targets(bare, x, generator), device)
-    x = x.to(device)
+    x, targets = _inputs(config, bare, device)
     if config.floor and "mona" not in models:
         raise ValueError("The floor estimate is Mona's: add mona to the methods.")
     sites = mona_sites(models["mona"], x) if config.floor else None  # counted eager, before any compiling
@@ -279,10 +279,7 @@ def run_speed(config: SpeedConfig, output: str | Path | None, command: str, log=
     env["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     env["cpu_share_used_elsewhere"] = contention(cpu_start)
     mona_targets = MONA_TARGETS.get(config.model, {})
-    meets = {}
-    for mode in bare_ms:
-        mona = next((row for row in rows if row["method"] == "mona" and row["mode"] == mode), None)
-        meets[mode] = None if mona is None else {key: mona[key] <= target for key, target in mona_targets.items()}
+    meets = _meets_targets(rows, bare_ms, mona_targets)
     report = {
         "command": command,
         "config": asdict(config),
@@ -295,19 +292,49 @@ def run_speed(config: SpeedConfig, output: str | Path | None, command: str, log=
         "wall_time_s": round(wall, 1),
     }
     if sites is not None:
-        eager = {row["method"]: row for row in rows if row["mode"] == "eager"}
-        step_ms = {method: eager[method]["train_step_median_ms"] for method in ("full", "lora")}
-        rates = measure_rates(sites, device)
-        report["mona_floor"] = mona_floor(sites, rates, bare_ms["eager"], step_ms["lora"], step_ms["full"])
-        for name, floor in report["mona_floor"]["floors"].items():
-            log(
-                f"mona floor at {name} GEMM rate: latency x{floor['infer_latency_ratio_vs_base']:.3f} of bare, "
-                f"train step x{floor['train_step_ratio_vs_full']:.3f} of full x{floor['train_step_ratio_vs_lora']:.3f} "
-                "of lora"
-            )
+        report["mona_floor"] = _floor(sites, rows, bare_ms["eager"], device, log)
     if config.torch_compile:
         report["bare_infer_median_ms_compiled"] = bare_ms["compiled"]
         report["mona_meets_targets_compiled"] = meets["compiled"]
+    _log_rows(rows, env, log)
+    if output is not None:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(report, indent=2) + "\n")
+        log(f"wrote {output}; wall {wall:.0f}s")
+    return report
+
+
+def _inputs(config: SpeedConfig, bare: torch.nn.Module, device: torch.device) -> tuple[torch.Tensor, dict]:
+    """The seeded batch of images and the model's random training targets for it, on ``device``."""
+    generator = torch.Generator().manual_seed(config.seed)
+    x = torch.randn(config.batch_size, 3, config.image_size, config.image_size, generator=generator)
+    targets = _to_device(SPEED_MODELS[config.model].targets(bare, x, generator), device)
+    return x.to(device), targets
+
+
+def _meets_targets(rows: list[dict], bare_ms: dict[str, float], targets: dict[str, float]) -> dict[str, dict | None]:
+    """Per mode: whether Mona's row meets each of its targets (None without a Mona row)."""
+    meets = {}
+    for mode in bare_ms:
+        mona = next((row for row in rows if row["method"] == "mona" and row["mode"] == mode), None)
+        meets[mode] = None if mona is None else {key: mona[key] <= target for key, target in targets.items()}
+    return meets
+
+
+def _floor(sites: list, rows: list[dict], bare_ms: float, device: torch.device, log) -> dict:
+    """Mona's floor (:mod:`harness.floor`) from the eager rows and this machine's measured rates."""
+    eager = {row["method"]: row for row in rows if row["mode"] == "eager"}
+    step_ms = {method: eager[method]["train_step_median_ms"] for method in ("full", "lora")}
+    floor = mona_floor(sites, measure_rates(sites, device), bare_ms, step_ms["lora"], step_ms["full"])
+    for name, at in floor["floors"].items():
+        log(
+            f"mona floor at {name} GEMM rate: latency x{at['infer_latency_ratio_vs_base']:.3f} of bare, "
+            f"train step x{at['train_step_ratio_vs_full']:.3f} of full x{at['train_step_ratio_vs_lora']:.3f} of lora"
+        )
+    return floor
+
+
+def _log_rows(rows: list[dict], env: dict, log) -> None:
     for row in rows:
         compiled = f", compile {row['compile_s']['total']:.0f}s" if row["mode"] == "compiled" else ""
         log(
@@ -319,11 +346,6 @@ def run_speed(config: SpeedConfig, output: str | Path | None, command: str, log=
     busy = env["cpu_share_used_elsewhere"]
     if busy is not None and busy["other_processes"] + busy["steal"] > 0.05:
         log(f"WARNING: other processes used {100 * busy['other_processes']:.0f}% of the CPU time; ratios are noisy.")
-    if output is not None:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps(report, indent=2) + "\n")
-        log(f"wrote {output}; wall {wall:.0f}s")
-    return report
 
 
 def _measure_mode(
@@ -338,7 +360,7 @@ def _measure_mode(
 ) -> tuple[list[dict], float]:
     """The rows of one mode (``"eager"``, or ``"compiled"``: compiles every variant in place first) and the bare
     model's median latency in ms."""
-    from ..tuners.methods import adamw, count_parameters
+    from mona_peft.tuners.methods import adamw
 
     compile_s: dict[str, dict[str, float]] = {}
 
@@ -358,70 +380,82 @@ def _measure_mode(
         log(f"compiling {len(models) + 1} variants ({options or 'inductor'}); first calls are timed as compile_s")
 
     # Inference first: eval mode, no_grad, the bare backbone as one more variant.
-    def infer(net: torch.nn.Module):
-        def run() -> None:
-            with torch.no_grad(), config.autocast():
-                net(pixel_values=x)
-
-        return run
-
     for model in models.values():
         model.eval()
-    variants = {"__bare__": infer(bare)} | {m: infer(models[m]) for m in config.methods}
+    variants = {"__bare__": _infer(bare, x, config)} | {m: _infer(models[m], x, config) for m in config.methods}
     for name, run in variants.items():
         first_call(name, "inference", run)
     log(f"{mode} inference: {len(variants)} variants x {config.repeats} interleaved reps")
     infer_times = timed_pair(variants, config.warmup, config.repeats, sync)
 
     # Training steps: forward + backward + AdamW step, every method interleaved.
-    optimizers = {}
+    steps = {}
     for method, model in models.items():
         model.train()
-        optimizers[method] = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-
-    def train_step(method: str):
-        model, optimizer = models[method], optimizers[method]
-
-        def run() -> None:
-            with config.autocast():
-                loss = model(pixel_values=x, **targets).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        return run
-
+        optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        steps[method] = (optimizer, _train_step(model, optimizer, x, targets, config))
     for method in config.methods:
-        first_call(method, "training", train_step(method))
+        first_call(method, "training", steps[method][1])
     log(f"{mode} training: {len(models)} methods x {config.repeats} interleaved reps")
-    train_times = timed_pair({m: train_step(m) for m in config.methods}, config.warmup, config.repeats, sync)
+    train_times = timed_pair({m: steps[m][1] for m in config.methods}, config.warmup, config.repeats, sync)
 
     # Peak training memory, one method at a time (after the warm-up steps above created the optimizer state).
-    peaks = {m: training_peak_bytes(models[m], optimizers[m], train_step(m)) for m in config.methods}
-
-    rows = []
-    for method in config.methods:
-        step = summarize(train_times, method, "full")
-        latency = summarize(infer_times, method, "__bare__")
-        trainable, total = count_parameters(models[method])
-        row = {
-            "method": method,
-            "mode": mode,
-            "train_step_ratio_vs_full": step["ratio"],
-            "train_step_ratio_vs_full_q1_q3": [step["paired_ratio_q1"], step["paired_ratio_q3"]],
-            "train_step_ratio_vs_lora": summarize(train_times, method, "lora")["ratio"],
-            "peak_memory_ratio_vs_full": peaks[method] / peaks["full"],
-            "infer_latency_ratio_vs_base": latency["ratio"],
-            "infer_latency_ratio_vs_base_q1_q3": [latency["paired_ratio_q1"], latency["paired_ratio_q3"]],
-            "train_step_median_ms": step[f"{method}_median_ms"] if method != "full" else step["full_median_ms"],
-            "infer_median_ms": latency[f"{method}_median_ms"],
-            "peak_memory_bytes": peaks[method],
-            "trainable_params": trainable,
-            "total_params": total,
-        }
-        if mode == "compiled":  # first calls (compile included) of this method; the bare model's is its own
-            seconds = compile_s[method]
-            row["compile_s"] = {**seconds, "total": seconds["inference"] + seconds["training"]}
-            row["bare_compile_s"] = compile_s["__bare__"]["inference"]
-        rows.append(row)
+    peaks = {m: training_peak_bytes(models[m], *steps[m]) for m in config.methods}
+    rows = [_row(m, mode, models[m], train_times, infer_times, peaks, compile_s) for m in config.methods]
     return rows, 1e3 * sorted(infer_times["__bare__"])[len(infer_times["__bare__"]) // 2]
+
+
+def _infer(net: torch.nn.Module, x: torch.Tensor, config: SpeedConfig):
+    def run() -> None:
+        with torch.no_grad(), config.autocast():
+            net(pixel_values=x)
+
+    return run
+
+
+def _train_step(model: torch.nn.Module, optimizer, x: torch.Tensor, targets: dict, config: SpeedConfig):
+    def run() -> None:
+        with config.autocast():
+            loss = model(pixel_values=x, **targets).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return run
+
+
+def _row(
+    method: str,
+    mode: str,
+    model: torch.nn.Module,
+    train_times: dict[str, list[float]],
+    infer_times: dict[str, list[float]],
+    peaks: dict[str, int],
+    compile_s: dict[str, dict[str, float]],
+) -> dict:
+    """One method's row of one mode: its ratios to full fine-tuning, LoRA and the bare model, and its medians."""
+    from mona_peft.tuners.methods import count_parameters
+
+    step = summarize(train_times, method, "full")
+    latency = summarize(infer_times, method, "__bare__")
+    trainable, total = count_parameters(model)
+    row = {
+        "method": method,
+        "mode": mode,
+        "train_step_ratio_vs_full": step["ratio"],
+        "train_step_ratio_vs_full_q1_q3": [step["paired_ratio_q1"], step["paired_ratio_q3"]],
+        "train_step_ratio_vs_lora": summarize(train_times, method, "lora")["ratio"],
+        "peak_memory_ratio_vs_full": peaks[method] / peaks["full"],
+        "infer_latency_ratio_vs_base": latency["ratio"],
+        "infer_latency_ratio_vs_base_q1_q3": [latency["paired_ratio_q1"], latency["paired_ratio_q3"]],
+        "train_step_median_ms": step[f"{method}_median_ms"] if method != "full" else step["full_median_ms"],
+        "infer_median_ms": latency[f"{method}_median_ms"],
+        "peak_memory_bytes": peaks[method],
+        "trainable_params": trainable,
+        "total_params": total,
+    }
+    if mode == "compiled":  # first calls (compile included) of this method; the bare model's is its own
+        seconds = compile_s[method]
+        row["compile_s"] = {**seconds, "total": seconds["inference"] + seconds["training"]}
+        row["bare_compile_s"] = compile_s["__bare__"]["inference"]
+    return row
