@@ -78,35 +78,27 @@ def render_model_card(
     whole_model: bool = False,
     task: CardTask,
     labels_file: bool = False,
+    framework_versions: list[tuple[str, str]] | None = None,
 ) -> str:
     """The README.md (YAML metadata + Markdown) of an adapter, or of a whole model.
 
     Args:
         base_model: Hub id (or local path) of the backbone the adapter was trained on. A local path is shown in the
             body but left out of the ``base_model`` metadata, which the Hub only accepts as a model id.
-        method: a declared ``--method`` name (``"mona"``, ``"vpt_deep"``, ...): a tag, and the card's wording from
-            its declaration (another name is shown as it is, with no summary).
+        method: a declared ``--method`` name (``"mona"``, ...): a tag, and the card's wording from its declaration.
         dataset: dataset name or Hub id; becomes a tag, ``datasets`` (when it is a valid id) and the model-index.
-        metrics: e.g. ``{"top1": 0.93, "top5": 0.99}`` (``eval_`` prefixes and ``accuracy`` are understood). Top-1
-            and top-5 accuracy go into the ``model-index``; every metric goes into the results table.
+        metrics: e.g. ``{"top1": 0.93}`` (``eval_`` prefixes understood): the task's ``CardTask.scores`` pick the
+            model-index entries; every metric goes into the results table.
         hyperparameters: shown as a table, in the given order.
-        trainable_params / total_params: parameter budget (trainable share = trainable / total).
-        adapter_bytes: size of ``adapter_model.safetensors`` (of ``model.safetensors`` for a whole model).
-        repo_id: the repository the card is for (used in the loading snippet and as the model name).
-        num_labels: classes of the trained head (added to the loading snippet).
+        trainable_params / total_params / adapter_bytes: the budget, and the size of the saved weights.
+        repo_id / num_labels: the repository (the model name and the snippet's reference) and the head's classes.
         extra_tags: more metadata tags.
-        whole_model: the card of a whole transformers model (``config.json`` + ``model.safetensors``, loaded with
-            the task's Auto class) rather than of a PEFT adapter.
-        task: the task's :class:`CardTask` (``TrainingTask.card``, e.g. ``ImageClassificationTask.card``): the
-            template, with its loading snippet, and the model-index's task and scores.
-        labels_file: the adapter has a ``labels.json`` (class names): the snippet loads the base model with them
-            (``write_model_card`` sets it when the folder has one).
+        whole_model: the card of a whole transformers model (loaded with the task's Auto class), not of an adapter.
+        task: the task's :class:`CardTask` (``TrainingTask.card``): template, snippet, the model-index's task.
+        labels_file: the folder has a ``labels.json`` (``write_model_card`` checks): the snippet loads it.
+        framework_versions: (package, version) rows of the last table; default the installed ones (examples pin).
     """
-    if trainable_params < 0 or total_params <= 0 or trainable_params > total_params:
-        raise ValueError(
-            f"Need 0 <= trainable_params <= total_params and total_params > 0, got {trainable_params=}, "
-            f"{total_params=}."
-        )
+    budget = _budget(trainable_params, total_params, adapter_bytes)
     method_key = method.lower()
     spec = methods().get(method_key)
     info = {"display": spec.display_name, "summary": spec.summary} if spec else {"display": method, "summary": ""}
@@ -125,15 +117,27 @@ def render_model_card(
         "labels_file": labels_file,
         "adapter_ref": repo_id or f"path/to/this/{'model' if whole_model else 'adapter'}",
         "hyperparameters": [(str(k), _format_value(v)) for k, v in hyperparameters.items()],
+        **budget,
+        "results": [(_metric_label(k), _format_value(v)) for k, v in metrics.items()],
+        "versions": [tuple(row) for row in framework_versions] if framework_versions else framework_versions_table(),
+    }
+    return _render_template(context)
+
+
+def _budget(trainable_params: int, total_params: int, adapter_bytes: int | None) -> dict[str, Any]:
+    """The card's parameter budget and weights size; refuses a budget no model has."""
+    if trainable_params < 0 or total_params <= 0 or trainable_params > total_params:
+        raise ValueError(
+            f"Need 0 <= trainable_params <= total_params and total_params > 0, got {trainable_params=}, "
+            f"{total_params=}."
+        )
+    return {
         "trainable_params": int(trainable_params),
         "total_params": int(total_params),
         "trainable_percent": _format_percent(100.0 * trainable_params / total_params),
         "adapter_size": _format_bytes(adapter_bytes) if adapter_bytes is not None else None,
         "adapter_size_short": _format_bytes(adapter_bytes, short=True) if adapter_bytes is not None else None,
-        "results": [(_metric_label(k), _format_value(v)) for k, v in metrics.items()],
-        "versions": _framework_versions(),
     }
-    return _render_template(context)
 
 
 def _card_data(
@@ -285,7 +289,7 @@ def _md_cell(value: object) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def _framework_versions() -> list[tuple[str, str]]:
+def framework_versions_table() -> list[tuple[str, str]]:
     versions = []
     for label, distribution in (
         ("mona_peft", "mona-peft"),

@@ -73,6 +73,8 @@ class FineTuningRun:
         self.config, self.task, self.method = config, task, get_method(config.method)
         self.started = time.perf_counter()
         self.mimi = None
+        #: The model card's fields (``render_model_card``'s keyword arguments but the task), once the card is written.
+        self.card_fields: dict[str, Any] = {}
         self.completed_steps = 0
         self.train_loss = float("nan")
         self.epoch_loss = (0.0, 0)  # the current epoch's loss sum and batches (a checkpoint carries them)
@@ -448,20 +450,20 @@ class FineTuningRun:
         else:
             weights_bytes = final["adapter_bytes"] = (output_dir / ADAPTER_FILE).stat().st_size
         self.task.save_extras(model, self.processor, output_dir)
-        self.task.write_model_card(
-            output_dir,
-            base_model=config.model_name_or_path,
-            method=config.method,
-            dataset=self.task.dataset_label(config),
-            metrics={k.removeprefix("eval_"): v for k, v in final.items() if k.startswith("eval_")},
-            hyperparameters=self.hyperparameters(final["num_processes"]),
-            trainable_params=self.trainable,
-            total_params=self.total,
-            adapter_bytes=weights_bytes,
-            repo_id=config.hub_model_id,
-            num_labels=model.config.num_labels if hasattr(model, "config") else None,
-            whole_model=whole_model,
-        )
+        self.card_fields = {
+            "base_model": config.model_name_or_path,
+            "method": config.method,
+            "dataset": self.task.dataset_label(config),
+            "metrics": {k.removeprefix("eval_"): v for k, v in final.items() if k.startswith("eval_")},
+            "hyperparameters": self.hyperparameters(final["num_processes"]),
+            "trainable_params": self.trainable,
+            "total_params": self.total,
+            "adapter_bytes": weights_bytes,
+            "repo_id": config.hub_model_id,
+            "num_labels": model.config.num_labels if hasattr(model, "config") else None,
+            "whole_model": whole_model,
+        }
+        self.task.write_model_card(output_dir, **self.card_fields)
         # Last, and whole or not at all: its run id marks the run finished (a resumption then changes nothing).
         temporary = output_dir / f"{TEMPORARY_PREFIX}{RESULTS_FILE}"
         temporary.write_text(json.dumps(final, indent=2))
