@@ -298,6 +298,8 @@ def check_training_flags(task, argv: list[str]) -> None:
     except SystemExit as exit_:
         if not (exit_.code in (0, None) and "--help" in argv):
             raise AssertionError(f"flags rejected: {shlex.join(argv)} ({exit_.code})") from None
+    except ValueError as error:  # HfArgumentParser's answer to an unknown flag
+        raise AssertionError(f"flags rejected: {shlex.join(argv)} ({error})") from None
 
 
 def check_flags_in_help(script: Path, argv: list[str]) -> None:
