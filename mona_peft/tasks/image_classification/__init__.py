@@ -1,32 +1,16 @@
-"""Image classification: Hub datasets, image folders and the offline digits, top-1/top-5 accuracy.
+"""Image classification: Hub datasets, image folders and the offline digits; top-1/top-5 accuracy.
 
-- :mod:`.data`: Hub datasets and ``<dir>/<class>/<images>`` folders, the transform and collate.
-- :mod:`.model`: none: the classifier is transformers' own, with a fresh head (in :mod:`.task`).
-- :mod:`.task`: :class:`ImageClassificationTask`, the task of ``scripts/train_image_classification.py``.
-- ``top_k_accuracy/``: the ``evaluate`` metric module (``METRIC_PATH``).
-- The card template: ``model_cards/image_classification.md``.
+The task of ``scripts/train_image_classification.py``.
 
-Example::
-
-    from mona_peft.tasks.image_classification import main
-
-    results = main(["--max_train_steps", "2", "--output_dir", "out", "--report_to", "none"])
+Its data (:mod:`.data`), task (:mod:`.task`: transformers' classifier with a fresh head), metric
+(``top_k_accuracy/``) and card (``model_cards/image_classification.md``).
 """
 
-from __future__ import annotations
+from functools import partial
 
-from typing import Any
-
-from ...training import main as run_main
+from ...training import main as run_task
 from ...training.task import declare_task
-from .task import METRIC_PATH, ImageClassificationTask, accuracy_scores
+from .task import METRIC_PATH, ImageClassificationTask, accuracy_scores  # noqa: F401
 
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse the flags of ``scripts/train_image_classification.py`` (``argv``, default ``sys.argv[1:]``) and run it."""
-    return run_main(argv, task=ImageClassificationTask)
-
-
-declare_task(ImageClassificationTask)
-
-__all__ = ["ImageClassificationTask", "METRIC_PATH", "accuracy_scores", "main"]
+#: ``main(argv=None)``: parse the script's flags (default ``sys.argv[1:]``) and run it; returns the final results.
+main = partial(run_task, task=declare_task(ImageClassificationTask))
