@@ -82,7 +82,7 @@ _MAX_LISTED = 20
 OBJECT_FIELDS = ("id", "category", "bbox", "area", "iscrowd", "segmentation")
 
 
-#: Each task's schedule is the one every method gets in the dense benchmarks (mona_peft.benchmarking.dense).
+#: Each task's schedule is the one every method gets in the dense benchmarks (benchmarks/harness/kinds.py).
 DETECTION_TASKS: dict[str, SceneTask] = {
     task.name: task
     for task in (
