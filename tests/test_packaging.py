@@ -30,3 +30,5 @@ def test_wheel_carries_card_templates_metric_scripts_and_backbones(tmp_path):
     assert len(package_files) >= 12 and len(templates) == 5
     assert sorted(set(package_files + templates) - names) == []
     assert not any(name.startswith("model_cards/") for name in names)  # installed inside the package only
+    modules = [path.relative_to(REPO_ROOT).as_posix() for path in (REPO_ROOT / "mona_peft").rglob("*.py")]
+    assert sorted(set(modules) - names) == []  # every module, in every sub-package
