@@ -9,11 +9,13 @@ For each task, seed and method (Mona, Houlsby adapter) on the shipped pretrained
   (global ranking, ``rho`` of the parameters per cycle) to at most the small adapters' parameter count, training
   ``epochs_per_cycle`` epochs after each shrink.
 
-Both get the same total number of epochs (MiMi's ``first + K * epochs_per_cycle``), the same optimizer (AdamW, the
-training script's defaults: lr 1e-3 for the head, 2x for the adapters, weight decay 0.05, 10 warm-up steps then
-cosine, gradient clipping 5), batch size and data order. Nothing is selected on the test split: the model at the end
-of training is evaluated once on it (``top1``); validation accuracy is recorded alongside. The MiMi path (test
-accuracy of the adapters at the end of each cycle, before the shrink, and their size) is recorded for the plot.
+Every run goes through the training core (``mona_peft.training.train`` on the image-classification task, MiMi through
+``RunConfig.mimi_target``), so both get what the training script does: AdamW with the adapter learning-rate scale
+(Mona's projections at a tenth of it), 10 warm-up steps then cosine, gradient clipping 5, the same seeded data order,
+and the same total number of epochs (MiMi's ``first + K * epochs_per_cycle``). Nothing is selected on the test split:
+the model at the end of training is evaluated once on it (``top1``); validation accuracy is recorded after every
+epoch. The MiMi path (validation accuracy at the end of each cycle, before the shrink, and the adapters' size then)
+is recorded for the plot, beside the small adapters' final validation accuracy.
 
 Rows go to ``--output`` in the benchmark's format (``method, task, seed, top1, trainable_params, adapter_bytes`` and
 more). CPU: the script sets one torch thread (``--threads``), much faster than two on a shared two-core machine.
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import statistics
 import sys
@@ -36,14 +37,18 @@ import numpy as np
 import peft
 import torch
 import transformers
-from peft import get_peft_model
-from transformers import AutoImageProcessor, AutoModelForImageClassification, get_scheduler
+from transformers import AutoModelForImageClassification
 
 import mona_peft
 from mona_peft.backbones import backbone_path
+from mona_peft.data import load_task
 from mona_peft.mimi import MiMi, MiMiSchedule, adapter_sizes, find_sites
+from mona_peft.tasks.image_classification import ImageClassificationTask
+from mona_peft.training import RunConfig, train
+from mona_peft.tuners.methods import build_method
+from mona_peft.tuners.registry import methods
 
-CONFIGS = {"mona": mona_peft.MonaConfig, "adapter": mona_peft.HoulsbyConfig}
+SHRINKABLE = [name for name, spec in methods().items() if spec.shrinkable]
 DEFAULT_EPOCHS_PER_CYCLE = {"digits": 2, "digits-fewshot": 5, "textures": 2}
 
 
@@ -52,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add = parser.add_argument
     add("--tasks", nargs="+", default=["digits", "digits-fewshot"])
     add("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    add("--methods", nargs="+", default=["mona", "adapter"], choices=sorted(CONFIGS))
+    add("--methods", nargs="+", default=["mona", "adapter"], choices=SHRINKABLE)
     add("--initial_dim", type=int, default=64, help="Width of the adapters MiMi starts from.")
     add("--small_dim", type=int, default=8, help="Width of the small adapters trained from the start.")
     add("--rho", type=float, default=0.5)
@@ -73,153 +78,119 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--threads", type=int, default=1)
     add("--budget_s", type=float, default=1800.0)
     add("--output", default="benchmarks/mimi_results.json")
+    add("--work_dir", default=None, help="Where the runs train (default: a temporary folder).")
     add("--figures", default="benchmarks/figures")
     return parser.parse_args(argv)
-
-
-# ------------------------------------------------------------------------------------------------------------ data
-
-
-def task_tensors(task: str, task_seed: int, processor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    from mona_peft.data import load_task
-
-    data = load_task(task, task_seed)
-    tensors = {}
-    for split in ("train", "validation", "test"):
-        images = [image.convert("RGB") for image in data[split]["image"]]
-        pixels = processor(images, return_tensors="pt")["pixel_values"]
-        tensors[split] = (pixels, torch.as_tensor(data[split]["label"]))
-    return tensors
 
 
 # ----------------------------------------------------------------------------------------------------------- model
 
 
-def build_model(method: str, inner_dim: int, seed: int, num_labels: int):
+def num_labels(task: str, task_seed: int) -> int:
+    return load_task(task, task_seed)["train"].features["label"].num_classes
+
+
+def built_adapters(method: str, inner_dim: int, labels: int):
+    """The method's adapters of width ``inner_dim`` on the shipped backbone, built as the training core builds them
+    (to read their parameter count and MiMi's schedule before training)."""
     base = AutoModelForImageClassification.from_pretrained(
-        backbone_path("swin"),
-        num_labels=num_labels,
-        id2label={i: str(i) for i in range(num_labels)},
-        label2id={str(i): i for i in range(num_labels)},
-        ignore_mismatched_sizes=True,
+        backbone_path("swin"), num_labels=labels, ignore_mismatched_sizes=True
     )
-    torch.manual_seed(seed)
-    torch.nn.init.normal_(base.classifier.weight, std=base.config.initializer_range)  # a fresh head for the new task
-    torch.nn.init.zeros_(base.classifier.bias)
-    return get_peft_model(base, CONFIGS[method](inner_dim=inner_dim, modules_to_save=["classifier"]))
+    return build_method(base, method, ["classifier"], inner_dim=inner_dim)
 
 
 def adapter_params(model) -> int:
     return sum(site.params(site.size) for site in find_sites(model, "default"))
 
 
-def trainable_params(model) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def adapter_bytes(model) -> int:
-    with tempfile.TemporaryDirectory() as directory:
-        model.save_pretrained(directory)
-        return (Path(directory) / "adapter_model.safetensors").stat().st_size
-
-
-def make_optimizer(model, args):
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for n, p in named if "classifier" not in n], "lr": args.learning_rate * args.adapter_lr_scale},
-        {"params": [p for n, p in named if "classifier" in n], "lr": args.learning_rate},
-    ]
-    return torch.optim.AdamW(groups, weight_decay=args.weight_decay)
-
-
-def evaluate(model, pixels: torch.Tensor, labels: torch.Tensor, batch: int = 250) -> float:
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(labels), batch):
-            logits = model(pixel_values=pixels[start : start + batch]).logits
-            correct += int((logits.argmax(-1) == labels[start : start + batch]).sum())
-    return correct / len(labels)
-
-
-def train(model, data, epochs: int, seed: int, args, mimi: MiMi | None = None) -> dict:
-    """The same loop for both variants; ``mimi`` shrinks at the end of its cycles (recording the path first)."""
-    pixels, labels = data["train"]
-    optimizer = make_optimizer(model, args)
-    steps_per_epoch = math.ceil(len(labels) / args.batch_size)
-    scheduler = get_scheduler(
-        "cosine", optimizer, num_warmup_steps=args.warmup_steps, num_training_steps=epochs * steps_per_epoch
-    )
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    path = []
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(labels), generator=generator)
-        for start in range(0, len(labels), args.batch_size):
-            index = order[start : start + args.batch_size]
-            loss = model(pixel_values=pixels[index], labels=labels[index]).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        if mimi is not None and (epoch in mimi._shrink_at or epoch == epochs - 1):
-            path.append(
-                {
-                    "epoch": epoch,
-                    "cycle": mimi.cycle,
-                    "adapter_params": adapter_params(model),
-                    "trainable_params": trainable_params(model),
-                    "top1": evaluate(model, *data["test"]),
-                }
-            )
-            entry = mimi.on_epoch_end(epoch, optimizer)
-            if entry is not None:
-                assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == trainable_params(model)
-    return {"path": path}
-
-
 # ------------------------------------------------------------------------------------------------------------- run
 
 
-def run_one(method: str, variant: str, task: str, seed: int, data, args) -> dict:
+def run_config(method: str, task: str, seed: int, args, output_dir: Path, inner_dim: int, **extra) -> RunConfig:
+    """The training core's run: the training script's recipe, every validation epoch recorded, the test split once."""
+    return RunConfig(
+        model_name_or_path=str(backbone_path("swin")),
+        task=task,
+        task_seed=args.task_seed,
+        method=method,
+        options={"inner_dim": inner_dim},
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=250,
+        learning_rate=args.learning_rate,
+        adapter_lr_scale=args.adapter_lr_scale,
+        weight_decay=args.weight_decay,
+        num_warmup_steps=args.warmup_steps,
+        max_grad_norm=args.max_grad_norm,
+        lr_scheduler_type="cosine",
+        seed=seed,
+        output_dir=str(output_dir),
+        overwrite_output_dir=True,
+        report_to="none",
+        checkpointing_steps="no",
+        eval_strategy="epoch",
+        **extra,
+    )
+
+
+def train_recording(config: RunConfig) -> tuple[dict, list[dict]]:
+    """``train`` on the image-classification task; returns the final results and every validation evaluation."""
+    task = ImageClassificationTask()
+    evaluations, evaluate = [], task.evaluate
+    task.evaluate = lambda *arguments: evaluations.append(evaluate(*arguments)) or evaluations[-1]
+    final = train(config, task)
+    return final, evaluations[:-1]  # the last evaluation is the test split's
+
+
+def mimi_path(final: dict, validation: list[dict]) -> list[dict]:
+    """Validation top-1 at the end of each cycle, before its shrink, with the adapters' size then; and at the end."""
+    history = final["mimi"]["history"]
+    path = [
+        {"epoch": entry["epoch"], "cycle": before["cycle"], "adapter_params": before["adapter_params"]}
+        for before, entry in zip(history, history[1:], strict=False)
+    ]
+    path.append(
+        {"epoch": len(validation) - 1, "cycle": history[-1]["cycle"], "adapter_params": history[-1]["adapter_params"]}
+    )
+    return [{**point, "val_top1": validation[point["epoch"]]["top1"]} for point in path]
+
+
+def run_one(method: str, variant: str, task: str, seed: int, args, work_dir: Path) -> dict:
     start = time.perf_counter()
-    num_labels = int(data["train"][1].max()) + 1
+    labels = num_labels(task, args.task_seed)
     per_cycle = args.epochs_per_cycle or DEFAULT_EPOCHS_PER_CYCLE.get(task, 2)
-    # The small adapters fix the target: MiMi ends at most at their parameter count.
-    small = build_model(method, args.small_dim, seed, num_labels)
+    # The small adapters fix the target: MiMi ends at most at their parameter count, in MiMi's number of epochs.
+    small = built_adapters(method, args.small_dim, labels)
     target = adapter_params(small)
+    schedule = MiMiSchedule(rho=args.rho, epochs_per_cycle=per_cycle, target_params=target, balanced=args.balanced)
+    epochs = MiMi(built_adapters(method, args.initial_dim, labels), schedule).total_epochs
+    output_dir = work_dir / f"{task}-{method}-{variant}-seed{seed}"
     if variant == "small":
-        model = small
-        reference = build_model(method, args.initial_dim, seed, num_labels)
-        schedule = MiMiSchedule(rho=args.rho, epochs_per_cycle=per_cycle, target_params=target)
-        epochs = MiMi(reference, schedule).total_epochs
-        del reference
-        extra = train(model, data, epochs, seed, args)
+        config = run_config(method, task, seed, args, output_dir, args.small_dim, num_train_epochs=epochs)
+        final, validation = train_recording(config)
+        sizes, params, path = adapter_sizes(small, "default"), target, []
     else:
-        model = build_model(method, args.initial_dim, seed, num_labels)
-        schedule = MiMiSchedule(rho=args.rho, epochs_per_cycle=per_cycle, target_params=target, balanced=args.balanced)
-        mimi = MiMi(model, schedule)
-        epochs = mimi.total_epochs
-        extra = train(model, data, epochs, seed, args, mimi=mimi)
+        mimi = {"mimi_target": str(target), "mimi_rho": args.rho, "mimi_epochs_per_cycle": per_cycle}
+        config = run_config(method, task, seed, args, output_dir, args.initial_dim, mimi_balanced=args.balanced, **mimi)
+        final, validation = train_recording(config)
+        last = final["mimi"]["history"][-1]
+        sizes, params, path = last["sizes"], last["adapter_params"], mimi_path(final, validation)
     name = f"{method}_{variant}" + ("_balanced" if variant == "mimi" and args.balanced else "")
     row = {
         "method": name,
         "task": task,
         "seed": seed,
-        "top1": evaluate(model, *data["test"]),
-        "val_top1": evaluate(model, *data["validation"]),
-        "trainable_params": trainable_params(model),
-        "adapter_params": adapter_params(model),
-        "adapter_bytes": adapter_bytes(model),
+        "top1": final["test_top1"],
+        "val_top1": final["eval_top1"],
+        "trainable_params": final["trainable_params"],
+        "adapter_params": params,
+        "adapter_bytes": final["adapter_bytes"],
         "target_adapter_params": target,
         "initial_dim": args.initial_dim if variant == "mimi" else args.small_dim,
         "epochs": epochs,
         "epochs_per_cycle": per_cycle,
-        "sizes": adapter_sizes(model, "default"),
+        "sizes": sizes,
         "wall_s": round(time.perf_counter() - start, 1),
-        **extra,
+        "path": path,
     }
     print(
         f"{task} seed {seed} {row['method']}: top1 {row['top1']:.4f} (val {row['val_top1']:.4f}), "
@@ -276,7 +247,7 @@ def plot(rows: list[dict], figures: Path) -> list[str]:
             if runs:
                 stages = len(runs[0]["path"])
                 xs = [statistics.mean(r["path"][i]["adapter_params"] for r in runs) for i in range(stages)]
-                ys = [[r["path"][i]["top1"] for r in runs] for i in range(stages)]
+                ys = [[r["path"][i]["val_top1"] for r in runs] for i in range(stages)]
                 ax.errorbar(
                     xs,
                     [np.mean(y) for y in ys],
@@ -290,8 +261,8 @@ def plot(rows: list[dict], figures: Path) -> list[str]:
             if small:
                 ax.errorbar(
                     [statistics.mean(r["adapter_params"] for r in small)],
-                    [np.mean([r["top1"] for r in small])],
-                    yerr=[np.std([r["top1"] for r in small])],
+                    [np.mean([r["val_top1"] for r in small])],
+                    yerr=[np.std([r["val_top1"] for r in small])],
                     marker="s",
                     markersize=9,
                     capsize=3,
@@ -302,7 +273,7 @@ def plot(rows: list[dict], figures: Path) -> list[str]:
                 )
         ax.set_xscale("log")
         ax.set_xlabel("adapter parameters (head excluded)")
-        ax.set_ylabel("test top-1")
+        ax.set_ylabel("validation top-1")
         ax.set_title(task)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -352,17 +323,17 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    processor = AutoImageProcessor.from_pretrained(backbone_path("swin"))
     rows, skipped = [], []
-    for task in args.tasks:
-        data = task_tensors(task, args.task_seed, processor)
-        for seed in args.seeds:
-            if time.perf_counter() - start > args.budget_s:
-                skipped.append({"task": task, "seed": seed})
-                continue
-            for method in args.methods:
-                for variant in args.variants:
-                    rows.append(run_one(method, variant, task, seed, data, args))
+    with tempfile.TemporaryDirectory() as temporary:
+        work_dir = Path(args.work_dir or temporary)
+        for task in args.tasks:
+            for seed in args.seeds:
+                if time.perf_counter() - start > args.budget_s:
+                    skipped.append({"task": task, "seed": seed})
+                    continue
+                for method in args.methods:
+                    for variant in args.variants:
+                        rows.append(run_one(method, variant, task, seed, args, work_dir))
     wall = time.perf_counter() - start
     result = {
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),

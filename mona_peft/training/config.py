@@ -86,6 +86,10 @@ class RunConfig:
         default=1, metadata=_help("MiMi: epochs before the first shrink and after each.")
     )
     mimi_ranking: Literal["global", "local"] = field(default="global", metadata=_help("MiMi: neuron ranking."))
+    mimi_balanced: bool = field(
+        default=False,
+        metadata=_help("MiMi ablation: score each kind of parameter against its mean magnitude (not in the paper)."),
+    )
     # optimisation
     num_train_epochs: int = field(default=3, metadata=_help("Training epochs."))
     max_train_steps: int | None = field(default=None, metadata=_help("Overrides --num_train_epochs."))

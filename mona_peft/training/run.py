@@ -229,6 +229,7 @@ class FineTuningRun:
             rho=config.mimi_rho,
             epochs_per_cycle=config.mimi_epochs_per_cycle,
             ranking=config.mimi_ranking,
+            balanced=config.mimi_balanced,
         )
         mimi = MiMi(self.model, schedule)
         config.num_train_epochs = mimi.total_epochs
@@ -490,6 +491,8 @@ class FineTuningRun:
         table.update(self.method.resolve_options(self.method_options()))
         if config.mimi_target is not None:
             table.update({k: getattr(config, k) for k in ("mimi_target", "mimi_rho", "mimi_epochs_per_cycle")})
+            if config.mimi_balanced:
+                table["mimi_balanced"] = True
         return table
 
 
