@@ -110,7 +110,7 @@ def _reload(job: Job, output_dir: Path, config: BenchmarkConfig) -> torch.nn.Mod
     return PeftModel.from_pretrained(_bare_classifier(config, job.task), output_dir, is_trainable=True)
 
 
-def _pixel_batch(task: str, config: BenchmarkConfig, size: int, split: str = "test") -> tuple[torch.Tensor, ...]:
+def pixel_batch(task: str, config: BenchmarkConfig, size: int, split: str = "test") -> tuple[torch.Tensor, ...]:
     from transformers import AutoImageProcessor
 
     from mona_peft.tasks.image_classification.data import image_transform
@@ -124,7 +124,7 @@ def _pixel_batch(task: str, config: BenchmarkConfig, size: int, split: str = "te
 def inference_latency(model: torch.nn.Module, job: Job, config: BenchmarkConfig) -> dict[str, float]:
     """The trained model vs the bare pretrained backbone (same head size): same batch, interleaved, eval mode."""
     bare = _bare_classifier(config, job.task)
-    pixels, _ = _pixel_batch(job.task, config, config.latency_batch)
+    pixels, _ = pixel_batch(job.task, config, config.latency_batch)
     model.eval()
     bare.eval()
 
@@ -143,7 +143,7 @@ def training_peak_memory(model: torch.nn.Module, job: Job, config: BenchmarkConf
     """Peak memory of one training step at the task's batch size: weights + AdamW state + the step's peak RSS rise."""
     from mona_peft.tuners.methods import adamw
 
-    pixels, labels = _pixel_batch(job.task, config, TASKS[job.task].batch_size, split="train")
+    pixels, labels = pixel_batch(job.task, config, TASKS[job.task].batch_size, split="train")
     model.train()
     optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-6)
 

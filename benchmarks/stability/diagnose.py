@@ -16,17 +16,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
+import sys
+from pathlib import Path
 
 import torch
-from transformers import AutoImageProcessor, AutoModelForImageClassification, get_scheduler
+from transformers import AutoModelForImageClassification, get_scheduler
 
 import mona_peft  # noqa: F401  (registers the methods)
 from mona_peft.backbones import backbone_path
-from mona_peft.data import load_task
-from mona_peft.tasks.image_classification.data import image_transform
 from mona_peft.tuners.methods import adamw, build_method
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the harness package
+from harness.rows import pixel_batch  # noqa: E402
+from harness.runner import BenchmarkConfig  # noqa: E402
+
+#: The classification benchmark's recipe on ``digits`` (schedule, weight decay, clipping, warm-up share).
+RECIPE = BenchmarkConfig(methods=["mona"], tasks=["digits"], seeds=[0])
 
 #: kind -> regex on the parameter name (Mona's pieces).
 KINDS = {
@@ -60,16 +66,14 @@ def kind_of(name: str) -> str | None:
     return next(kind for kind, pattern in KINDS.items() if re.search(pattern, name))
 
 
-def tensors(split) -> tuple[torch.Tensor, torch.Tensor]:
-    processor = AutoImageProcessor.from_pretrained(str(backbone_path("swin")))
-    batch = image_transform(processor)(split[:])
-    return batch["pixel_values"], batch["labels"]
+def tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole ``split`` of ``digits``, processed as the benchmark processes it."""
+    return pixel_batch("digits", RECIPE, 10**6, split)
 
 
-def run(lr: float, variant: str, seed: int, weight_decay: float = 0.05) -> dict:
-    data = load_task("digits", 0)
-    x_train, y_train = tensors(data["train"])
-    x_val, y_val = tensors(data["validation"])
+def run(lr: float, variant: str, seed: int, weight_decay: float = RECIPE.weight_decay) -> dict:
+    x_train, y_train = tensors("train")
+    x_val, y_val = tensors("validation")
     torch.manual_seed(seed)
     base = AutoModelForImageClassification.from_pretrained(
         str(backbone_path("swin")), num_labels=10, ignore_mismatched_sizes=True
@@ -86,10 +90,9 @@ def run(lr: float, variant: str, seed: int, weight_decay: float = 0.05) -> dict:
             continue
         groups.setdefault((lr * scale, weight_decay if decay is None else decay), []).append(parameter)
     optimizer = adamw([{"params": p, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), p in groups.items()])
-    batch_size, epochs = 32, 2
-    per_epoch = math.ceil(len(y_train) / batch_size)
-    steps = epochs * per_epoch
-    warmup = max(1, round(0.1 * steps))
+    batch_size = RECIPE.spec.offline_tasks["digits"].batch_size
+    _, per_epoch, steps = RECIPE.schedule("digits")
+    warmup = max(1, round(RECIPE.warmup_fraction * steps))
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=warmup, num_training_steps=steps)
 
     named = dict(model.named_parameters())
@@ -103,6 +106,7 @@ def run(lr: float, variant: str, seed: int, weight_decay: float = 0.05) -> dict:
             module.register_forward_hook(lambda m, a, out: added.append(out.pow(2).mean().sqrt().item()))
 
     generator = torch.Generator().manual_seed(seed)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     trace = []
     model.train()
     for step in range(steps):
@@ -113,7 +117,7 @@ def run(lr: float, variant: str, seed: int, weight_decay: float = 0.05) -> dict:
         added.clear()
         loss = model(pixel_values=x_train[index], labels=y_train[index]).loss
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 5.0).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, RECIPE.max_grad_norm).item()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

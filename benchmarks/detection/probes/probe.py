@@ -9,13 +9,21 @@ probe only).
 
 import argparse
 import dataclasses
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 import mona_peft.tasks.object_detection.data as detection_data
 from mona_peft.tasks.object_detection.task import DetectionArguments, ObjectDetectionTask
-from mona_peft.training import RunConfig, train
+from mona_peft.training import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/: the harness package
+from harness.runner import BenchmarkConfig, Job, run_config  # noqa: E402
+
+#: The detection benchmark's recipe (weight decay, clipping, schedule), which the flags below override.
+RECIPE = BenchmarkConfig(kind="object-detection", methods=["full"], tasks=["digit-instances"], seeds=[0])
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--detector", default="conditional_detr")
@@ -23,9 +31,9 @@ parser.add_argument("--scene_size", type=int, default=detection_data.INSTANCE_SC
 parser.add_argument("--epochs", type=int, default=4)
 parser.add_argument("--lr", type=float, default=3e-4)
 parser.add_argument("--method", default="full")
-parser.add_argument("--batch_size", type=int, default=16)
-parser.add_argument("--weight_decay", type=float, default=1e-4)
-parser.add_argument("--max_grad_norm", type=float, default=0.1)
+parser.add_argument("--batch_size", type=int, default=detection_data.DETECTION_TASKS["digit-instances"].batch_size)
+parser.add_argument("--weight_decay", type=float, default=RECIPE.weight_decay)
+parser.add_argument("--max_grad_norm", type=float, default=RECIPE.max_grad_norm)
 args = parser.parse_args()
 torch.set_num_threads(1)
 if args.scene_size != detection_data.INSTANCE_SCENE_SIZE:
@@ -39,26 +47,22 @@ if args.scene_size != detection_data.INSTANCE_SCENE_SIZE:
     )
     detection_data.INSTANCE_SCENE_SIZE = args.scene_size
 started = time.perf_counter()
-results = train(
-    RunConfig(
-        task="digit-instances",
-        method=args.method,
-        output_dir=f"/tmp/detprobe/{args.detector}-{args.scene_size}-{args.lr:g}-{args.method}-{args.max_grad_norm:g}",
-        overwrite_output_dir=True,
-        report_to="none",
-        checkpointing_steps="no",
-        eval_strategy="epoch",
-        num_train_epochs=args.epochs,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=50,
-        learning_rate=args.lr,
-        adapter_lr_scale=1.0,
-        weight_decay=args.weight_decay,
-        max_grad_norm=args.max_grad_norm,
-        lr_scheduler_type="cosine",
-    ),
-    ObjectDetectionTask(DetectionArguments(detector=args.detector, image_square_size=args.scene_size)),
+config = dataclasses.replace(
+    RECIPE,
+    methods=[args.method],
+    num_train_epochs=args.epochs,
+    weight_decay=args.weight_decay,
+    max_grad_norm=args.max_grad_norm,
 )
+output_dir = Path(f"/tmp/detprobe/{args.detector}-{args.scene_size}-{args.lr:g}-{args.method}-{args.max_grad_norm:g}")
+run = dataclasses.replace(
+    run_config(Job(args.method, "digit-instances", args.lr, 0), config, output_dir),
+    per_device_train_batch_size=args.batch_size,
+    per_device_eval_batch_size=50,
+    seed=42,  # the seed and warm-up the logs beside this probe ran with (RunConfig's defaults)
+    num_warmup_steps=10,
+)
+results = train(run, ObjectDetectionTask(DetectionArguments(detector=args.detector, image_square_size=args.scene_size)))
 print(
     f"{args}: test map {results['test_map']:.4f}, map_50 {results['test_map_50']:.4f}, "
     f"{time.perf_counter() - started:.0f} s"

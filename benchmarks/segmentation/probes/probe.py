@@ -1,19 +1,20 @@
 """Learnability probe of composed digit scenes: full fine-tuning (or --method) of UperNet on the shipped Swin with a
-plain loop, validation per-class IoU every --every steps. It made the logs beside it (see ../README.md); it recomposes
-scenes with its own sizes, so it does not depend on the shipped task's constants."""
+plain loop, validation per-class IoU every --every steps. It made the logs beside it (see ../README.md). The scenes
+are the library's (``compose_scene``) with this probe's sizes, digits and contrast set on the data module, so they do
+not depend on the shipped task's constants; the scores are the task's own ``evaluate``."""
 
 import argparse
 import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image as PILImage
+from accelerate import Accelerator
 from transformers import AutoImageProcessor, SegformerImageProcessorPil, get_scheduler
 
 from mona_peft.backbones import backbone_path
 from mona_peft.tasks.semantic_segmentation import data as seg
 from mona_peft.tasks.semantic_segmentation.model import build_upernet
+from mona_peft.tasks.semantic_segmentation.task import SemanticSegmentationTask
 from mona_peft.tuners.architectures import head_modules
 from mona_peft.tuners.methods import adamw, build_method, parameter_groups
 
@@ -36,46 +37,12 @@ p.add_argument("--sched", default="const")
 p.add_argument("--contrast", type=float, default=0)
 p.add_argument("--clip", type=float, default=5.0)
 a = p.parse_args()
-seg.SCENE_SIZE = a.size
+# The library composes the scenes from these module constants (read at call time): this probe's variant of the task.
 digs = tuple(int(d) for d in a.digits.split(","))
-seg.SCENE_DIGITS = digs
-lo, hi = map(int, a.ndig.split(","))
+seg.SCENE_SIZE, seg.SCENE_DIGITS = a.size, digs
+seg.DIGIT_SIZES, seg.DIGITS_PER_SCENE = (a.dmin, a.dmax), tuple(map(int, a.ndig.split(",")))
+seg.MIN_CONTRAST = a.contrast  # 0: digits keep their random colour
 classes = ["background"] + [f"digit {d}" for d in digs]
-
-
-def _lum(c):
-    return float(np.dot(c, [0.299, 0.587, 0.114]))
-
-
-def compose(rng, photographs, band, digits):
-    S = a.size
-    photo = photographs[rng.integers(len(photographs))]
-    left, right = int(band[0] * photo.shape[1]), int(band[1] * photo.shape[1])
-    top = rng.integers(0, photo.shape[0] - S + 1)
-    x0 = rng.integers(left, right - S + 1)
-    image = photo[top : top + S, x0 : x0 + S].astype(np.float32)
-    mask = np.zeros((S, S), dtype=np.uint8)
-    for _ in range(rng.integers(lo, hi + 1)):
-        digit = int(rng.choice(digs))
-        scans = digits[digit]
-        scan = scans[rng.integers(len(scans))]
-        size = int(rng.integers(a.dmin, a.dmax + 1))
-        ink = np.asarray(PILImage.fromarray(scan).resize((size, size), PILImage.Resampling.BILINEAR)).clip(0, 1)
-        y, x = rng.integers(0, S - size + 1, size=2)
-        colour = rng.integers(0, 256, size=3).astype(np.float32)
-        region = image[y : y + size, x : x + size]
-        if a.contrast:
-            bg = _lum(region.reshape(-1, 3).mean(0))
-            if abs(_lum(colour) - bg) < a.contrast:
-                colour = 255 - colour
-                if abs(_lum(colour) - bg) < a.contrast:
-                    colour = np.full(3, 0.0 if bg > 127 else 255.0, dtype=np.float32)
-        region[:] = region * (1 - ink[..., None]) + colour * ink[..., None]
-        mask[y : y + size, x : x + size][ink > 0.5] = 1 + digs.index(digit)
-    return image.round().astype(np.uint8), mask
-
-
-seg.compose_scene = compose
 
 
 def split(name, n):
@@ -123,22 +90,15 @@ sch = get_scheduler(
 g = torch.Generator().manual_seed(0)
 
 
+task = SemanticSegmentationTask()
+accelerator = Accelerator(cpu=True)
+
+
 def evaluate():
-    model.eval()
-    inter = np.zeros(len(classes))
-    union = np.zeros(len(classes))
-    with torch.no_grad():
-        for i in range(0, len(Xva), 50):
-            lg = model(pixel_values=Xva[i : i + 50]).logits
-            lg = F.interpolate(lg, size=Yva.shape[-2:], mode="bilinear", align_corners=False)
-            pr = lg.argmax(1)
-            y = Yva[i : i + 50]
-            for c in range(len(classes)):
-                inter[c] += ((pr == c) & (y == c)).sum().item()
-                union[c] += ((pr == c) | (y == c)).sum().item()
+    batches = [{"pixel_values": Xva[i : i + 50], "labels": Yva[i : i + 50]} for i in range(0, len(Xva), 50)]
+    scores = task.evaluate(model, batches, accelerator, classes)
     model.train()
-    iou = inter / np.maximum(union, 1)
-    return iou.mean(), iou
+    return scores["mean_iou"], np.array(scores["per_category_iou"])
 
 
 t0 = time.time()
