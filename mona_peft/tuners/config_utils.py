@@ -3,6 +3,9 @@
 - :class:`WrappingConfig` records the backbone an adapter was made for (``base_model_type``), so loading it onto
   another architecture fails with both names instead of PEFT's "no target module matched" or, worse, a silent load
   (a ViT adapter on a DeiT), and refuses a local ``adapter_model.safetensors`` that cannot be read, naming the file.
+- :class:`BottleneckConfig` adds the fields of the methods that put bottleneck adapters at chosen modules (Mona,
+  Houlsby adapter, AdaptFormer): the modules, the bottleneck widths and the modules trained in full, checked in one
+  place.
 - The ``check_*`` helpers validate one field each in ``__post_init__``, with a message naming the config, the field,
   the value and what is expected. A value of the wrong type raises :class:`ConfigTypeError`, which is a
   ``TypeError`` and, like PEFT's own config errors, a ``ValueError``.
@@ -14,7 +17,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from peft.config import PeftConfig
 from peft.utils import SAFETENSORS_WEIGHTS_NAME
@@ -132,6 +135,17 @@ class WrappingConfig(PeftConfig):
         base_model_type: ``config.model_type`` of the backbone the adapter was made for (``"swin"``, ``"vit"``,
             ...). Recorded when the adapter is added to a model; loading the adapter onto another architecture
             raises :class:`AdapterMismatchError` naming both.
+
+    Example (every method's config is used this way; each config's own example shows its arguments):
+
+        ```py
+        >>> import mona_peft
+        >>> from peft import get_peft_model
+        >>> from transformers import ViTConfig, ViTForImageClassification
+        >>> model = ViTForImageClassification(ViTConfig(num_labels=10))
+        >>> model = get_peft_model(model, mona_peft.MonaConfig(modules_to_save=["classifier"]))
+        >>> model.print_trainable_parameters()  # doctest: +SKIP
+        ```
     """
 
     base_model_type: str | None = field(
@@ -156,3 +170,41 @@ class WrappingConfig(PeftConfig):
         if weights.is_file():
             check_safetensors_file(weights)
         return config
+
+
+@dataclass
+class BottleneckConfig(WrappingConfig):
+    """Base of the configs of the methods that put bottleneck adapters at chosen modules (Mona, Houlsby adapter,
+    AdaptFormer). Each method redeclares ``target_modules`` with its own help (which modules it adapts by default).
+
+    Args:
+        target_modules: modules to adapt, as a regex or a list of name suffixes; ``None``: the method's default.
+        exclude_modules: modules not to adapt (same syntax as PEFT's).
+        inner_dim: bottleneck width.
+        inner_dim_pattern: per-module widths overriding ``inner_dim``: ``{regex: width}``, matched against the end of
+            the module name as LoRA's ``rank_pattern``. Where ``allows_absent_adapters``, a width of 0 means no
+            adapter there (MiMi's removed ones).
+        modules_to_save: modules trained and saved in full, e.g. ``["classifier"]``.
+    """
+
+    #: Whether ``inner_dim_pattern`` may hold 0: no adapter at those modules.
+    allows_absent_adapters: ClassVar[bool] = True
+
+    target_modules: list[str] | str | None = field(
+        default=None, metadata={"help": "Modules to adapt (regex or name suffixes); default: the method's."}
+    )
+    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules not to adapt."})
+    inner_dim: int = field(default=64, metadata={"help": "Bottleneck width."})
+    inner_dim_pattern: dict[str, int] | None = field(
+        default=None, metadata={"help": "Per-module bottleneck widths, {regex: width}, overriding inner_dim."}
+    )
+    modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Modules trained and saved in full, e.g. ['classifier']."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        owner = type(self).__name__
+        self.target_modules = check_target_modules(owner, "target_modules", self.target_modules)
+        self.exclude_modules = check_target_modules(owner, "exclude_modules", self.exclude_modules)
+        validate_inner_dims(owner, self.inner_dim, self.inner_dim_pattern, allow_absent=self.allows_absent_adapters)

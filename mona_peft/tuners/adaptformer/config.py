@@ -5,14 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config_utils import (
-    WrappingConfig,
-    check_choice,
-    check_fraction,
-    check_number,
-    check_target_modules,
-    validate_inner_dims,
-)
+from ..config_utils import BottleneckConfig, check_choice, check_fraction, check_number
 from ..registry import add_peft_type
 
 ADAPTFORMER = add_peft_type("adaptformer")
@@ -21,7 +14,7 @@ AdaptFormerInit = Literal["lora", "bert"]
 
 
 @dataclass
-class AdaptFormerConfig(WrappingConfig):
+class AdaptFormerConfig(BottleneckConfig):
     """Configuration for [`AdaptFormerModel`]: a scaled bottleneck parallel to the MLP of every block.
 
     Chen et al., "AdaptFormer: Adapting Vision Transformers for Scalable Visual Recognition" (2022):
@@ -46,41 +39,28 @@ class AdaptFormerConfig(WrappingConfig):
             base model; ``"bert"`` draws both weights from N(0, 0.02) with zero biases (the official alternative).
         modules_to_save: modules trained and saved in full, e.g. ``["classifier"]``.
 
-    Example:
+    Example (the imports and ``model`` as in the example of :class:`~mona_peft.tuners.config_utils.WrappingConfig`):
 
         ```py
-        >>> import mona_peft
-        >>> from peft import get_peft_model
-        >>> from transformers import ViTConfig, ViTForImageClassification
-        >>> model = ViTForImageClassification(ViTConfig(num_labels=10))
         >>> model = get_peft_model(model, mona_peft.AdaptFormerConfig(modules_to_save=["classifier"]))
         ```
     """
 
+    allows_absent_adapters = False
+
     target_modules: list[str] | str | None = field(
         default=None, metadata={"help": "MLP modules to adapt; default: the MLP of every block."}
-    )
-    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules not to adapt."})
-    inner_dim: int = field(default=64, metadata={"help": "Bottleneck width."})
-    inner_dim_pattern: dict[str, int] | None = field(
-        default=None, metadata={"help": "Per-module bottleneck widths, {regex: width}, overriding inner_dim."}
     )
     scale: float = field(default=0.1, metadata={"help": "Scale of the adapter's output."})
     dropout: float = field(default=0.1, metadata={"help": "Dropout after the ReLU."})
     init_weights: AdaptFormerInit = field(
         default="lora", metadata={"help": "'lora' (zero up projection: starts as the base model) or 'bert'."}
     )
-    modules_to_save: list[str] | None = field(
-        default=None, metadata={"help": "Modules trained and saved in full, e.g. ['classifier']."}
-    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = ADAPTFORMER
         owner = "AdaptFormerConfig"
-        self.target_modules = check_target_modules(owner, "target_modules", self.target_modules)
-        self.exclude_modules = check_target_modules(owner, "exclude_modules", self.exclude_modules)
-        validate_inner_dims(owner, self.inner_dim, self.inner_dim_pattern)
         self.scale = check_number(owner, "scale", self.scale)
         self.dropout = check_fraction(owner, "dropout", self.dropout)
         check_choice(owner, "init_weights", self.init_weights, ("lora", "bert"))

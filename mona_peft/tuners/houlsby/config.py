@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config_utils import WrappingConfig, check_choice, check_target_modules, validate_inner_dims
+from ..config_utils import BottleneckConfig, check_choice
 from ..registry import add_peft_type
 
 HOULSBY = add_peft_type("houlsby")
@@ -14,7 +14,7 @@ HoulsbyInit = Literal["houlsby", "identity"]
 
 
 @dataclass
-class HoulsbyConfig(WrappingConfig):
+class HoulsbyConfig(BottleneckConfig):
     """Configuration for [`HoulsbyModel`]: a bottleneck adapter after the attention and after the MLP of every block.
 
     Houlsby et al., "Parameter-Efficient Transfer Learning for NLP" (2019), the "Adapter" baseline of the Mona, VPT
@@ -38,13 +38,9 @@ class HoulsbyConfig(WrappingConfig):
             additionally zeroes the up projection so the adapted model starts exactly as the base model.
         modules_to_save: modules trained and saved in full, e.g. ``["classifier"]``.
 
-    Example:
+    Example (the imports and ``model`` as in the example of :class:`~mona_peft.tuners.config_utils.WrappingConfig`):
 
         ```py
-        >>> import mona_peft
-        >>> from peft import get_peft_model
-        >>> from transformers import ViTConfig, ViTForImageClassification
-        >>> model = ViTForImageClassification(ViTConfig(num_labels=10))
         >>> model = get_peft_model(model, mona_peft.HoulsbyConfig(modules_to_save=["classifier"]))
         ```
     """
@@ -53,26 +49,15 @@ class HoulsbyConfig(WrappingConfig):
         default=None,
         metadata={"help": "Linear layers to adapt; default: attention and MLP output projections of each block."},
     )
-    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules not to adapt."})
-    inner_dim: int = field(default=64, metadata={"help": "Bottleneck width."})
-    inner_dim_pattern: dict[str, int] | None = field(
-        default=None, metadata={"help": "Per-module bottleneck widths, {regex: width}, overriding inner_dim."}
-    )
     activation: str = field(default="gelu", metadata={"help": "Activation between the projections."})
     init_weights: HoulsbyInit = field(
         default="houlsby", metadata={"help": "'houlsby' (trunc-normal std 1e-3) or 'identity' (zero up projection)."}
-    )
-    modules_to_save: list[str] | None = field(
-        default=None, metadata={"help": "Modules trained and saved in full, e.g. ['classifier']."}
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = HOULSBY
         owner = "HoulsbyConfig"
-        self.target_modules = check_target_modules(owner, "target_modules", self.target_modules)
-        self.exclude_modules = check_target_modules(owner, "exclude_modules", self.exclude_modules)
-        validate_inner_dims(owner, self.inner_dim, self.inner_dim_pattern, allow_absent=True)
         check_choice(owner, "init_weights", self.init_weights, ("houlsby", "identity"))
         from transformers.activations import ACT2FN
 

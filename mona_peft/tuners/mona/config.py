@@ -7,15 +7,7 @@ from typing import Literal
 
 from peft.utils.other import get_pattern_key
 
-from ..config_utils import (
-    ConfigTypeError,
-    WrappingConfig,
-    check_bool,
-    check_choice,
-    check_fraction,
-    check_target_modules,
-    validate_inner_dims,
-)
+from ..config_utils import BottleneckConfig, ConfigTypeError, check_bool, check_choice, check_fraction
 from ..registry import add_peft_type
 
 MONA = add_peft_type("mona")
@@ -25,7 +17,7 @@ PrefixTokenMode = Literal["adapt", "skip"]
 
 
 @dataclass
-class MonaConfig(WrappingConfig):
+class MonaConfig(BottleneckConfig):
     """Configuration for [`MonaModel`]: two Monas per transformer block, on the residual stream.
 
     Mona (Yin et al., "5%>100%: Breaking Performance Shackles of Full Fine-Tuning on Visual
@@ -62,15 +54,10 @@ class MonaConfig(WrappingConfig):
         base_model_type: the backbone's ``model_type``, recorded when the adapter is created (loading onto another
             architecture raises).
 
-    Example:
+    Example (the imports and ``model`` as in the example of :class:`~mona_peft.tuners.config_utils.WrappingConfig`):
 
         ```py
-        >>> import mona_peft
-        >>> from peft import get_peft_model
-        >>> from transformers import SwinConfig, SwinForImageClassification
-        >>> model = SwinForImageClassification(SwinConfig(num_labels=10))
         >>> model = get_peft_model(model, mona_peft.MonaConfig(modules_to_save=["classifier"]))
-        >>> model.print_trainable_parameters()  # doctest: +SKIP
         ```
     """
 
@@ -78,10 +65,6 @@ class MonaConfig(WrappingConfig):
         default=None,
         metadata={"help": "Blocks to adapt (regex or name suffixes); default: every block of the backbone."},
     )
-    exclude_modules: list[str] | str | None = field(
-        default=None, metadata={"help": "Blocks not to adapt (regex or name suffixes)."}
-    )
-    inner_dim: int = field(default=64, metadata={"help": "Width of Mona's bottleneck."})
     inner_dim_pattern: dict[str, int] | None = field(
         default=None,
         metadata={"help": "Per-Mona widths {regex: width} ('<block>.mona_attn', '<block>.mona_mlp'); 0: no Mona."},
@@ -101,17 +84,11 @@ class MonaConfig(WrappingConfig):
         default=False,
         metadata={"help": "Keep only Mona's input for the backward pass and recompute its inside (less memory)."},
     )
-    modules_to_save: list[str] | None = field(
-        default=None, metadata={"help": "Modules trained and saved in full, e.g. ['classifier']."}
-    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = MONA
         owner = "MonaConfig"
-        self.target_modules = check_target_modules(owner, "target_modules", self.target_modules)
-        self.exclude_modules = check_target_modules(owner, "exclude_modules", self.exclude_modules)
-        validate_inner_dims(owner, self.inner_dim, self.inner_dim_pattern, allow_absent=True)
         if isinstance(self.kernel_sizes, (str, bytes)) or not isinstance(self.kernel_sizes, (list, tuple)):
             raise ConfigTypeError(
                 f"MonaConfig.kernel_sizes must be a list of odd kernel sizes, got {self.kernel_sizes!r} "

@@ -44,16 +44,11 @@ class VPTConfig(WrappingConfig):
     Prompts are initialised uniform(-b, b) with ``b = sqrt(6 / (3 * patch_h * patch_w + d))`` (the paper's
     Xavier-uniform bound; ``d`` is the width of the patch embedding).
 
-    Example:
+    Example (the imports and ``model`` as in the example of :class:`~mona_peft.tuners.config_utils.WrappingConfig`):
 
         ```py
-        >>> import mona_peft
-        >>> from peft import get_peft_model
-        >>> from transformers import ViTConfig, ViTForImageClassification
-        >>> model = ViTForImageClassification(ViTConfig(num_labels=10))
         >>> config = mona_peft.VPTConfig(num_prompts=10, deep=True, modules_to_save=["classifier"])
         >>> model = get_peft_model(model, config)
-        >>> model.print_trainable_parameters()  # doctest: +SKIP
         ```
     """
 
