@@ -139,3 +139,38 @@ def test_loader_reads_the_installed_test_split():
 def test_backbone_path_rejects_unknown_names():
     with pytest.raises(KeyError, match="swin"):
         backbone_path("resnet")
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    import gzip
+    import struct
+
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_pretraining_trains_logs_and_saves_a_loadable_backbone_with_its_card(tmp_path, arch="swin"):
+    """The pretraining loop end to end on a small idx-format data set (the Fashion-MNIST file format)."""
+    from mona_peft.backbones.pretraining import PretrainConfig, pretrain
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 96), ("test", 40)):
+        images_file, labels_file = fashion_mnist.FASHION_MNIST_FILES[split]
+        _write_idx(tmp_path / images_file, rng.integers(0, 256, (count, 28, 28)))
+        _write_idx(tmp_path / labels_file, rng.integers(0, 10, count))
+    config = PretrainConfig(
+        arch=arch, epochs=2, batch_size=32, compile=False, log_every=2, data_dir=str(tmp_path), augment=True
+    )
+    lines: list[str] = []
+    record = pretrain(config, output_dir=tmp_path / "out", command=["pretrain", arch], log=lines.append)
+    assert record["status"] == "finished" and record["command"] == f"pretrain {arch}"
+    assert [epoch["epoch"] for epoch in record["epochs"]] == [1, 2] and len(record["steps"]) == 3  # steps 2, 4, 6
+    assert record["steps"][-1]["step"] == 6 and 0.0 <= record["final_test_accuracy_float32"] <= 1.0
+    assert json.loads((tmp_path / "out" / "training_log.json").read_text()) == record
+    model = AutoModelForImageClassification.from_pretrained(tmp_path / "out")
+    first = build_backbone(arch, config.seed)
+    assert any(
+        not torch.equal(a, b) for a, b in zip(model.state_dict().values(), first.state_dict().values(), strict=True)
+    )
+    assert "Fashion-MNIST" in (tmp_path / "out" / "README.md").read_text() and lines
