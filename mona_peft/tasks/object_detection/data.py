@@ -60,6 +60,7 @@ from ..semantic_segmentation.data import (
     _digit_pool,
     _photographs,
     compose_instances,
+    scene_tasks,
 )
 
 INSTANCE_SCENE_SIZE = 32
@@ -82,26 +83,7 @@ _MAX_LISTED = 20
 OBJECT_FIELDS = ("id", "category", "bbox", "area", "iscrowd", "segmentation")
 
 
-#: Each task's schedule is the one every method gets in the dense benchmarks (benchmarks/harness/kinds.py).
-DETECTION_TASKS: dict[str, SceneTask] = {
-    task.name: task
-    for task in (
-        SceneTask(
-            "digit-instances",
-            "instances of digits 0-2 composed on real photographs, 32x32, 1500/200/200 scenes",
-            {"train": 1500, "validation": 200, "test": 200},
-            epochs=6,
-            batch_size=16,
-        ),
-        SceneTask(
-            "digit-instances-fewshot",
-            "the same scenes with 100 training and 40 validation images (test split shared with digit-instances)",
-            {"train": 100, "validation": 40, "test": 200},
-            epochs=40,
-            batch_size=8,
-        ),
-    )
-}
+DETECTION_TASKS: dict[str, SceneTask] = scene_tasks("digit-instances", "instances of digits 0-2")
 
 
 class AnnotationError(ImageDataError):

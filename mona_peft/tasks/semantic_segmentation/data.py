@@ -66,25 +66,28 @@ class SceneTask:
     batch_size: int
 
 
-SEGMENTATION_TASKS: dict[str, SceneTask] = {
-    task.name: task
-    for task in (
-        SceneTask(
-            "digit-scenes",
-            "digits 0-2 composed on real photographs, 32x32, 1500/200/200 scenes",
-            {"train": 1500, "validation": 200, "test": 200},
-            epochs=6,
-            batch_size=16,
-        ),
-        SceneTask(
-            "digit-scenes-fewshot",
-            "the same scenes with 100 training and 40 validation images (test split shared with digit-scenes)",
-            {"train": 100, "validation": 40, "test": 200},
-            epochs=40,
-            batch_size=8,
-        ),
+def scene_tasks(name: str, scenes: str) -> dict[str, SceneTask]:
+    """The two tasks of a scene dataset, by name: ``name`` (1500/200/200 scenes) and ``<name>-fewshot`` (100 training
+    and 40 validation scenes, the same test split), with the schedules every method gets on them in the dense
+    benchmarks (benchmarks/harness/kinds.py). ``scenes`` says what a scene shows."""
+    full = SceneTask(
+        name,
+        f"{scenes} composed on real photographs, 32x32, 1500/200/200 scenes",
+        {"train": 1500, "validation": 200, "test": 200},
+        epochs=6,
+        batch_size=16,
     )
-}
+    fewshot = SceneTask(
+        f"{name}-fewshot",
+        f"the same scenes with 100 training and 40 validation images (test split shared with {name})",
+        {"train": 100, "validation": 40, "test": 200},
+        epochs=40,
+        batch_size=8,
+    )
+    return {task.name: task for task in (full, fewshot)}
+
+
+SEGMENTATION_TASKS: dict[str, SceneTask] = scene_tasks("digit-scenes", "digits 0-2")
 
 
 @lru_cache(maxsize=1)
