@@ -17,6 +17,8 @@ from typing import Any
 from torch import nn
 from transformers import CONFIG_MAPPING, AutoConfig, AutoModel, PretrainedConfig
 
+from ..tuners.architectures import resolve_architecture
+
 
 def portable_checkpoint(backbone: str) -> str:
     """``mona_peft:<name>`` for a backbone shipped with the package (its path differs between installs)."""
@@ -100,6 +102,36 @@ def load_pretrained_backbone(model: nn.Module, backbone: str) -> None:
             module.load_state_dict(landing, strict=False)
             return
     raise ValueError(f"No part of {type(model).__name__} has the shapes of the weights in {backbone}.")
+
+
+def head_config(
+    config_class: Callable[..., PretrainedConfig],
+    backbone: str,
+    backbone_config: PretrainedConfig,
+    labels: list[str],
+    **arguments: Any,
+) -> PretrainedConfig:
+    """A ``config_class`` config with the task model's ``arguments``, around ``backbone_config`` (of the checkpoint
+    ``backbone``, recorded so that :func:`load_base_model` loads its weights again), predicting ``labels``."""
+    return config_class(
+        backbone_config=backbone_config,
+        **arguments,
+        **label_maps(labels),
+        backbone_checkpoint=portable_checkpoint(backbone),
+    )
+
+
+def build_base_model(
+    build: Callable[[PretrainedConfig], nn.Module], config: PretrainedConfig, backbone: str
+) -> nn.Module:
+    """``build(config)`` with the pretrained weights of the checkpoint ``backbone`` copied into its backbone.
+
+    Fails early, naming what is supported, for a backbone no method can adapt.
+    """
+    model = build(config)
+    load_pretrained_backbone(model, backbone)
+    resolve_architecture(model)
+    return model
 
 
 def save_base_config(model: nn.Module, folder: str | Path, file_name: str) -> Path:

@@ -15,21 +15,19 @@ adapter loads anywhere in a few lines::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import transformers
 from torch import nn
 
-from ...tuners.architectures import resolve_architecture
 from ..object_detection.model import DETECTION_BACKBONES
 from ..task_models import (
     backbone_features_config,
+    build_base_model,
     feature_strides,
-    label_maps,
+    head_config,
     load_base_model,
-    load_pretrained_backbone,
-    portable_checkpoint,
     save_base_config,
 )
 
@@ -40,7 +38,7 @@ INSTANCE_SEGMENTATION_CONFIG_FILE = "instance_segmentation_config.json"
 @dataclass(frozen=True)
 class Mask2FormerSize:
     """The widths and depths of the Mask2Former parts a run trains from scratch (defaults: transformers', those of
-    the COCO checkpoints).
+    the COCO checkpoints). Each field is the ``Mask2FormerConfig`` argument of the same name.
 
     ``hidden_dim`` is the width of the pixel decoder (``feature_size``, ``mask_feature_size``: a multiple of 32, for
     its GroupNorm) and of the transformer decoder. ``decoder_layers`` counts the query predictions (the first from
@@ -81,23 +79,17 @@ def mask2former_config(
             f"Mask2Former's width {size.hidden_dim} must be a multiple of 32 (its GroupNorm) and of its "
             f"{size.num_attention_heads} attention heads."
         )
-    return transformers.Mask2FormerConfig(
-        backbone_config=backbone_config,
+    return head_config(
+        transformers.Mask2FormerConfig,
+        backbone,
+        backbone_config,
+        labels,
         feature_size=size.hidden_dim,
         mask_feature_size=size.hidden_dim,
-        hidden_dim=size.hidden_dim,
-        encoder_layers=size.encoder_layers,
-        decoder_layers=size.decoder_layers,
-        encoder_feedforward_dim=size.encoder_feedforward_dim,
-        dim_feedforward=size.dim_feedforward,
-        num_attention_heads=size.num_attention_heads,
-        num_queries=size.num_queries,
-        train_num_points=size.train_num_points,
+        **asdict(size),
         feature_strides=strides,
         # The FPN levels reach down to this stride: the first stage's, so that no stage is left out.
         common_stride=strides[0],
-        **label_maps(labels),
-        backbone_checkpoint=portable_checkpoint(backbone),
     )
 
 
@@ -106,10 +98,8 @@ def build_mask2former(
 ) -> transformers.Mask2FormerForUniversalSegmentation:
     """Mask2Former with a fresh pixel decoder, transformer decoder and heads for ``labels`` around the pretrained
     ``backbone`` checkpoint."""
-    model = transformers.Mask2FormerForUniversalSegmentation(mask2former_config(backbone, labels, size))
-    load_pretrained_backbone(model, backbone)
-    resolve_architecture(model)  # fails early, naming what is supported, for a backbone no method can adapt
-    return model
+    config = mask2former_config(backbone, labels, size)
+    return build_base_model(transformers.Mask2FormerForUniversalSegmentation, config, backbone)
 
 
 def save_instance_segmentation_config(model: nn.Module, folder: str | Path) -> Path:

@@ -22,15 +22,13 @@ import transformers
 from torch import nn
 from transformers import AutoModelForObjectDetection, PretrainedConfig
 
-from ...tuners.architectures import resolve_architecture
 from ..task_models import (
     backbone_features_config,
+    build_base_model,
     feature_channels,
     feature_strides,
-    label_maps,
+    head_config,
     load_base_model,
-    load_pretrained_backbone,
-    portable_checkpoint,
     save_base_config,
 )
 
@@ -55,19 +53,26 @@ class DetectorSize:
     num_denoising: int = 100
 
 
+def _encoder_decoder(size: DetectorSize) -> dict:
+    """The depths, widths and queries of the encoder and decoder, by the argument names the DETR family shares."""
+    return dict(
+        encoder_layers=size.encoder_layers,
+        decoder_layers=size.decoder_layers,
+        encoder_ffn_dim=size.ffn_dim,
+        decoder_ffn_dim=size.ffn_dim,
+        encoder_attention_heads=size.attention_heads,
+        decoder_attention_heads=size.attention_heads,
+        num_queries=size.num_queries,
+    )
+
+
 def _detr_config(config_class: str):
     def build(backbone: PretrainedConfig, size: DetectorSize) -> dict:
         return dict(
             use_timm_backbone=False,
             use_pretrained_backbone=False,
             d_model=size.d_model,
-            encoder_layers=size.encoder_layers,
-            decoder_layers=size.decoder_layers,
-            encoder_ffn_dim=size.ffn_dim,
-            decoder_ffn_dim=size.ffn_dim,
-            encoder_attention_heads=size.attention_heads,
-            decoder_attention_heads=size.attention_heads,
-            num_queries=size.num_queries,
+            **_encoder_decoder(size),
             # A loss after every decoder layer, as DETR and Conditional DETR were trained (transformers' default: off).
             auxiliary_loss=True,
         )
@@ -86,13 +91,7 @@ def _rt_detr_config(config_class: str):
             decoder_in_channels=[size.d_model] * levels,
             num_feature_levels=levels,
             encode_proj_layers=[levels - 1],
-            encoder_layers=size.encoder_layers,
-            decoder_layers=size.decoder_layers,
-            encoder_ffn_dim=size.ffn_dim,
-            decoder_ffn_dim=size.ffn_dim,
-            encoder_attention_heads=size.attention_heads,
-            decoder_attention_heads=size.attention_heads,
-            num_queries=size.num_queries,
+            **_encoder_decoder(size),
             num_denoising=size.num_denoising,
             anchor_image_size=None,  # anchors from each input's own size
         )
@@ -123,20 +122,19 @@ def detector_config(
     backbone_config = backbone_features_config(
         backbone, DETECTION_BACKBONES, levels=3, task_words=f"the {detector} detector here"
     )
-    return getattr(transformers, config_class)(
-        backbone_config=backbone_config,
+    return head_config(
+        getattr(transformers, config_class),
+        backbone,
+        backbone_config,
+        labels,
         **arguments(backbone_config, size or DetectorSize()),
-        **label_maps(labels),
-        backbone_checkpoint=portable_checkpoint(backbone),
     )
 
 
 def build_detector(detector: str, backbone: str, labels: list[str], size: DetectorSize | None = None) -> nn.Module:
     """A ``detector`` with fresh encoder, decoder and heads for ``labels`` around the pretrained ``backbone``."""
-    model = AutoModelForObjectDetection.from_config(detector_config(detector, backbone, labels, size))
-    load_pretrained_backbone(model, backbone)
-    resolve_architecture(model)  # fails early, naming what is supported, for a backbone no method can adapt
-    return model
+    config = detector_config(detector, backbone, labels, size)
+    return build_base_model(AutoModelForObjectDetection.from_config, config, backbone)
 
 
 def save_detection_config(model: nn.Module, folder: str | Path) -> Path:

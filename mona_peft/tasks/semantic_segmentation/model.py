@@ -20,14 +20,12 @@ from pathlib import Path
 from torch import nn
 from transformers import UperNetConfig, UperNetForSemanticSegmentation
 
-from ...tuners.architectures import resolve_architecture
 from ..task_models import (
     backbone_features_config,
+    build_base_model,
     feature_channels,
-    label_maps,
+    head_config,
     load_base_model,
-    load_pretrained_backbone,
-    portable_checkpoint,
     save_base_config,
 )
 
@@ -45,25 +43,23 @@ def upernet_config(backbone: str, labels: list[str], hidden_size: int = 512) -> 
     """
     config = backbone_features_config(backbone, UPERNET_BACKBONES, task_words="UperNet")
     channels = feature_channels(config)
-    return UperNetConfig(
-        backbone_config=config,
+    return head_config(
+        UperNetConfig,
+        backbone,
+        config,
+        labels,
         hidden_size=hidden_size,
         # The auxiliary FCN head reads the third feature map; a backbone with fewer has none.
         use_auxiliary_head=len(channels) >= 3,
         auxiliary_in_channels=channels[min(2, len(channels) - 1)],
         auxiliary_channels=max(hidden_size // 2, 16),
         num_labels=len(labels),
-        **label_maps(labels),
-        backbone_checkpoint=portable_checkpoint(backbone),
     )
 
 
 def build_upernet(backbone: str, labels: list[str], hidden_size: int = 512) -> UperNetForSemanticSegmentation:
     """UperNet with fresh heads for ``labels`` around the pretrained ``backbone`` checkpoint."""
-    model = UperNetForSemanticSegmentation(upernet_config(backbone, labels, hidden_size))
-    load_pretrained_backbone(model.backbone, backbone)
-    resolve_architecture(model)  # fails early, naming what is supported, for a backbone no method can adapt
-    return model
+    return build_base_model(UperNetForSemanticSegmentation, upernet_config(backbone, labels, hidden_size), backbone)
 
 
 def save_segmentation_config(model: nn.Module, folder: str | Path) -> Path:
