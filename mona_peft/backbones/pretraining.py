@@ -17,7 +17,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -136,9 +136,11 @@ def pretrain(
 
     ``output_dir`` defaults to the shipped folder :func:`backbone_path` ``(config.arch)``; ``command``
     (default: this process's ``sys.argv``) is recorded verbatim.
-    """
-    from transformers import __version__ as transformers_version
 
+    Not :func:`mona_peft.training.train`: that core fine-tunes a checkpoint with a method; this loop is the recorded
+    recipe of the shipped weights (no weight decay on norms and position tables, label smoothing, full batches for
+    one compiled shape, augmentation on tensors), which their ``training_log.json`` files reproduce.
+    """
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     output = Path(output_dir) if output_dir is not None else backbone_path(config.arch)
@@ -147,30 +149,136 @@ def pretrain(
         command = shlex.join(["python", *sys.argv])
     elif not isinstance(command, str):
         command = shlex.join(command)
-
     train_x, train_y = fashion_mnist_tensors("train", limit=config.limit, data_dir=config.data_dir)
     test_x, test_y = fashion_mnist_tensors("test", limit=config.limit, data_dir=config.data_dir)
-    model = build_backbone(config.arch, config.seed)
-    num_parameters = sum(p.numel() for p in model.parameters())
-    # Full batches only (the last partial one is dropped): one input shape, so torch.compile compiles once.
-    batch_size = min(config.batch_size, len(train_y))
-    steps_per_epoch = len(train_y) // batch_size
-    total_steps = steps_per_epoch * config.epochs
-    optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.learning_rate)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _cosine_with_warmup(total_steps, max(1, round(config.warmup_fraction * total_steps)))
+    run = _PretrainingRun.start(config, len(train_y))
+    record = _new_record(config, run, len(train_y), len(test_y), command)
+    log(
+        f"{config.arch}: {record['num_parameters']:,} parameters, {len(train_y)} train / {len(test_y)} test, "
+        f"{run.total_steps} steps"
     )
-    generator = torch.Generator().manual_seed(config.seed)
-    # On CPU, torch.compile fuses Swin's many memory-bound ops: about 6x faster steps after ~1 min of compiling.
-    train_model = torch.compile(model) if config.compile else model
+    for epoch in range(config.epochs):
+        accuracy = run.epoch(epoch, (train_x, train_y), (test_x, test_y), record, log)
+        _save(run.model, output, record)
+    # With bf16 the numbers above are what training saw; the shipped weights are float32, so measure those too.
+    if config.bf16:
+        accuracy = evaluate_accuracy(run.model, test_x, test_y, config.eval_batch_size)
+    record["final_test_accuracy_float32"] = round(accuracy, 4)
+    record["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    record["status"] = "finished"
+    _save(run.model, output, record)
+    log(f"saved to {output}; float32 test accuracy {record['final_test_accuracy_float32']:.4f}")
+    return record
 
-    record: dict = {
+
+@dataclass
+class _PretrainingRun:
+    """The model, its optimizer and schedule, and the seeded data order of one pretraining run."""
+
+    config: PretrainConfig
+    model: PreTrainedModel
+    train_model: Callable
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    generator: torch.Generator
+    batch_size: int
+    steps_per_epoch: int
+    step: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def start(cls, config: PretrainConfig, num_train: int) -> _PretrainingRun:
+        model = build_backbone(config.arch, config.seed)
+        # Full batches only (the last partial one is dropped): one input shape, so torch.compile compiles once.
+        batch_size = min(config.batch_size, num_train)
+        steps_per_epoch = num_train // batch_size
+        total_steps = steps_per_epoch * config.epochs
+        optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.learning_rate)
+        warmup = max(1, round(config.warmup_fraction * total_steps))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_with_warmup(total_steps, warmup))
+        generator = torch.Generator().manual_seed(config.seed)
+        # On CPU, torch.compile fuses Swin's many memory-bound ops: about 6x faster steps after ~1 min of compiling.
+        train_model = torch.compile(model) if config.compile else model
+        return cls(config, model, train_model, optimizer, schedule, generator, batch_size, steps_per_epoch)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.epochs
+
+    def epoch(self, epoch: int, train: tuple, test: tuple, record: dict, log: Callable) -> float:
+        """Train one epoch, measure the test accuracy, add both to ``record``; returns the accuracy."""
+        epoch_loss = self.train_epoch(*train, record, log)
+        train_seconds = time.perf_counter() - self.started
+        accuracy = evaluate_accuracy(self.model, *test, self.config.eval_batch_size, bf16=self.config.bf16)
+        elapsed = time.perf_counter() - self.started
+        record["epochs"].append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": round(epoch_loss, 4),
+                "test_accuracy": round(accuracy, 4),
+                "wall_time_s": round(elapsed, 1),
+                "train_wall_time_s": round(train_seconds, 1),
+            }
+        )
+        log(
+            f"epoch {epoch + 1}/{self.config.epochs}: train loss {epoch_loss:.4f}, test accuracy {accuracy:.4f}, "
+            f"{elapsed:.0f}s"
+        )
+        record.update(final_test_accuracy=round(accuracy, 4), wall_time_s=round(elapsed, 1))
+        return accuracy
+
+    def train_epoch(self, pixels: torch.Tensor, labels: torch.Tensor, record: dict, log: Callable) -> float:
+        """One epoch of full batches in a seeded order; logs every ``log_every`` steps; returns the mean loss."""
+        config = self.config
+        self.model.train()
+        order = torch.randperm(len(labels), generator=self.generator)
+        epoch_loss, epoch_seen, window_loss, window_seen = 0.0, 0, 0.0, 0
+        for batch in order[: self.steps_per_epoch * self.batch_size].view(self.steps_per_epoch, self.batch_size):
+            loss = self.train_step(pixels[batch], labels[batch]) * len(batch)
+            epoch_loss, epoch_seen = epoch_loss + loss, epoch_seen + len(batch)
+            window_loss, window_seen = window_loss + loss, window_seen + len(batch)
+            if self.step % config.log_every == 0 or self.step == self.total_steps:
+                elapsed = time.perf_counter() - self.started
+                record["steps"].append(
+                    {
+                        "step": self.step,
+                        "epoch": round(self.step / self.steps_per_epoch, 3),
+                        "train_loss": round(window_loss / window_seen, 4),
+                        "learning_rate": self.schedule.get_last_lr()[0],
+                        "wall_time_s": round(elapsed, 1),
+                    }
+                )
+                log(f"step {self.step}/{self.total_steps}  loss {window_loss / window_seen:.4f}  {elapsed:.0f}s")
+                window_loss, window_seen = 0.0, 0
+        return epoch_loss / epoch_seen
+
+    def train_step(self, pixels: torch.Tensor, labels: torch.Tensor) -> float:
+        config = self.config
+        if config.augment:
+            pixels = _augment(pixels, self.generator)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            logits = self.train_model(pixel_values=pixels).logits
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+        self.step += 1
+        return loss.item()
+
+
+def _new_record(config: PretrainConfig, run: _PretrainingRun, num_train: int, num_test: int, command: str) -> dict:
+    """``training_log.json`` as a run starts: what trains, on what, how, where; the curves fill in as it goes."""
+    from transformers import __version__ as transformers_version
+
+    return {
         "arch": config.arch,
-        "model_class": type(model).__name__,
-        "num_parameters": num_parameters,
+        "model_class": type(run.model).__name__,
+        "num_parameters": sum(p.numel() for p in run.model.parameters()),
         "dataset": "Fashion-MNIST (idx files from Debian's dataset-fashion-mnist)",
-        "train_examples": len(train_y),
-        "test_examples": len(test_y),
+        "train_examples": num_train,
+        "test_examples": num_test,
         "hyperparameters": asdict(config),
         "seed": config.seed,
         "command": command,
@@ -178,75 +286,11 @@ def pretrain(
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "notes": config.notes,
         "transformers": transformers_version,
-        "steps_per_epoch": steps_per_epoch,
+        "steps_per_epoch": run.steps_per_epoch,
         "epochs": [],
         "steps": [],
         "status": "running",
     }
-    log(f"{config.arch}: {num_parameters:,} parameters, {len(train_y)} train / {len(test_y)} test, {total_steps} steps")
-    start = time.perf_counter()
-    step = 0
-    for epoch in range(config.epochs):
-        model.train()
-        order = torch.randperm(len(train_y), generator=generator)
-        epoch_loss, epoch_seen, window_loss, window_seen = 0.0, 0, 0.0, 0
-        for batch in order[: steps_per_epoch * batch_size].view(steps_per_epoch, batch_size):
-            pixels, labels = train_x[batch], train_y[batch]
-            if config.augment:
-                pixels = _augment(pixels, generator)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                logits = train_model(pixel_values=pixels).logits
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            schedule.step()
-            step += 1
-            epoch_loss += loss.item() * len(batch)
-            epoch_seen += len(batch)
-            window_loss += loss.item() * len(batch)
-            window_seen += len(batch)
-            if step % config.log_every == 0 or step == total_steps:
-                elapsed = time.perf_counter() - start
-                record["steps"].append(
-                    {
-                        "step": step,
-                        "epoch": round(step / steps_per_epoch, 3),
-                        "train_loss": round(window_loss / window_seen, 4),
-                        "learning_rate": schedule.get_last_lr()[0],
-                        "wall_time_s": round(elapsed, 1),
-                    }
-                )
-                log(f"step {step}/{total_steps}  loss {window_loss / window_seen:.4f}  {elapsed:.0f}s")
-                window_loss, window_seen = 0.0, 0
-        train_seconds = time.perf_counter() - start
-        accuracy = evaluate_accuracy(model, test_x, test_y, config.eval_batch_size, bf16=config.bf16)
-        elapsed = time.perf_counter() - start
-        record["epochs"].append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": round(epoch_loss / epoch_seen, 4),
-                "test_accuracy": round(accuracy, 4),
-                "wall_time_s": round(elapsed, 1),
-                "train_wall_time_s": round(train_seconds, 1),
-            }
-        )
-        log(
-            f"epoch {epoch + 1}/{config.epochs}: train loss {epoch_loss / epoch_seen:.4f}, test accuracy "
-            f"{accuracy:.4f}, {elapsed:.0f}s"
-        )
-        record.update(final_test_accuracy=round(accuracy, 4), wall_time_s=round(elapsed, 1))
-        _save(model, output, record)
-    # With bf16 the numbers above are what training saw; the shipped weights are float32, so measure those too.
-    if config.bf16:
-        accuracy = evaluate_accuracy(model, test_x, test_y, config.eval_batch_size)
-    record["final_test_accuracy_float32"] = round(accuracy, 4)
-    record["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    record["status"] = "finished"
-    _save(model, output, record)
-    log(f"saved to {output}; float32 test accuracy {record['final_test_accuracy_float32']:.4f}")
-    return record
 
 
 def _save(model: PreTrainedModel, output: Path, record: dict) -> None:
@@ -254,6 +298,18 @@ def _save(model: PreTrainedModel, output: Path, record: dict) -> None:
     build_image_processor().save_pretrained(output)
     (output / "training_log.json").write_text(json.dumps(record, indent=2) + "\n")
     write_model_card(output)
+
+
+def _architecture_words(config: dict) -> str:
+    if config["model_type"] == "swin":
+        return (
+            f"Swin, patch {config['patch_size']}, window {config['window_size']}, embed dim {config['embed_dim']}, "
+            f"depths {config['depths']}, heads {config['num_heads']}"
+        )
+    return (
+        f"ViT, patch {config['patch_size']}, hidden {config['hidden_size']}, {config['num_hidden_layers']} "
+        f"layers, {config['num_attention_heads']} heads, MLP {config['intermediate_size']}"
+    )
 
 
 def write_model_card(folder: str | os.PathLike, notes: str | None = None) -> Path:
@@ -266,17 +322,7 @@ def write_model_card(folder: str | os.PathLike, notes: str | None = None) -> Pat
     record = json.loads((folder / "training_log.json").read_text())
     if notes is not None:
         record["notes"] = notes
-    hp = record["hyperparameters"]
-    if config["model_type"] == "swin":
-        shape = (
-            f"Swin, patch {config['patch_size']}, window {config['window_size']}, embed dim {config['embed_dim']}, "
-            f"depths {config['depths']}, heads {config['num_heads']}"
-        )
-    else:
-        shape = (
-            f"ViT, patch {config['patch_size']}, hidden {config['hidden_size']}, {config['num_hidden_layers']} "
-            f"layers, {config['num_attention_heads']} heads, MLP {config['intermediate_size']}"
-        )
+    hp, shape = record["hyperparameters"], _architecture_words(config)
     weights = folder / "model.safetensors"
     size_mb = weights.stat().st_size / 1e6 if weights.exists() else 0.0
     accuracy = record.get("final_test_accuracy_float32", record.get("final_test_accuracy"))
