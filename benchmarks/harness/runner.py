@@ -251,6 +251,8 @@ def choose_learning_rates(rows: list[dict], config: BenchmarkConfig) -> dict[str
             by_lr = {lr: {} for lr in config.lr_grid}
             for row in rows:
                 job = _job_of(row, config)
+                if kind.every_seed and job.seed not in config.seeds:
+                    continue  # a work dir may hold more seeds than this benchmark asks for
                 if (job.method, job.task) == (method, task) and job.lr in by_lr:
                     by_lr[job.lr][job.seed] = row[kind.val_key]
             choice = _choose(by_lr, config, f"{method} on {task}")
