@@ -103,33 +103,49 @@ def select_neurons(
     width)`` (at most the current width) of every site's best neurons fits; ``initial_widths`` defaults to the
     current ones.
     """
-    scores = site_scores(sites, normalize, balanced)
-    widths = {site.key: site.size for site in sites}
-    if ranking == "global":
-        order = sorted(
-            (
-                (float(value), position, index)
-                for position, site in enumerate(sites)
-                for index, value in enumerate(scores[site.key].tolist())
-            ),
-        )
-        current = size_of(sites, widths, measure)
-        removed: dict[str, set[int]] = {site.key: set() for site in sites}
-        for _, position, index in order:
-            if current <= target:
-                break
-            site = sites[position]
-            before = site.params(widths[site.key]) if measure == "params" else widths[site.key]
-            widths[site.key] -= 1
-            after = site.params(widths[site.key]) if measure == "params" else widths[site.key]
-            current -= before - after
-            removed[site.key].add(index)
-        return {
-            site.key: torch.tensor([i for i in range(site.size) if i not in removed[site.key]], dtype=torch.long)
-            for site in sites
-        }
-    if ranking != "local":
+    if ranking not in ("global", "local"):
         raise ValueError(f"ranking must be 'global' or 'local', got {ranking!r}.")
+    scores = site_scores(sites, normalize, balanced)
+    if ranking == "global":
+        return _keep_global(sites, scores, target, measure)
+    return _keep_local(sites, scores, target, measure, initial_widths)
+
+
+def _keep_global(
+    sites: list[AdapterSite], scores: dict[str, torch.Tensor], target: int, measure: Measure
+) -> dict[str, torch.Tensor]:
+    """Remove the least important neurons across all sites, one by one, until the size fits."""
+    widths = {site.key: site.size for site in sites}
+    order = sorted(
+        (float(value), position, index)
+        for position, site in enumerate(sites)
+        for index, value in enumerate(scores[site.key].tolist())
+    )
+    current = size_of(sites, widths, measure)
+    removed: dict[str, set[int]] = {site.key: set() for site in sites}
+    for _, position, index in order:
+        if current <= target:
+            break
+        site = sites[position]
+        before = site.params(widths[site.key]) if measure == "params" else widths[site.key]
+        widths[site.key] -= 1
+        after = site.params(widths[site.key]) if measure == "params" else widths[site.key]
+        current -= before - after
+        removed[site.key].add(index)
+    return {
+        site.key: torch.tensor([i for i in range(site.size) if i not in removed[site.key]], dtype=torch.long)
+        for site in sites
+    }
+
+
+def _keep_local(
+    sites: list[AdapterSite],
+    scores: dict[str, torch.Tensor],
+    target: int,
+    measure: Measure,
+    initial_widths: dict[str, int] | None,
+) -> dict[str, torch.Tensor]:
+    """Keep the same fraction of every site's initial width (its best neurons), the largest that fits."""
     initial = {site.key: (initial_widths or {}).get(site.key, site.size) for site in sites}
 
     def widths_at(fraction: float) -> dict[str, int]:
