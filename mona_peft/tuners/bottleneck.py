@@ -107,6 +107,17 @@ class BottleneckLayer(nn.Module, WrappingLayer):
         """``up(act(down(x)))`` of one adapter (subclasses add their activation, dropout and scale)."""
         raise NotImplementedError
 
+    def _add_adapters(self, result: torch.Tensor, x: torch.Tensor, adapter_names: list[str] | None) -> torch.Tensor:
+        """The wrapped module's ``result`` plus the adapters' output on ``x``: of each active adapter, or with
+        ``adapter_names`` of each sample's own (mixed batches)."""
+        if self.disable_adapters:
+            return result
+        if adapter_names is not None:
+            return result + self._routed(adapter_names, x, result)
+        for adapter in self._adapters_to_apply():
+            result = result + self._bottleneck(adapter, x).to(result.dtype)
+        return result
+
     def _routed(self, routing: list[str], x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Per-sample adapter contributions: sample ``i`` uses adapter ``routing[i]`` (zero for ``"__base__"``).
 

@@ -67,14 +67,7 @@ class AdaptFormerLayer(BottleneckLayer):
                     f"AdaptFormer at '{self.module_name}' did not see the MLP's input: the module that starts the MLP "
                     "did not run first, so the block no longer matches mona_peft.tuners.architectures (mlp_input)."
                 )
-        result = self.base_layer(*args, **kwargs)
-        if self.disable_adapters:
-            return result
-        if adapter_names is not None:
-            return result + self._routed(adapter_names, x, result)
-        for adapter in self._adapters_to_apply():
-            result = result + self._bottleneck(adapter, x).to(result.dtype)
-        return result
+        return self._add_adapters(self.base_layer(*args, **kwargs), x, adapter_names)
 
     def _remove_hooks(self) -> None:
         if self._input_hook is not None:

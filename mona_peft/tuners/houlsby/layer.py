@@ -50,10 +50,4 @@ class HoulsbyLayer(BottleneckLayer):
 
     def forward(self, x: torch.Tensor, *args: Any, adapter_names: list[str] | None = None, **kwargs: Any):
         result = self.base_layer(x, *args, **kwargs)
-        if self.disable_adapters:
-            return result
-        if adapter_names is not None:
-            return result + self._routed(adapter_names, result, result)
-        for adapter in self._adapters_to_apply():
-            result = result + self._bottleneck(adapter, result).to(result.dtype)
-        return result
+        return self._add_adapters(result, result, adapter_names)
