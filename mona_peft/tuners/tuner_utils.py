@@ -154,6 +154,17 @@ class WrappingTuner(BaseTuner):
     - ``_after_injection(model)``: wiring that needs every layer in place (default: the checkpoint input hooks
       above); hooks registered with ``_hook_once`` are removed by ``unload()``, and ``_after_unload()`` resets
       the rest of the tuner's state.
+
+    Example (every tuner is created this way, from its config; each tuner's own example shows its line):
+
+        ```py
+        >>> import mona_peft
+        >>> from peft import get_peft_model
+        >>> from transformers import ViTConfig, ViTForImageClassification
+        >>> base = ViTForImageClassification(ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        ...                                            intermediate_size=128, image_size=32, patch_size=8))
+        >>> model = get_peft_model(base, mona_peft.MonaConfig(modules_to_save=["classifier"]))
+        ```
     """
 
     display_name: str = "These"

@@ -22,14 +22,9 @@ class VPTModel(WrappingTuner):
     that wraps every transformer block in a ``VPTLayer`` (see ``mona_peft.tuners.vpt.layer`` for the two token layouts).
     VPT is not mergeable (``merge_and_unload`` raises); ``unload()`` returns the untouched base model.
 
-    Example:
+    Example (the imports and ``base`` as in the example of :class:`~mona_peft.tuners.tuner_utils.WrappingTuner`):
 
         ```py
-        >>> import mona_peft
-        >>> from peft import get_peft_model
-        >>> from transformers import ViTConfig, ViTForImageClassification
-        >>> base = ViTForImageClassification(ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-        ...                                            intermediate_size=128, image_size=32, patch_size=8))
         >>> model = get_peft_model(base, mona_peft.VPTConfig(num_prompts=5, modules_to_save=["classifier"]))
         ```
     """
