@@ -109,6 +109,20 @@ _SWIN_LAYER_NORMS = (
 )
 _DINOV2_LAYER_NORMS = ("norm1", "norm2", "layernorm")
 
+
+def _bert_style_names(self_attention: str) -> dict[str, Any]:
+    """The module names of a block that keeps BERT's: the query, key and value of ``self_attention``, the attention's
+    output projection ``attention.output.dense``, and the MLP as two sibling modules, ``intermediate`` then
+    ``output`` (its last Linear ``output.dense``)."""
+    return dict(
+        attention_projections=tuple(f"{self_attention}.{name}" for name in ("query", "key", "value")),
+        attention_output="attention.output.dense",
+        mlp_input="intermediate",
+        mlp_output="output",
+        mlp_output_projection="output.dense",
+    )
+
+
 SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
     spec.model_type: spec
     for spec in (
@@ -133,11 +147,7 @@ SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
             _SWIN_BLOCKS,
             "intermediate",
             "input_dimensions",
-            attention_projections=("attention.self.query", "attention.self.key", "attention.self.value"),
-            attention_output="attention.output.dense",
-            mlp_input="intermediate",
-            mlp_output="output",
-            mlp_output_projection="output.dense",
+            **_bert_style_names("attention.self"),
             layer_norms=_SWIN_LAYER_NORMS,
             prompt_layout=None,
         ),
@@ -152,11 +162,7 @@ SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
             _SWIN_BLOCKS,
             "layernorm_after",
             "input_dimensions",
-            attention_projections=("attention.self.query", "attention.self.key", "attention.self.value"),
-            attention_output="attention.output.dense",
-            mlp_input="intermediate",
-            mlp_output="output",
-            mlp_output_projection="output.dense",
+            **_bert_style_names("attention.self"),
             layer_norms=(*_SWIN_LAYER_NORMS, *(f"hidden_states_norms.{index}" for index in range(4))),
             prompt_layout=None,
             embedding_width=lambda c: c.embed_dim,
@@ -173,11 +179,7 @@ SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
             "layernorm_after",
             "patch_embedding",
             num_prefix_tokens=lambda c: 1,
-            attention_projections=("attention.attention.query", "attention.attention.key", "attention.attention.value"),
-            attention_output="attention.output.dense",
-            mlp_input="intermediate",
-            mlp_output="output",
-            mlp_output_projection="output.dense",
+            **_bert_style_names("attention.attention"),
         ),
         # DeiT prepends a CLS and a distillation token.
         ArchitectureSpec(
