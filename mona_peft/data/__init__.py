@@ -6,31 +6,8 @@
 Fashion-MNIST, the shipped backbones' pretraining data, is :mod:`mona_peft.backbones.fashion_mnist`.
 """
 
+from . import offline
 from .images import IMAGE_SUFFIXES, ImageDataError
-from .offline import (
-    DIGITS_NAME,
-    TASKS,
-    TEXTURE_IMAGES,
-    Task,
-    digits_dataset,
-    digits_split_indices,
-    digits_tensors,
-    load_digits_arrays,
-    load_task,
-    texture_crop_boxes,
-)
+from .offline import *  # noqa: F403  (what offline exports, as its __all__ lists)
 
-__all__ = [
-    "DIGITS_NAME",
-    "IMAGE_SUFFIXES",
-    "TASKS",
-    "TEXTURE_IMAGES",
-    "ImageDataError",
-    "Task",
-    "digits_dataset",
-    "digits_split_indices",
-    "digits_tensors",
-    "load_digits_arrays",
-    "load_task",
-    "texture_crop_boxes",
-]
+__all__ = ["IMAGE_SUFFIXES", "ImageDataError", *offline.__all__]
