@@ -1,6 +1,9 @@
 """One declaration per method: the scripts, model cards, the benchmark and MiMi read it; nothing else lists methods."""
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,6 +105,7 @@ def test_a_newly_declared_method_reaches_the_cli_the_card_the_benchmark_and_the_
             "Tiny LoRA",
             "LoRA of rank 2 on the query and value projections.",
             options={"rank": 2},
+            option_help={"rank": "LoRA's rank (alpha follows it)."},
             peft_config=lambda model, head, rank: lora.peft_config(model, head, rank=rank, alpha=rank),
             parameter_markers=(".lora_",),
         )
@@ -134,3 +138,81 @@ def test_mimi_names_the_methods_it_can_shrink():
 
     with pytest.raises(ValueError, match="MiMi shrinks the adapters of these methods: adapter, mona"):
         MiMi(build_method(build_tiny_swin(), "lora", HEAD), MiMiSchedule(rho=0.5, compression=4))
+
+
+THROWAWAY_PACKAGE = '''
+"""A method that exists only for this test: a narrow Houlsby adapter with a width option of its own."""
+
+from mona_peft.tuners.houlsby import HoulsbyConfig, HoulsbySite
+from mona_peft.tuners.registry import MethodSpec, declare_method
+
+
+class ThrowawaySite(HoulsbySite):
+    kind = "throwaway"
+
+
+declare_method(
+    MethodSpec(
+        "throwaway",
+        "Throwaway adapter",
+        "A narrow bottleneck adapter, declared from a package outside mona_peft.",
+        options={"throwaway_width": 3},
+        option_help={"throwaway_width": "Width of the throwaway adapters."},
+        peft_config=lambda model, head, throwaway_width: HoulsbyConfig(inner_dim=throwaway_width, modules_to_save=head),
+        parameter_markers=(".houlsby_",),
+        site=ThrowawaySite,
+        dense=True,
+        step_cost=5.0,
+    )
+)
+'''
+
+THROWAWAY_CHECKS = """
+import sys
+import throwaway_method  # one folder: the declaration is all a method needs
+from conftest import build_tiny_swin
+from harness.kinds import dense_methods
+from harness.runner import BenchmarkConfig, grid_jobs
+from harness.speed import SpeedConfig
+from mona_peft.mimi import MiMi, MiMiSchedule, site_kinds
+from mona_peft.training import parse_args
+from mona_peft.training.config import method_flags
+from mona_peft.tuners.methods import build_method
+import test_peft_checklist
+
+config = parse_args(["--method", "throwaway", "--throwaway_width", "5", "--mimi_target", "2x"])
+assert config.options == {"throwaway_width": 5}, config.options
+assert method_flags()["throwaway_width"].methods == ["throwaway"]
+try:
+    parse_args(["--method", "lora", "--throwaway_width", "5"])
+except SystemExit as error:
+    assert "--throwaway_width does not apply to --method lora" in str(error), error
+else:
+    raise AssertionError("--throwaway_width was accepted for lora")
+assert throwaway_method.ThrowawaySite in site_kinds()
+model = build_method(build_tiny_swin(), "throwaway", ["classifier"], throwaway_width=4)
+assert MiMi(model, MiMiSchedule(rho=0.5, compression=2)).initial_size > 0
+assert "throwaway" in dense_methods() and "throwaway" in SpeedConfig().methods
+jobs = grid_jobs(BenchmarkConfig(methods=["lora", "throwaway", "mona"], tasks=["digits"], seeds=[0], lr_grid=[1e-3]))
+assert [job.method for job in jobs] == ["throwaway", "mona", "lora"], jobs  # the slowest (step_cost) first
+assert "throwaway" in test_peft_checklist.METHODS
+print("ok")
+"""
+
+
+def test_a_method_declared_in_a_package_of_its_own_reaches_every_method_list(tmp_path):
+    """A new method is a folder plus its import: its declaration alone puts it in the CLI flags, MiMi's sites, the
+    dense benchmarks, the benchmark's cost order and the checklist's case table (in a fresh process, whose
+    registries start from the declarations)."""
+    (tmp_path / "throwaway_method").mkdir()
+    (tmp_path / "throwaway_method" / "__init__.py").write_text(THROWAWAY_PACKAGE)
+    tests = Path(__file__).resolve().parent
+    path = os.pathsep.join([str(tmp_path), str(tests), str(tests.parent / "benchmarks")])
+    result = subprocess.run(
+        [sys.executable, "-c", THROWAWAY_CHECKS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]

@@ -148,7 +148,7 @@ class RunConfig:
         spec = get_method(self.method)
         for option in sorted(set(self.options) - set(spec.options)):
             flag = next((flag for flag in method_flags().values() if flag.option == option), None)
-            accepted = ", ".join(f"--{spec.flag(name)}" for name in sorted(spec.options)) or "no options"
+            accepted = ", ".join(sorted(f"--{spec.flag(name)}" for name in spec.options)) or "no options"
             raise ValueError(
                 f"--{flag.name if flag else option} does not apply to --method {self.method} (it takes {accepted})."
             )
