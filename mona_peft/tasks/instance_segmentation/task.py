@@ -44,7 +44,7 @@ from ..object_detection.data import (
     encode_mask,
     mask_box,
 )
-from ..object_detection.task import CocoTask, detection_scores
+from ..object_detection.task import CocoTask, box_target, detection_scores
 from ..task_models import label_maps
 from .model import Mask2FormerSize, build_mask2former, save_instance_segmentation_config
 
@@ -122,15 +122,7 @@ class InstanceSegmentationTask(CocoTask):
     arguments_class = InstanceSegmentationArguments
     #: The instance-segmentation benchmark's recipe and Mona's rate there (validation mask AP 0.071 at 1e-3, 0.103 at
     #: 3e-3, 0.046 at 1e-2, seed 0, benchmarks/instance_segmentation).
-    run_defaults = {
-        "num_train_epochs": 6,
-        "per_device_train_batch_size": 16,
-        "per_device_eval_batch_size": 50,
-        "learning_rate": 3e-3,
-        "weight_decay": 0.05,
-        "max_grad_norm": 0.1,
-        "lr_scheduler_type": "cosine",
-    }
+    run_defaults = {**CocoTask.run_defaults, "learning_rate": 3e-3, "weight_decay": 0.05}
 
     def __init__(self, arguments: InstanceSegmentationArguments | None = None) -> None:
         self.arguments = arguments or InstanceSegmentationArguments()
@@ -279,15 +271,9 @@ def mask_labels(
 
 
 def _target(image_id: int, image: Image.Image, objects: dict, masks: list[np.ndarray]) -> dict:
-    """The ground truth the evaluator scores against, in the image's own pixels."""
-    return {
-        "image_id": int(image_id),
-        "size": (image.height, image.width),
-        "boxes": np.asarray(objects["bbox"], dtype=np.float64).reshape(-1, 4),
-        "labels": np.asarray(objects["category"], dtype=np.int64),
-        "iscrowd": np.asarray(objects["iscrowd"], dtype=np.int64),
-        "masks": np.stack(masks) if masks else np.zeros((0, image.height, image.width), dtype=bool),
-    }
+    """The ground truth the evaluator scores against, in the image's own pixels: :func:`box_target`'s and the masks."""
+    stacked = np.stack(masks) if masks else np.zeros((0, image.height, image.width), dtype=bool)
+    return {**box_target(image_id, image, objects), "masks": stacked}
 
 
 def instance_predictions(

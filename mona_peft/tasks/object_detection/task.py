@@ -19,8 +19,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForObjectDetec
 
 from ...sharing.model_card import CardTask, Score, normalise_metric_key
 from ...training.config import RunConfig
-from ...training.task import DENSE_METHOD_DEFAULTS, TrainingTask
-from ...tuners.architectures import head_modules
+from ..semantic_segmentation.task import DenseTask
 from ..task_models import label_maps
 from .coco import CocoEvaluator
 from .data import INSTANCE_SCENE_SIZE, load_detection_data, load_detection_task
@@ -67,29 +66,25 @@ def detection_scores(metrics: Mapping[str, float]) -> list[Score]:
     return [(key, names[key], float(found[key]), None) for key in names if key in found and float(found[key]) >= 0]
 
 
-class CocoTask(TrainingTask):
-    """What the COCO-annotated tasks share (detection and instance segmentation): the data (the offline
-    ``digit-instances`` scenes by default, ``--task``, local COCO folders with ``--train_dir``, or a Hub dataset
-    through :meth:`load_hub_data`), the heads (everything outside the backbone, found from the model), the card and
-    the files beside the adapter (the processor, and for a model built around a backbone checkpoint the config its
-    ``load_*_base`` rebuilds it from)."""
+class CocoTask(DenseTask):
+    """What the COCO-annotated tasks share (detection and instance segmentation) besides :class:`DenseTask`'s: the
+    data (the offline ``digit-instances`` scenes by default, ``--task``, local COCO folders with ``--train_dir``, or
+    a Hub dataset through :meth:`load_hub_data`)."""
 
-    method_defaults = DENSE_METHOD_DEFAULTS
-
+    default_task = "digit-instances"
     #: Every annotation of a local COCO folder must have a mask.
     require_masks: bool = False
-
-    def _shipped(self, config: RunConfig) -> bool:
-        return config.model_name_or_path == self.default_model()
-
-    def dataset_label(self, config: RunConfig) -> str:
-        if not (config.dataset_name or config.train_dir or config.task):
-            return "digit-instances"
-        return super().dataset_label(config)
+    #: The COCO benchmarks' schedule; each task adds its benchmark's learning rate and weight decay.
+    run_defaults = {
+        **DenseTask.run_defaults,
+        "per_device_eval_batch_size": 50,
+        "max_grad_norm": 0.1,
+        "lr_scheduler_type": "cosine",
+    }
 
     def load_data(self, config: RunConfig) -> tuple[DatasetDict, list[str]]:
         if config.task or not (config.dataset_name or config.train_dir):
-            return load_detection_task(config.task or "digit-instances", config.task_seed or 0)
+            return load_detection_task(config.task or self.default_task, config.task_seed or 0)
         if config.dataset_name:
             return self.load_hub_data(config)
         return load_detection_data(
@@ -103,18 +98,6 @@ class CocoTask(TrainingTask):
     def load_hub_data(self, config: RunConfig) -> tuple[DatasetDict, list[str]]:
         """``--dataset_name``'s splits, as detection rows, and the class names."""
         raise NotImplementedError
-
-    def save_base_config(self, model: nn.Module, output_dir: Path) -> None:
-        """Write the config the card's ``load_*_base`` rebuilds the base model from."""
-        raise NotImplementedError
-
-    def head_modules(self, model: nn.Module) -> list[str]:
-        return head_modules(model)
-
-    def save_extras(self, model: nn.Module, processor: Any, output_dir: Path) -> None:
-        processor.save_pretrained(output_dir)
-        if getattr(model.config, "backbone_checkpoint", None):
-            self.save_base_config(model, output_dir)
 
 
 class ObjectDetectionTask(CocoTask):
@@ -132,15 +115,7 @@ class ObjectDetectionTask(CocoTask):
     arguments_class = DetectionArguments
     #: The detection benchmark's recipe and Mona's rate there (validation box AP 0.07 at 1e-3, 0.25 at 3e-3, 0.16 at
     #: 1e-2, seed 0, benchmarks/detection).
-    run_defaults = {
-        "num_train_epochs": 6,
-        "per_device_train_batch_size": 16,
-        "per_device_eval_batch_size": 50,
-        "learning_rate": 3e-3,
-        "weight_decay": 1e-4,
-        "max_grad_norm": 0.1,
-        "lr_scheduler_type": "cosine",
-    }
+    run_defaults = {**CocoTask.run_defaults, "learning_rate": 3e-3, "weight_decay": 1e-4}
 
     def __init__(self, arguments: DetectionArguments | None = None) -> None:
         self.arguments = arguments or DetectionArguments()
@@ -186,7 +161,7 @@ class ObjectDetectionTask(CocoTask):
                 "pixel_values": list(encoded["pixel_values"]),
                 "labels": [{"class_labels": t["class_labels"], "boxes": t["boxes"]} for t in encoded["labels"]],
                 "target": [
-                    _target(image_id, image, objects)
+                    box_target(image_id, image, objects)
                     for image_id, image, objects in zip(batch["image_id"], images, batch["objects"], strict=True)
                 ],
             }
@@ -255,8 +230,9 @@ def _coco_annotations(objects: dict) -> list[dict]:
     ]
 
 
-def _target(image_id: int, image: Any, objects: dict) -> dict:
-    """The ground truth the evaluator scores against, in the image's own pixels."""
+def box_target(image_id: int, image: Any, objects: dict) -> dict:
+    """The ground truth the evaluator scores against, in the image's own pixels: the boxes, classes and crowd flags
+    of one image's ``objects``."""
     return {
         "image_id": int(image_id),
         "size": (image.height, image.width),

@@ -44,6 +44,39 @@ def segmentation_scores(metrics: Mapping[str, float]) -> list[Score]:
     return [(key, names[key], found[key], None) for key in names if key in found]
 
 
+class DenseTask(TrainingTask):
+    """What the dense tasks share (semantic segmentation, detection, instance segmentation): the dense methods'
+    defaults, an offline scene task as the default data, the heads (everything outside the backbone, found from the
+    model) and the files beside the adapter (the processor the run built, and for a model built around a backbone
+    checkpoint the config its ``load_*_base`` rebuilds it from)."""
+
+    method_defaults = DENSE_METHOD_DEFAULTS
+    #: The offline scene task the data defaults to (its name on the card).
+    default_task: str = ""
+    #: The schedule of the full offline scene tasks (``scene_tasks``), which every dense task's recipe starts from.
+    run_defaults = {"num_train_epochs": 6, "per_device_train_batch_size": 16}
+
+    def _shipped(self, config: RunConfig) -> bool:
+        return config.model_name_or_path == self.default_model()
+
+    def dataset_label(self, config: RunConfig) -> str:
+        if not (config.dataset_name or config.train_dir or config.task):
+            return self.default_task
+        return super().dataset_label(config)
+
+    def save_base_config(self, model: nn.Module, output_dir: Path) -> None:
+        """Write the config the card's ``load_*_base`` rebuilds the base model from."""
+        raise NotImplementedError
+
+    def head_modules(self, model: nn.Module) -> list[str]:
+        return head_modules(model)
+
+    def save_extras(self, model: nn.Module, processor: Any, output_dir: Path) -> None:
+        processor.save_pretrained(output_dir)
+        if getattr(model.config, "backbone_checkpoint", None):
+            self.save_base_config(model, output_dir)
+
+
 @dataclass
 class SegmentationArguments:
     """The flags only semantic segmentation has (besides :class:`~mona_peft.training.config.RunConfig`'s)."""
@@ -59,7 +92,7 @@ class SegmentationArguments:
     )
 
 
-class SemanticSegmentationTask(TrainingTask):
+class SemanticSegmentationTask(DenseTask):
     """Masks of class ids per pixel (255: not scored); mean IoU, mean accuracy, overall accuracy and per-class IoU.
 
     ``--model_name_or_path`` is either a segmentation checkpoint (UperNet, DPT: loaded with fresh heads for the
@@ -67,11 +100,11 @@ class SemanticSegmentationTask(TrainingTask):
     built. The heads are found from the model (everything outside the backbone) and train with every method.
     """
 
-    method_defaults = DENSE_METHOD_DEFAULTS
     name = "semantic_segmentation"
     pipeline_tag = "image-segmentation"
     card = CardTask("semantic_segmentation.md", "image-segmentation", "Semantic Segmentation", segmentation_scores)
     default_output_dir = "outputs/mona-digit-scenes"
+    default_task = "digit-scenes"
     arguments_class = SegmentationArguments
     # UperNet's pyramid pooling normalises 1x1 maps with BatchNorm: a last training batch of one image would fail.
     drop_last_train = True
@@ -79,8 +112,7 @@ class SemanticSegmentationTask(TrainingTask):
     # The rate: Mona's validation mIoU in the segmentation benchmark was 51.3 / 55.9 / 56.0 % at 3e-3 / 1e-2 / 3e-2
     # (benchmarks/segmentation); 1e-2 is the lower of its two level rates, where full fine-tuning still trains.
     run_defaults = {
-        "num_train_epochs": 6,
-        "per_device_train_batch_size": 16,
+        **DenseTask.run_defaults,
         "per_device_eval_batch_size": 100,
         "learning_rate": 1e-2,
         "weight_decay": 0.01,
@@ -89,14 +121,6 @@ class SemanticSegmentationTask(TrainingTask):
 
     def __init__(self, arguments: SegmentationArguments | None = None) -> None:
         self.arguments = arguments or SegmentationArguments()
-
-    def _shipped(self, config: RunConfig) -> bool:
-        return config.model_name_or_path == self.default_model()
-
-    def dataset_label(self, config: RunConfig) -> str:
-        if not (config.dataset_name or config.train_dir or config.task):
-            return "digit-scenes"
-        return super().dataset_label(config)
 
     def load_data(self, config: RunConfig) -> tuple[DatasetDict, list[str]]:
         if config.task:
@@ -139,9 +163,6 @@ class SemanticSegmentationTask(TrainingTask):
         hidden = self.arguments.decoder_hidden_size or (64 if self._shipped(config) else 512)
         return build_upernet(config.model_name_or_path, labels, hidden_size=hidden)
 
-    def head_modules(self, model: nn.Module) -> list[str]:
-        return head_modules(model)
-
     def evaluate(self, model: nn.Module, loader: DataLoader, accelerator: Accelerator, labels: list[str]) -> dict:
         """Mean IoU and the other scores of the shipped ``evaluate`` module, logits upsampled to the mask size."""
         metric = evaluate.load(METRIC_PATH, experiment_id=f"mona-{os.getpid()}-{time.time_ns()}")
@@ -159,12 +180,8 @@ class SemanticSegmentationTask(TrainingTask):
         results["per_category_iou"] = [round(float(v), 6) for v in scores["per_category_iou"]]
         return results
 
-    def save_extras(self, model: nn.Module, processor: Any, output_dir: Path) -> None:
-        """The processor (the run built it), and for an UperNet built here the config ``load_segmentation_base``
-        rebuilds the base model from."""
-        processor.save_pretrained(output_dir)
-        if getattr(model.config, "backbone_checkpoint", None):
-            save_segmentation_config(model, output_dir)
+    def save_base_config(self, model: nn.Module, output_dir: Path) -> None:
+        save_segmentation_config(model, output_dir)
 
 
 __all__ = ["SEGMENTATION_CONFIG_FILE", "SegmentationArguments", "SemanticSegmentationTask"]
