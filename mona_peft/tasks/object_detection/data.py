@@ -60,6 +60,7 @@ from ..semantic_segmentation.data import (
     _digit_pool,
     _photographs,
     compose_instances,
+    scene_task_splits,
     scene_tasks,
 )
 
@@ -174,11 +175,8 @@ def instance_scene_split(split: str, size: int, seed: int) -> Dataset:
 @lru_cache(maxsize=4)
 def load_detection_task(name: str, seed: int = 0) -> tuple[DatasetDict, list[str]]:
     """``train`` / ``validation`` / ``test`` scenes of the offline task ``name``, and the class names."""
-    if name not in DETECTION_TASKS:
-        raise ValueError(f"Unknown detection task {name!r}; available: {', '.join(DETECTION_TASKS)}.")
-    sizes = DETECTION_TASKS[name].sizes
-    splits = {split: instance_scene_split(split, sizes[split], seed) for split in ("train", "validation", "test")}
-    return DatasetDict(splits), list(DETECTION_CLASSES)
+    splits = scene_task_splits(DETECTION_TASKS, "detection", name, seed, instance_scene_split)
+    return splits, list(DETECTION_CLASSES)
 
 
 # -------------------------------------------------------------------------------------------- local COCO folders

@@ -265,14 +265,21 @@ def scene_split(split: str, size: int, seed: int) -> Dataset:
     return Dataset.from_dict({"image": images, "label": masks}, features=_features())
 
 
+def scene_task_splits(
+    tasks: dict[str, SceneTask], kind: str, name: str, seed: int, split_scenes: Callable[[str, int, int], Dataset]
+) -> DatasetDict:
+    """``train`` / ``validation`` / ``test`` of the offline ``kind`` task ``name`` (a key of ``tasks``), each made by
+    ``split_scenes(split, size, seed)``."""
+    if name not in tasks:
+        raise ValueError(f"Unknown {kind} task {name!r}; available: {', '.join(tasks)}.")
+    sizes = tasks[name].sizes
+    return DatasetDict({split: split_scenes(split, sizes[split], seed) for split in ("train", "validation", "test")})
+
+
 @lru_cache(maxsize=4)
 def load_segmentation_task(name: str, seed: int = 0) -> tuple[DatasetDict, list[str]]:
     """``train`` / ``validation`` / ``test`` scenes of the offline task ``name``, and the class names."""
-    if name not in SEGMENTATION_TASKS:
-        raise ValueError(f"Unknown segmentation task {name!r}; available: {', '.join(SEGMENTATION_TASKS)}.")
-    sizes = SEGMENTATION_TASKS[name].sizes
-    splits = {split: scene_split(split, sizes[split], seed) for split in ("train", "validation", "test")}
-    return DatasetDict(splits), list(SCENE_CLASSES)
+    return scene_task_splits(SEGMENTATION_TASKS, "segmentation", name, seed, scene_split), list(SCENE_CLASSES)
 
 
 # ------------------------------------------------------------------------------------------------- local folders
