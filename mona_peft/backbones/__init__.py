@@ -96,31 +96,29 @@ def backbone_config(arch: str) -> PretrainedConfig:
       stages at 16x16/48, 8x8/96 and 4x4/192; about 1.27M parameters.
     * ``vit``: patch 4 (8x8 tokens + CLS), hidden 128, 6 layers, 4 heads, MLP 512; about 1.21M parameters.
     """
+    # Every shipped backbone reads 32x32 RGB images and predicts the Fashion-MNIST classes.
+    shared = {"image_size": IMAGE_SIZE, "num_channels": 3, **_label_maps()}
     if arch == "swin":
         return SwinConfig(
-            image_size=IMAGE_SIZE,
             patch_size=2,
-            num_channels=3,
             embed_dim=48,
             depths=[2, 2, 2],
             num_heads=[3, 6, 12],
             window_size=4,
             mlp_ratio=4.0,
             drop_path_rate=0.1,
-            **_label_maps(),
+            **shared,
         )
     if arch == "vit":
         return ViTConfig(
-            image_size=IMAGE_SIZE,
             patch_size=4,
-            num_channels=3,
             hidden_size=128,
             num_hidden_layers=6,
             num_attention_heads=4,
             intermediate_size=512,
             hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0,
-            **_label_maps(),
+            **shared,
         )
     raise KeyError(f"unknown architecture {arch!r}; choose from {sorted(BACKBONES)}")
 
