@@ -366,9 +366,9 @@ def test_segmentation_adapter_is_pushed_and_its_cards_snippet_reloads_it_in_a_fr
     from PIL import Image
     from transformers import AutoImageProcessor, ViTImageProcessor
 
-    from mona_peft.training import main
     from mona_peft.tasks.semantic_segmentation.model import load_segmentation_base
     from mona_peft.tasks.semantic_segmentation.task import SemanticSegmentationTask
+    from mona_peft.training import main
 
     backbone = tmp_path / "backbone"
     build_tiny_model("swin", depths=[1, 1, 1], num_heads=[2, 2, 4]).save_pretrained(backbone)
@@ -421,11 +421,11 @@ def test_detection_adapters_are_pushed_and_their_cards_snippets_reload_them_in_a
     from PIL import Image
     from transformers import AutoImageProcessor
 
-    from mona_peft.training import main
     from mona_peft.tasks.instance_segmentation import load_instance_segmentation_base
     from mona_peft.tasks.instance_segmentation.task import InstanceSegmentationTask
     from mona_peft.tasks.object_detection import load_detection_base
     from mona_peft.tasks.object_detection.task import ObjectDetectionTask
+    from mona_peft.training import main
 
     task, load_base, config_file, size_flags, output = {
         "object-detection": (
