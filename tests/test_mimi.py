@@ -405,3 +405,22 @@ def test_balanced_score_ignores_the_scale_of_each_kind_of_parameter(tiny_swin):
     again = importance_scores(model, balanced=True)
     for key in balanced:
         torch.testing.assert_close(again[key], balanced[key], rtol=1e-4, atol=1e-6)
+
+
+def test_the_mimi_experiment_trains_both_arms_through_the_training_core(tmp_path):
+    """scripts/mimi_experiment.py at its smallest: MiMi's arm ends at most at the small arm's size, in as many epochs,
+    with its path recorded on validation; both arms' runs are the training core's (their output dirs hold its files)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mimi_experiment", REPO / "scripts" / "mimi_experiment.py")
+    experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiment)
+    argv = ["--tasks", "digits-fewshot", "--seeds", "0", "--methods", "adapter", "--initial_dim", "8"]
+    argv += ["--small_dim", "4", "--epochs_per_cycle", "1", "--threads", "1", "--work_dir", str(tmp_path / "work")]
+    result = experiment.main([*argv, "--output", str(tmp_path / "results.json"), "--figures", str(tmp_path / "fig")])
+    mimi, small = (next(r for r in result["rows"] if r["method"] == f"adapter_{arm}") for arm in ("mimi", "small"))
+    assert mimi["adapter_params"] <= small["adapter_params"] == small["target_adapter_params"]
+    assert mimi["epochs"] == small["epochs"] and [p["cycle"] for p in mimi["path"]] == [0, 1]
+    assert mimi["path"][0]["adapter_params"] > mimi["path"][-1]["adapter_params"] == mimi["adapter_params"]
+    assert all(0.0 <= p["val_top1"] <= 1.0 for p in mimi["path"])
+    assert len(list((tmp_path / "work").glob("*/all_results.json"))) == 2  # written by the training core
