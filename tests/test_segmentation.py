@@ -238,6 +238,14 @@ def test_script_end_to_end_and_resume_equals_an_uninterrupted_run(checkpoints, t
     assert card.eval_results[0].metric_type == "mean_iou"
     assert card.eval_results[0].metric_value == pytest.approx(results["eval_mean_iou"])
     assert "load_segmentation_base" in (full / "README.md").read_text()
+    # The task's own flags are part of the run: other ones neither replace the finished run nor resume its checkpoint.
+    with pytest.raises(SystemExit, match=r"already holds a different run \(differs in image_size\)"):
+        again = [*data, "--checkpointing_steps", "2", "--image_size", "48"]
+        main(_args(checkpoints["swin"], full, *again), task=SemanticSegmentationTask)
+    assert json.loads((full / "all_results.json").read_text())["run_id"] == results["run_id"]
+    other = [*data, "--resume_from_checkpoint", str(full / "checkpoint-2"), "--decoder_hidden_size", "32"]
+    with pytest.raises(SystemExit, match="was written by a run with other settings"):
+        main(_args(checkpoints["swin"], tmp_path / "other", *other), task=SemanticSegmentationTask)
     # dense tasks recompute Mona's inside by default; the resumed run below turns it off and must match
     assert json.loads((full / "adapter_config.json").read_text())["gradient_checkpointing"] is True
 

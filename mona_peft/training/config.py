@@ -71,6 +71,9 @@ class RunConfig:
     # The method's options as given (``{"inner_dim": 16}``); unset ones take the task's, then the method's defaults.
     # On the command line each has a flag of its own (method_flags), so this field has none.
     options: dict[str, Any] = field(default_factory=dict, metadata={"help": argparse.SUPPRESS})
+    # The task's own flags (``--image_size``, ``--detector``, ...), filled in by the run from the task
+    # (``TrainingTask.settings``): they change what trains, so they enter the run's identity like the fields above.
+    task_settings: dict[str, Any] = field(default_factory=dict, metadata={"help": argparse.SUPPRESS})
     adapter_lr_scale: float = field(
         default=2.0, metadata=_help("Adapter lr = this x --learning_rate (2 in the paper).")
     )
@@ -189,14 +192,18 @@ class RunConfig:
 
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same run (recorded in the output dir; resumption must match it)."""
-        values = {k: v for k, v in sorted(asdict(self).items()) if k not in RESUMABLE_FIELDS}
+        values = {k: v for k, v in sorted(asdict(self).items()) if k not in RESUMABLE_FIELDS | {"task_settings"}}
         resumable = get_method(self.method).resumable_options if self.method in methods() else ()
         values["options"] = {k: v for k, v in sorted(self.options.items()) if k not in resumable}
+        clashing = sorted(set(self.task_settings) & set(values))
+        if clashing:
+            raise ValueError(f"The task's settings {clashing} have the names of run settings; rename them.")
+        values.update(sorted(self.task_settings.items()))  # by their flag names, so a refusal names the flag
         return json.loads(json.dumps(values))
 
     def scalars(self) -> dict[str, int | float | str | bool]:
         """The settings a tracker (TensorBoard) can record."""
-        settings = {f.name: getattr(self, f.name) for f in fields(self)} | self.options
+        settings = {f.name: getattr(self, f.name) for f in fields(self)} | self.options | self.task_settings
         return {name: value for name, value in settings.items() if isinstance(value, (int, float, str, bool))}
 
 

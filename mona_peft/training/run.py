@@ -65,6 +65,7 @@ class FineTuningRun:
     """One run; :meth:`execute` performs the steps in order. Use :func:`train` rather than this class directly."""
 
     def __init__(self, config: RunConfig, task: TrainingTask) -> None:
+        config.task_settings = task.settings()
         config.validate()
         if config.model_name_or_path is None:
             config.model_name_or_path = task.default_model()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -95,6 +96,12 @@ class TrainingTask(ABC):
         The keyword arguments are those of :func:`mona_peft.sharing.model_card.render_model_card`.
         """
         return write_model_card(output_dir, task=self.card, **card)
+
+    def settings(self) -> dict[str, Any]:
+        """The task's own flags as given (its ``arguments_class`` instance, ``self.arguments``): what the run records
+        beside ``RunConfig`` in its identity, so a run with other task settings is a different run."""
+        arguments = getattr(self, "arguments", None)
+        return asdict(arguments) if is_dataclass(arguments) else {}
 
     def save_extras(self, model: nn.Module, processor: Any, output_dir: Path) -> None:
         """Files the saved weights need besides themselves (none unless the task says so)."""
