@@ -213,6 +213,20 @@ def test_bad_coco_annotations_are_named_with_file_and_id(breakage, tmp_path):
     assert isinstance(raised.value, ImageDataError)
 
 
+def test_two_images_with_one_id_are_named_both(tmp_path):
+    """An id given twice used to drop one image and attach its boxes to the other."""
+    folder = tmp_path / "data"
+    json_path = write_coco_folder(instance_scene_split("validation", 3, 0), list(DETECTION_CLASSES), folder)
+    coco = json.loads(json_path.read_text())
+    first, second = coco["images"][0], coco["images"][1]
+    second["id"] = first["id"]
+    json_path.write_text(json.dumps(coco))
+    with pytest.raises(AnnotationError, match=rf"image id {first['id']} is given to two images") as raised:
+        load_detection_data(folder)
+    assert str(json_path) in str(raised.value)
+    assert first["file_name"] in str(raised.value) and second["file_name"] in str(raised.value)
+
+
 def test_a_missing_mask_is_allowed_unless_required(tmp_path):
     folder = tmp_path / "data"
     json_path = write_coco_folder(instance_scene_split("validation", 2, 0), list(DETECTION_CLASSES), folder)

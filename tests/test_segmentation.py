@@ -216,6 +216,22 @@ def _args(model, out, *extra):
             r"3\.png holds class id\(s\) \[7\], outside 0..2 of id2label",
         ),
         (lambda root: [p.unlink() for p in (root / "images").iterdir()], r"images holds no images"),
+        (
+            lambda root: Image.new("RGB", (32, 32)).save(root / "images" / "0.jpg"),
+            r"images/0\.jpg and .*images/0\.png have the same stem '0'",
+        ),
+        (
+            lambda root: (root / "id2label.json").write_text('{"0": "background", "1": "cat",}'),
+            r"id2label\.json is not valid JSON .*expected a JSON object of class ids to names",
+        ),
+        (
+            lambda root: (root / "id2label.json").write_text('{"background": 0, "cat": 1}'),
+            r"id2label\.json maps 'background': 0, 'cat': 1; expected .*label2id written instead",
+        ),
+        (
+            lambda root: (root / "id2label.json").write_text('["background", "cat"]'),
+            r"id2label\.json holds a JSON list; expected a JSON object",
+        ),
     ],
 )
 def test_bad_segmentation_data_is_named(breakage, message, checkpoints, tmp_path):

@@ -245,9 +245,17 @@ def _image_entry(folder: Path, image: dict[str, Any]) -> _ImageEntry:
 
 
 def _image_entries(folder: Path, coco: dict[str, Any]) -> tuple[dict[int, _ImageEntry], dict[int, str]]:
-    """Usable images by id, and what is wrong with each unusable one."""
-    entries, broken = {}, {}
+    """Usable images by id, and what is wrong with each unusable one; an id given to two images is an error naming
+    both (one would be dropped and its boxes given to the other)."""
+    entries, broken, first = {}, {}, {}
     for image in coco["images"]:
+        image_id = image.get("id")
+        if image_id in first:
+            raise AnnotationError(
+                f"image id {image_id} is given to two images, {first[image_id]!r} and {image.get('file_name')!r}: "
+                "every image of a COCO file needs its own id."
+            )
+        first[image_id] = image.get("file_name")
         try:
             entries[image.get("id")] = _image_entry(folder, image)
         except _Invalid as problem:
@@ -343,7 +351,10 @@ def read_coco_folder(folder: str | Path, *, require_masks: bool = False) -> tupl
     path = find_annotation_file(folder)
     coco = _read_coco(path)
     category_index, names = _categories(path, coco)
-    entries, broken = _image_entries(folder, coco)
+    try:
+        entries, broken = _image_entries(folder, coco)
+    except AnnotationError as error:
+        raise AnnotationError(f"{path}: {error}") from None
     records: dict[int, list[dict[str, Any]]] = {image_id: [] for image_id in entries}
     problems, referenced = [], set()
     for annotation in coco.get("annotations", []):

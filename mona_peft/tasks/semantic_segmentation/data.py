@@ -286,7 +286,18 @@ def load_segmentation_task(name: str, seed: int = 0) -> tuple[DatasetDict, list[
 
 
 def _images_by_stem(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+    """The folder's images by file stem; two files of one stem (``0.png`` and ``0.jpg``) are an error naming both,
+    since an image and its mask are paired by stem."""
+    by_stem: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.stem in by_stem:
+                raise ImageDataError(
+                    f"{by_stem[path.stem]} and {path} have the same stem {path.stem!r}: images and masks are paired "
+                    "by stem, so each stem may name one file; rename or remove one of them."
+                )
+            by_stem[path.stem] = path
+    return by_stem
 
 
 def check_segmentation_folder(folder: str | Path, num_labels: int) -> list[tuple[Path, Path]]:
@@ -332,7 +343,18 @@ def read_id2label(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise ImageDataError(f"{path} does not exist: local segmentation data needs an id2label.json beside it.")
-    id2label = {int(k): v for k, v in json.loads(path.read_text()).items()}
+    expected = 'expected a JSON object of class ids to names, {"0": "background", "1": "cat", ...}'
+    try:
+        found = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ImageDataError(f"{path} is not valid JSON ({error}); {expected}.") from None
+    if not isinstance(found, dict):
+        raise ImageDataError(f"{path} holds a JSON {type(found).__name__}; {expected}.")
+    bad = [key for key, value in found.items() if not key.strip().isdigit() or not isinstance(value, str)]
+    if bad:
+        shown = ", ".join(f"{key!r}: {found[key]!r}" for key in bad[:3])
+        raise ImageDataError(f"{path} maps {shown}; {expected} (label2id written instead?).")
+    id2label = {int(k): v for k, v in found.items()}
     if sorted(id2label) != list(range(len(id2label))):
         raise ImageDataError(f"{path}: class ids must be 0..N-1 without gaps, got {sorted(id2label)}.")
     return [id2label[i] for i in range(len(id2label))]
