@@ -241,6 +241,23 @@ def test_bad_segmentation_data_is_named(breakage, message, checkpoints, tmp_path
         main(_args(checkpoints["swin"], tmp_path / "out", "--train_dir", str(root)), task=SemanticSegmentationTask)
 
 
+@pytest.mark.parametrize(
+    ("images", "batch", "message"),
+    [
+        (4, "1", r"--per_device_train_batch_size 1: UperNet's pyramid pooling .*BatchNorm.* use 2 or more"),
+        (1, "2", r"the training data holds 1 image: UperNet's pyramid pooling .*give it at least 2"),
+    ],
+)
+def test_a_batch_of_one_image_is_refused_before_training(images, batch, message, checkpoints, tmp_path):
+    """BatchNorm over UperNet's 1x1 pooled maps cannot train on one image: said up front, not deep in the first step."""
+    train, val = _write_folder(tmp_path / "train", images), _write_folder(tmp_path / "val", 2)
+    data = ["--train_dir", str(train), "--validation_dir", str(val), "--max_train_steps", "2"]
+    with pytest.raises(SystemExit, match=message):
+        main(_args(checkpoints["swin"], tmp_path / "out", *data, "--per_device_train_batch_size", batch),
+             task=SemanticSegmentationTask)  # fmt: skip
+    assert not (tmp_path / "out" / "checkpoint-1").exists()
+
+
 def test_script_end_to_end_and_resume_equals_an_uninterrupted_run(checkpoints, tmp_path):
     train, val = _write_folder(tmp_path / "train", 6), _write_folder(tmp_path / "val", 3)
     data = ["--train_dir", str(train), "--validation_dir", str(val), "--max_train_steps", "4", "--seed", "1"]

@@ -18,7 +18,13 @@ from accelerate import Accelerator
 from datasets import DatasetDict
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, SegformerImageProcessorPil
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForSemanticSegmentation,
+    SegformerImageProcessorPil,
+    UperNetForSemanticSegmentation,
+)
 
 from ...sharing.model_card import CardTask, Score, normalise_metric_key
 from ...training.config import RunConfig
@@ -124,8 +130,11 @@ class SemanticSegmentationTask(DenseTask):
 
     def load_data(self, config: RunConfig) -> tuple[DatasetDict, list[str]]:
         if config.task:
-            return load_segmentation_task(config.task, config.task_seed or 0)
-        return load_segmentation_data(**config.data_sources())
+            data, labels = load_segmentation_task(config.task, config.task_seed or 0)
+        else:
+            data, labels = load_segmentation_data(**config.data_sources())
+        self.train_size = len(data["train"])  # for the batch check once the model is known (load_model)
+        return data, labels
 
     def load_processor(self, config: RunConfig) -> Any:
         size = self.arguments.image_size or (SCENE_SIZE if self._shipped(config) else 512)
@@ -154,14 +163,18 @@ class SemanticSegmentationTask(DenseTask):
     def load_model(self, config: RunConfig, labels: list[str]) -> nn.Module:
         model_type = AutoConfig.from_pretrained(config.model_name_or_path).model_type
         if model_type in ("upernet", "dpt"):
-            return AutoModelForSemanticSegmentation.from_pretrained(
+            model = AutoModelForSemanticSegmentation.from_pretrained(
                 config.model_name_or_path,
                 id2label=dict(enumerate(labels)),
                 label2id={label: i for i, label in enumerate(labels)},
                 ignore_mismatched_sizes=True,
             )
+            _refuse_batches_of_one(model, config, getattr(self, "train_size", None))
+            return model
         hidden = self.arguments.decoder_hidden_size or (64 if self._shipped(config) else 512)
-        return build_upernet(config.model_name_or_path, labels, hidden_size=hidden)
+        model = build_upernet(config.model_name_or_path, labels, hidden_size=hidden)
+        _refuse_batches_of_one(model, config, getattr(self, "train_size", None))
+        return model
 
     def evaluate(self, model: nn.Module, loader: DataLoader, accelerator: Accelerator, labels: list[str]) -> dict:
         """Mean IoU and the other scores of the shipped ``evaluate`` module, logits upsampled to the mask size."""
@@ -182,6 +195,21 @@ class SemanticSegmentationTask(DenseTask):
 
     def save_base_config(self, model: nn.Module, output_dir: Path) -> None:
         save_segmentation_config(model, output_dir)
+
+
+def _refuse_batches_of_one(model: nn.Module, config: RunConfig, train_size: int | None) -> None:
+    """UperNet's pyramid pooling normalises 1x1 maps with BatchNorm, which has one value per channel to normalise in a
+    batch of one image and fails deep inside the first step: refuse such batches before training instead."""
+    if not isinstance(model, UperNetForSemanticSegmentation):
+        return
+    why = "UperNet's pyramid pooling normalises 1x1 maps with BatchNorm, which needs at least 2 images per batch"
+    if config.per_device_train_batch_size < 2:
+        raise SystemExit(f"error: --per_device_train_batch_size 1: {why}; use 2 or more.")
+    if train_size is not None and train_size < 2:
+        raise SystemExit(
+            f"error: the training data holds {train_size} image: {why}; give it at least 2 (with no --validation_dir, "
+            "--validation_fraction takes part of the training images)."
+        )
 
 
 __all__ = ["SEGMENTATION_CONFIG_FILE", "SegmentationArguments", "SemanticSegmentationTask"]
