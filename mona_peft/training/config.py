@@ -242,10 +242,10 @@ def method_flags() -> dict[str, MethodFlag]:
     return flags
 
 
-def _method_flags_dataclass() -> type:
+def _method_flags_dataclass(flags: dict[str, MethodFlag]) -> type:
     """A dataclass with one optional field per method flag, for ``HfArgumentParser``."""
     specs = []
-    for flag in method_flags().values():
+    for flag in flags.values():
         defaults = ", ".join(f"{method} {default}" for method, default in flag.defaults.items())
         help_text = f"{flag.help} Methods: {', '.join(flag.methods)} (defaults: {defaults})."
         specs.append((flag.name, Optional[flag.type], field(default=None, metadata={"help": help_text})))  # noqa: UP045
@@ -265,12 +265,13 @@ def parse_args(
     """
     from transformers import HfArgumentParser
 
+    flags = method_flags()
     parser = HfArgumentParser(
-        [RunConfig, _method_flags_dataclass()] + ([extra] if extra else []), description=description
+        [RunConfig, _method_flags_dataclass(flags)] + ([extra] if extra else []), description=description
     )
     parser.set_defaults(**(defaults or {}))
-    config, flags, *rest = parser.parse_args_into_dataclasses(args=argv)
-    flag_options = {flag.option: getattr(flags, flag.name) for flag in method_flags().values()}
+    config, given, *rest = parser.parse_args_into_dataclasses(args=argv)
+    flag_options = {flag.option: getattr(given, flag.name) for flag in flags.values()}
     config.options = {option: value for option, value in flag_options.items() if value is not None}
     try:
         config.validate()

@@ -11,7 +11,7 @@ that are not members of it. We therefore add a real ``str`` enum member at impor
 Both steps are idempotent (re-importing or reloading ``mona_peft`` is harmless) and fail loudly if a PEFT release
 ships a method of the same name or prefix, because silently shadowing it would load the wrong adapters.
 
-This module imports no method package: ``mona_peft/__init__.py`` imports them, and importing one registers it.
+This module imports no method package: ``mona_peft/tuners/__init__.py`` imports them, and importing one registers it.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Args:
 Returns:
     top_k_accuracy: float in [0, 1].
 Example:
-    >>> metric = evaluate.load("mona_peft/metrics/top_k_accuracy")
+    >>> metric = evaluate.load("mona_peft/tasks/image_classification/top_k_accuracy")
     >>> metric.compute(predictions=[[0.1, 0.9], [0.8, 0.2]], references=[1, 1], k=1)
     {'top_k_accuracy': 0.5}
 """

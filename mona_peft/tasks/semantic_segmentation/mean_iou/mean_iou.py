@@ -22,7 +22,7 @@ Returns:
     mean_iou, mean_accuracy, overall_accuracy: floats in [0, 1];
     per_category_iou, per_category_accuracy: arrays of length num_labels (NaN for classes that occur nowhere).
 Example:
-    >>> metric = evaluate.load("mona_peft/metrics/mean_iou")
+    >>> metric = evaluate.load("mona_peft/tasks/semantic_segmentation/mean_iou")
     >>> metric.compute(predictions=[[[0, 1]]], references=[[[0, 0]]], num_labels=2, ignore_index=255)["mean_iou"]
     0.25
 """
