@@ -271,6 +271,10 @@ def test_script_end_to_end_and_resume_equals_an_uninterrupted_run(checkpoints, t
     assert card.eval_results[0].metric_type == "mean_iou"
     assert card.eval_results[0].metric_value == pytest.approx(results["eval_mean_iou"])
     assert "load_segmentation_base" in (full / "README.md").read_text()
+    # The metrics come from the validation folder, and the card says so (not "Evaluated on **train**").
+    text = (full / "README.md").read_text()
+    assert f"Evaluated on the validation folder `val` of **{tmp_path.name}** (3 images)." in text
+    assert "**train**" not in text and "train" not in card.tags
     # The task's own flags are part of the run: other ones neither replace the finished run nor resume its checkpoint.
     with pytest.raises(SystemExit, match=r"already holds a different run \(differs in image_size\)"):
         again = [*data, "--checkpointing_steps", "2", "--image_size", "48"]

@@ -96,6 +96,35 @@ def test_image_folders_with_mixed_modes_train(tiny_swin, tmp_path):
     assert "eval_top1" in results and "eval_top5" not in results  # two classes: no top-5
 
 
+@pytest.mark.parametrize(
+    ("folders", "dataset", "evaluated_on"),
+    [
+        (["data/train", "data/val"], "data", "the validation folder `val` of **data** (4 images)"),
+        (["pets"], "pets", "2 images (25%) held out from the training data of **pets** (seed 42) and not trained on"),
+        ([], "sklearn-digits", "360 images (20%) held out from the training data of **sklearn-digits** (seed 42)"),
+    ],
+)
+def test_the_card_names_the_data_its_results_come_from(folders, dataset, evaluated_on, tmp_path):
+    """Never the training folder ("train") as the evaluation set: the validation folder, or the held-out share."""
+    from mona_peft.tasks.image_classification import ImageClassificationTask
+    from mona_peft.training import parse_args
+
+    rng = np.random.default_rng(0)
+    argv = []
+    for flag, split, count in zip(("--train_dir", "--validation_dir"), folders, (4, 2), strict=False):
+        for label in ("cat", "dog"):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(count):
+                image = Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8))
+                image.save(tmp_path / split / label / f"{i}.png")
+        argv += [flag, str(tmp_path / split)]
+    config = parse_args(argv)
+    task = ImageClassificationTask()
+    data, _ = task.load_data(config)
+    assert task.dataset_label(config) == dataset
+    assert task.evaluated_on(config, data).startswith(evaluated_on)
+
+
 def test_class_names_come_back_through_the_cards_snippet_and_the_pipeline(tiny_swin, tmp_path):
     rng = np.random.default_rng(0)
     for split in ("train", "val"):

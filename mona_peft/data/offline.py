@@ -31,6 +31,8 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 
+from .splits import hold_out_validation
+
 if TYPE_CHECKING:
     import torch
 
@@ -151,8 +153,7 @@ def digits_dataset(seed: int = 0, validation_fraction: float = 0.2) -> DatasetDi
     features = _features([str(d) for d in range(10)])
     images = [PILImage.fromarray(p, mode="L") for p in _digits_uint8()]
     data = Dataset.from_dict({"image": images, "label": load_digits_arrays()[1].tolist()}, features=features)
-    split = data.train_test_split(test_size=validation_fraction, seed=seed, stratify_by_column="label")
-    return DatasetDict(train=split["train"], validation=split["test"])
+    return hold_out_validation(DatasetDict(train=data), validation_fraction, seed, stratify_by_column="label")
 
 
 def digits_tensors(

@@ -68,6 +68,7 @@ def render_model_card(
     method: str,
     dataset: str,
     metrics: dict[str, float],
+    evaluated_on: str | None = None,
     hyperparameters: dict[str, object],
     trainable_params: int,
     total_params: int,
@@ -87,6 +88,8 @@ def render_model_card(
             body but left out of the ``base_model`` metadata, which the Hub only accepts as a model id.
         method: a declared ``--method`` name (``"mona"``, ...): a tag, and the card's wording from its declaration.
         dataset: dataset name or Hub id; becomes a tag, ``datasets`` (when it is a valid id) and the model-index.
+        evaluated_on: where the metrics come from (Markdown), e.g. ``"the validation folder `val` of **pets**"``;
+            default: the dataset's name.
         metrics: e.g. ``{"top1": 0.93}`` (``eval_`` prefixes understood): the task's ``CardTask.scores`` pick the
             model-index entries; every metric goes into the results table.
         hyperparameters: shown as a table, in the given order.
@@ -113,6 +116,7 @@ def render_model_card(
         "base_model": base_model,
         "base_model_is_hub_id": _is_hub_id(base_model),
         "dataset": dataset,
+        "evaluated_on": evaluated_on or f"**{dataset}**",
         "num_labels": num_labels,
         "labels_file": labels_file,
         "adapter_ref": repo_id or f"path/to/this/{'model' if whole_model else 'adapter'}",

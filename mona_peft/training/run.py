@@ -164,6 +164,7 @@ class FineTuningRun:
     def load_data(self) -> None:
         config, task = self.config, self.task
         data, self.labels = task.load_data(config)
+        self.evaluated_on = task.evaluated_on(config, data)
         self.processor = task.load_processor(config)
 
         def loader(split: str, **kwargs: Any) -> DataLoader:
@@ -456,6 +457,7 @@ class FineTuningRun:
             "base_model": config.model_name_or_path,
             "method": config.method,
             "dataset": self.task.dataset_label(config),
+            "evaluated_on": self.evaluated_on,
             "metrics": {k.removeprefix("eval_"): v for k, v in final.items() if k.startswith("eval_")},
             "hyperparameters": self.hyperparameters(final["num_processes"]),
             "trainable_params": self.trainable,

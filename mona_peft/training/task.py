@@ -20,6 +20,7 @@ from datasets import DatasetDict
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..data.splits import is_held_out
 from ..sharing.model_card import CardTask, write_model_card
 from .config import RunConfig
 
@@ -28,6 +29,16 @@ from .config import RunConfig
 #: (benchmarks/segmentation/speed_recompute.json); at 224 px on a classifier the step costs 8-14 % more, so
 #: classification keeps it off.
 DENSE_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"mona": {"gradient_checkpointing": True}}
+
+
+#: Folder names that name a split rather than a dataset (``data/train``): the card names the parent folder instead.
+SPLIT_FOLDER_NAMES = frozenset({"train", "training", "trn", "val", "valid", "validation", "test", "images"})
+
+
+def folder_dataset_name(folder: str | Path) -> str:
+    """The dataset's name for a local folder: its own, or its parent's where it is named after a split."""
+    path = Path(folder).resolve()
+    return path.parent.name if path.name.lower() in SPLIT_FOLDER_NAMES and path.parent.name else path.name
 
 
 class TrainingTask(ABC):
@@ -50,6 +61,8 @@ class TrainingTask(ABC):
     #: Drop the last, incomplete training batch (when the split holds more than one batch): for models whose training
     #: mode fails on a batch of one (BatchNorm over 1x1 maps).
     drop_last_train: bool = False
+    #: The card's name of the data when no ``--dataset_name``, ``--train_dir`` or ``--task`` is given.
+    default_dataset: str = "data"
 
     def default_model(self) -> str:
         """``--model_name_or_path`` when none is given: the shipped pretrained backbone."""
@@ -58,8 +71,28 @@ class TrainingTask(ABC):
         return str(backbone_path("swin"))
 
     def dataset_label(self, config: RunConfig) -> str:
-        """The data's name for the model card."""
-        return config.dataset_name or (Path(config.train_dir).name if config.train_dir else config.task or "data")
+        """The data's name for the model card: ``--dataset_name``, the training folder's name (its parent's where the
+        folder is named after a split, ``data/train``), ``--task``, or the offline default's."""
+        if config.dataset_name:
+            return config.dataset_name
+        if config.train_dir:
+            return folder_dataset_name(config.train_dir)
+        return config.task or self.default_dataset
+
+    def evaluated_on(self, config: RunConfig, data: DatasetDict) -> str:
+        """Where the card's results come from (Markdown): the validation folder, the share of the training data held
+        out, or the validation split of the named dataset; never the training split."""
+        dataset, validation = f"**{self.dataset_label(config)}**", data["validation"]
+        if is_held_out(validation):
+            share = len(validation) / (len(validation) + len(data["train"]))
+            return (
+                f"{len(validation):,} images ({share:.0%}) held out from the training data of {dataset} "
+                f"(seed {config.seed}) and not trained on"
+            )
+        if config.validation_dir:
+            folder = Path(config.validation_dir).name
+            return f"the validation folder `{folder}` of {dataset} ({len(validation):,} images)"
+        return f"the validation split of {dataset} ({len(validation):,} images)"
 
     @abstractmethod
     def load_data(self, config: RunConfig) -> tuple[DatasetDict, list[str]]:

@@ -10,6 +10,7 @@ import torch
 from datasets import ClassLabel, DatasetDict, load_dataset
 
 from ...data.images import IMAGE_SUFFIXES, ImageDataError
+from ...data.splits import hold_out_validation
 
 
 def check_image_folder(folder: str | Path) -> list[str]:
@@ -94,9 +95,7 @@ def load_image_classification_data(
         from ...data.offline import digits_dataset
 
         return digits_dataset(seed=seed)
-    if "validation" not in data:
-        split = data["train"].train_test_split(test_size=validation_fraction, seed=seed)
-        data = DatasetDict(train=split["train"], validation=split["test"])
+    data = hold_out_validation(data, validation_fraction, seed)
     if not isinstance(data["train"].features["label"], ClassLabel):
         raise ImageDataError("The label column must be a ClassLabel (class names), got " + str(data["train"].features))
     names = data["train"].features["label"].names

@@ -53,14 +53,10 @@ class ImageClassificationTask(TrainingTask):
     pipeline_tag = "image-classification"
     card = CardTask("image_classification.md", "image-classification", "Image Classification", accuracy_scores)
     default_output_dir = "outputs/mona-digits"
+    default_dataset = DIGITS_NAME
     # Mona's (default method) best rate on the shipped backbone since its projections train at a tenth of the
     # adapter rate (benchmarks/stability): 1e-2 reaches 0.94 on digits where 1e-3 reaches 0.69.
     run_defaults = {"learning_rate": 1e-2}
-
-    def dataset_label(self, config: RunConfig) -> str:
-        if not (config.dataset_name or config.train_dir or config.task):
-            return DIGITS_NAME
-        return super().dataset_label(config)
 
     def load_data(self, config: RunConfig) -> tuple[DatasetDict, list[str]]:
         if config.task:

@@ -34,6 +34,7 @@ from transformers import (
     Mask2FormerImageProcessorPil,
 )
 
+from ...data.splits import hold_out_validation
 from ...sharing.model_card import CardTask, Score
 from ...training.config import RunConfig
 from ..object_detection.coco import CocoEvaluator
@@ -365,11 +366,7 @@ def _load_hub_instance_data(config: RunConfig, do_reduce_labels: bool) -> tuple[
             "run_instance_segmentation.py's layout (image, annotation with semantic and instance ids, "
             "semantic_class_to_id); local COCO folders go to --train_dir."
         )
-    if "validation" not in data:
-        split = data["train"].train_test_split(test_size=config.validation_fraction, seed=config.seed)
-        data = DatasetDict(
-            train=split["train"], validation=split["test"], **({"test": data["test"]} if "test" in data else {})
-        )
+    data = hold_out_validation(data, config.validation_fraction, config.seed)
     label2id = {name: int(i) for name, i in data["train"][0]["semantic_class_to_id"].items()}
     if do_reduce_labels:
         label2id = {name: i - 1 for name, i in label2id.items() if i != 0}

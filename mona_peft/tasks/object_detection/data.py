@@ -51,6 +51,7 @@ from PIL import UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
 from ...data.images import ImageDataError
+from ...data.splits import hold_out_validation
 from ..semantic_segmentation.data import (
     BACKGROUND_BANDS,
     SCENE_DIGITS,
@@ -385,8 +386,7 @@ def load_detection_data(
     ``validation_fraction`` of the training folder. ``require_masks``: every annotation must have a non-empty mask."""
     train, names = read_coco_folder(train_dir, require_masks=require_masks)
     if validation_dir is None:
-        split = train.train_test_split(test_size=validation_fraction, seed=seed)
-        return DatasetDict(train=split["train"], validation=split["test"]), names
+        return hold_out_validation(DatasetDict(train=train), validation_fraction, seed), names
     validation, validation_names = read_coco_folder(validation_dir, require_masks=require_masks)
     if validation_names != names:
         raise AnnotationError(

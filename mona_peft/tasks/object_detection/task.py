@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForObjectDetection
 
+from ...data.splits import hold_out_validation
 from ...sharing.model_card import CardTask, Score, normalise_metric_key
 from ...training.config import RunConfig
 from ..semantic_segmentation.task import DenseTask
@@ -71,7 +72,7 @@ class CocoTask(DenseTask):
     data (the offline ``digit-instances`` scenes by default, ``--task``, local COCO folders with ``--train_dir``, or
     a Hub dataset through :meth:`load_hub_data`)."""
 
-    default_task = "digit-instances"
+    default_task = default_dataset = "digit-instances"
     #: Every annotation of a local COCO folder must have a mask.
     require_masks: bool = False
     #: The COCO benchmarks' schedule; each task adds its benchmark's learning rate and weight decay.
@@ -248,11 +249,7 @@ def _load_hub_detection_data(config: RunConfig) -> tuple[DatasetDict, list[str]]
     from datasets import load_dataset
 
     data = load_dataset(config.dataset_name, config.dataset_config_name)
-    if "validation" not in data:
-        split = data["train"].train_test_split(test_size=config.validation_fraction, seed=config.seed)
-        data = DatasetDict(
-            train=split["train"], validation=split["test"], **({"test": data["test"]} if "test" in data else {})
-        )
+    data = hold_out_validation(data, config.validation_fraction, config.seed)
     objects = data["train"].features["objects"]
     category = objects["category"] if isinstance(objects, dict) else objects.feature["category"]
     names = getattr(category, "feature", category).names

@@ -35,6 +35,7 @@ from datasets import Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 
 from ...data.images import IMAGE_SUFFIXES, ImageDataError
+from ...data.splits import hold_out_validation
 
 IGNORE_INDEX = 255
 SCENE_SIZE = 32
@@ -396,9 +397,7 @@ def load_segmentation_data(
     else:
         data, labels = load_segmentation_task("digit-scenes", seed=0)
         return DatasetDict(train=data["train"], validation=data["validation"]), labels
-    if "validation" not in data:
-        split = data["train"].train_test_split(test_size=validation_fraction, seed=seed)
-        data = DatasetDict(train=split["train"], validation=split["test"])
+    data = hold_out_validation(data, validation_fraction, seed)
     return DatasetDict(train=data["train"], validation=data["validation"]), labels
 
 

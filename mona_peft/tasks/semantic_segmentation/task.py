@@ -57,18 +57,13 @@ class DenseTask(TrainingTask):
     checkpoint the config its ``load_*_base`` rebuilds it from)."""
 
     method_defaults = DENSE_METHOD_DEFAULTS
-    #: The offline scene task the data defaults to (its name on the card).
+    #: The offline scene task the data defaults to.
     default_task: str = ""
     #: The schedule of the full offline scene tasks (``scene_tasks``), which every dense task's recipe starts from.
     run_defaults = {"num_train_epochs": 6, "per_device_train_batch_size": 16}
 
     def _shipped(self, config: RunConfig) -> bool:
         return config.model_name_or_path == self.default_model()
-
-    def dataset_label(self, config: RunConfig) -> str:
-        if not (config.dataset_name or config.train_dir or config.task):
-            return self.default_task
-        return super().dataset_label(config)
 
     def save_base_config(self, model: nn.Module, output_dir: Path) -> None:
         """Write the config the card's ``load_*_base`` rebuilds the base model from."""
@@ -110,7 +105,7 @@ class SemanticSegmentationTask(DenseTask):
     pipeline_tag = "image-segmentation"
     card = CardTask("semantic_segmentation.md", "image-segmentation", "Semantic Segmentation", segmentation_scores)
     default_output_dir = "outputs/mona-digit-scenes"
-    default_task = "digit-scenes"
+    default_task = default_dataset = "digit-scenes"
     arguments_class = SegmentationArguments
     # UperNet's pyramid pooling normalises 1x1 maps with BatchNorm: a last training batch of one image would fail.
     drop_last_train = True
