@@ -13,8 +13,10 @@ models as it needs:
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -156,6 +158,26 @@ def write_digit_coco_folders(root: Path, train: int = 6, validation: int = 3) ->
         instance_scene_split("validation", validation, seed=0), list(DETECTION_CLASSES), root / "validation"
     )
     return root / "train", root / "validation"
+
+
+def truncate_image(path: Path) -> None:
+    """Cut the image file at ``path`` to half its bytes (an interrupted copy): its header still opens."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def scramble_png_pixels(path: Path) -> None:
+    """Garble the compressed pixels of the PNG at ``path`` and mend the chunk's checksum: ``Image.verify`` (which
+    checks checksums) passes, decoding fails."""
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IDAT")
+    length = struct.unpack(">I", data[start - 4 : start])[0]
+    for i in range(start + 6, start + 4 + length):
+        data[i] ^= 0x5A
+    data[start + 4 + length : start + 8 + length] = struct.pack(
+        ">I", zlib.crc32(bytes(data[start : start + 4 + length]))
+    )
+    path.write_bytes(bytes(data))
 
 
 @pytest.fixture(scope="module")

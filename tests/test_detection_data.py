@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import truncate_image
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -171,6 +172,11 @@ def _unlink_first_image(folder: Path, coco: dict) -> None:
     (folder / image["file_name"]).unlink()
 
 
+def _truncate_first_image(folder: Path, coco: dict) -> None:
+    image = next(i for i in coco["images"] if i["id"] == _first(coco)["image_id"])
+    truncate_image(folder / image["file_name"])
+
+
 SIZE = INSTANCE_SCENE_SIZE
 BREAKAGES = {
     "box outside": (
@@ -179,6 +185,8 @@ BREAKAGES = {
     ),
     "unknown image": (lambda f, c: _first(c).update(image_id=99), r"image id 99 is not among the file's images"),
     "missing file": (_unlink_first_image, r"its file .*000001\.png does not exist"),
+    # its header opens: only decoding it (formerly inside the training loop) finds the cut
+    "truncated file": (_truncate_first_image, r"its file .*000001\.png is not a readable image \(OSError: image file"),
     "unknown category": (
         lambda f, c: _first(c).update(category_id=9),
         r"category id 9 is not among the categories \(ids \[1, 2, 3\]\)",

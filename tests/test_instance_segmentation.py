@@ -133,6 +133,14 @@ def test_the_cards_loading_path_gives_the_trained_models_masks_in_a_fresh_proces
     assert set(fresh["instances"]) == {"segmentation", "segments_info"}
 
 
+def test_do_reduce_labels_with_coco_folders_is_refused_not_ignored(detection_backbone, coco_folders, tmp_path):
+    """COCO categories have no background id to drop: the flag used to be accepted and do nothing."""
+    with pytest.raises(SystemExit, match=r"--do_reduce_labels applies to --dataset_name's semantic maps"):
+        main(_args(detection_backbone, tmp_path / "out", coco_folders, "--do_reduce_labels"),
+             task=InstanceSegmentationTask)  # fmt: skip
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
 def test_a_missing_mask_is_named_through_the_script(detection_backbone, coco_folders, tmp_path):
     broken = tmp_path / "train"
     shutil.copytree(coco_folders[0], broken)

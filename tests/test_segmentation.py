@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from conftest import build_tiny_model
+from conftest import build_tiny_model, scramble_png_pixels, truncate_image
 from huggingface_hub import ModelCard
 from peft import PeftModel
 from PIL import Image
@@ -31,8 +31,8 @@ from mona_peft.tasks.semantic_segmentation.model import (
     build_upernet,
     save_segmentation_config,
 )
-from mona_peft.tasks.semantic_segmentation.task import SemanticSegmentationTask
-from mona_peft.training import main
+from mona_peft.tasks.semantic_segmentation.task import SegmentationArguments, SemanticSegmentationTask
+from mona_peft.training import main, parse_args
 from mona_peft.tuners.architectures import head_modules
 from mona_peft.tuners.methods import build_method
 from mona_peft.tuners.registry import methods
@@ -213,12 +213,21 @@ def _args(model, out, *extra):
         ),
         (
             lambda root: Image.fromarray(np.full((32, 32), 7, np.uint8), mode="L").save(root / "masks" / "3.png"),
-            r"3\.png holds class id\(s\) \[7\], outside 0..2 of id2label",
+            r"3\.png holds class id\(s\) \[7\], outside 0..2 of id2label's 3 classes \(255 is not scored\)",
         ),
         (lambda root: [p.unlink() for p in (root / "images").iterdir()], r"images holds no images"),
         (
             lambda root: Image.new("RGB", (32, 32)).save(root / "images" / "0.jpg"),
             r"images/0\.jpg and .*images/0\.png have the same stem '0'",
+        ),
+        # Opening reads the header only: the cut or garbled pixels used to fail inside the training loop, unnamed.
+        (
+            lambda root: truncate_image(root / "images" / "2.png"),
+            r"images/2\.png is not a readable image \(OSError: image file is truncated",
+        ),
+        (
+            lambda root: scramble_png_pixels(root / "images" / "1.png"),
+            r"images/1\.png is not a readable image \(OSError",
         ),
         (
             lambda root: (root / "id2label.json").write_text('{"0": "background", "1": "cat",}'),
@@ -256,6 +265,33 @@ def test_a_batch_of_one_image_is_refused_before_training(images, batch, message,
         main(_args(checkpoints["swin"], tmp_path / "out", *data, "--per_device_train_batch_size", batch),
              task=SemanticSegmentationTask)  # fmt: skip
     assert not (tmp_path / "out" / "checkpoint-1").exists()
+
+
+def test_do_reduce_labels_leaves_0_unscored_on_folders_and_the_offline_scenes(checkpoints, tmp_path):
+    """Masks of 1..N with 0 unscored, as --help says: the check reads them so, and the processor gets a writable mask
+    to rewrite (it used to fail on every run with "assignment destination is read-only")."""
+    train, val = _write_folder(tmp_path / "train"), _write_folder(tmp_path / "val", 2)  # mask values 0..2
+    (tmp_path / "train" / "id2label.json").write_text(json.dumps({"0": "a", "1": "b"}))
+    # one step after one warm-up step: the polynomial schedule used to divide by zero there
+    data = ["--train_dir", str(train), "--validation_dir", str(val), "--max_train_steps", "1"]
+    with pytest.raises(ImageDataError, match=r"holds class id\(s\) \[2\], outside 0..1 of id2label's 2 classes"):
+        main(_args(checkpoints["swin"], tmp_path / "plain", *data), task=SemanticSegmentationTask)
+    out = tmp_path / "reduced"
+    results = main(_args(checkpoints["swin"], out, *data, "--do_reduce_labels"), task=SemanticSegmentationTask)
+    assert len(results["eval_per_category_iou"]) == 2
+    assert json.loads((out / "run_args.json").read_text())["do_reduce_labels"] is True
+    Image.fromarray(np.full((32, 32), 3, np.uint8), mode="L").save(val / "masks" / "1.png")
+    with pytest.raises(ImageDataError, match=r"outside 1..2 of id2label's 2 classes \(255 and 0 are not scored"):
+        main(_args(checkpoints["swin"], tmp_path / "bad", *data, "--do_reduce_labels"), task=SemanticSegmentationTask)
+    # The offline scenes: their background becomes "not scored", the digits the classes.
+    task = SemanticSegmentationTask(SegmentationArguments(do_reduce_labels=True))
+    config = parse_args(["--model_name_or_path", task.default_model()], defaults=SemanticSegmentationTask.run_defaults)
+    scenes, labels = task.load_data(config)
+    assert labels == list(SCENE_CLASSES[1:])
+    batch = task.transform(task.load_processor(config), train=False)(scenes["validation"][:2])
+    mask = np.array(scenes["validation"][0]["label"])
+    expected = np.where(mask == 0, 255, mask.astype(np.int64) - 1)
+    np.testing.assert_array_equal(batch["labels"][0].numpy(), expected)
 
 
 def test_script_end_to_end_and_resume_equals_an_uninterrupted_run(checkpoints, tmp_path):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
+from conftest import scramble_png_pixels
 from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
@@ -164,8 +165,12 @@ def test_corrupt_image_is_reported_by_name(tiny_swin, tmp_path):
     (tmp_path / "data" / "a").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(tmp_path / "data" / "a" / "good.png")
     (tmp_path / "data" / "a" / "broken.jpg").write_bytes(b"not really a jpeg")
-    with pytest.raises(ImageDataError, match=r"(?s)Unreadable image.*broken\.jpg \(UnidentifiedImageError"):
+    # verify() passes on these pixels (their checksum is right); only decoding them finds the damage
+    Image.new("RGB", (8, 8)).save(tmp_path / "data" / "a" / "garbled.png")
+    scramble_png_pixels(tmp_path / "data" / "a" / "garbled.png")
+    with pytest.raises(ImageDataError, match=r"(?s)Unreadable image.*broken\.jpg is not a readable image") as raised:
         main(_args(tiny_swin, tmp_path / "out", "--train_dir", str(tmp_path / "data")))
+    assert "garbled.png is not a readable image (OSError" in str(raised.value)
 
 
 def test_unknown_method_lists_the_available_ones(tiny_swin, tmp_path):

@@ -250,10 +250,15 @@ class FineTuningRun:
         self.steps_per_epoch = math.ceil(batches / accelerator.num_processes / config.gradient_accumulation_steps)
         self.max_steps = config.max_train_steps or config.num_train_epochs * self.steps_per_epoch
         self.epochs = math.ceil(self.max_steps / self.steps_per_epoch)
+        warmup = config.num_warmup_steps
+        if config.lr_scheduler_type == "polynomial":
+            # transformers' polynomial decay divides by the steps after warm-up: a warm-up of every step (the
+            # default 10 with --max_train_steps 10) failed at the last step with a ZeroDivisionError
+            warmup = min(warmup, self.max_steps - 1)
         self.scheduler = get_scheduler(
             config.lr_scheduler_type,
             self.optimizer,
-            num_warmup_steps=config.num_warmup_steps * accelerator.num_processes,
+            num_warmup_steps=warmup * accelerator.num_processes,
             num_training_steps=self.max_steps * accelerator.num_processes,
         )
         loaders = self.loaders

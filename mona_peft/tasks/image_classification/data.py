@@ -9,15 +9,12 @@ from typing import Any
 import torch
 from datasets import ClassLabel, DatasetDict, load_dataset
 
-from ...data.images import IMAGE_SUFFIXES, ImageDataError
+from ...data.images import IMAGE_SUFFIXES, ImageDataError, decode_image
 from ...data.splits import hold_out_validation
 
 
 def check_image_folder(folder: str | Path) -> list[str]:
     """Validate ``folder/<class>/<images>`` and return the class names; name every unreadable image."""
-    from PIL import Image as PILImage
-    from PIL import UnidentifiedImageError
-
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageDataError(f"Image folder {folder} does not exist.")
@@ -32,10 +29,9 @@ def check_image_folder(folder: str | Path) -> list[str]:
             continue
         count += 1
         try:
-            with PILImage.open(path) as image:
-                image.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            corrupt.append(f"{path} ({type(error).__name__}: {error})")
+            decode_image(path)
+        except ImageDataError as error:
+            corrupt.append(str(error))
     if corrupt:
         raise ImageDataError("Unreadable image file(s):\n  " + "\n  ".join(corrupt))
     if count == 0:

@@ -132,6 +132,15 @@ class InstanceSegmentationTask(CocoTask):
     def _is_segmenter_checkpoint(self, config: RunConfig) -> bool:
         return AutoConfig.from_pretrained(config.model_name_or_path).model_type in SEGMENTER_TYPES
 
+    def load_data(self, config: RunConfig) -> tuple[DatasetDict, list[str]]:
+        if self.arguments.do_reduce_labels and not config.dataset_name:
+            raise SystemExit(
+                "error: --do_reduce_labels applies to --dataset_name's semantic maps, whose id 0 is background; COCO "
+                "annotations (--train_dir, --task, the offline default) give each instance its category and have no "
+                "background id to drop: leave the flag out."
+            )
+        return super().load_data(config)
+
     def load_hub_data(self, config: RunConfig) -> tuple[DatasetDict, list[str]]:
         return _load_hub_instance_data(config, self.arguments.do_reduce_labels)
 

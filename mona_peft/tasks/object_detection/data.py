@@ -47,10 +47,9 @@ from typing import Any
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, Image, Sequence, Value
 from PIL import Image as PILImage
-from PIL import UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
-from ...data.images import ImageDataError
+from ...data.images import ImageDataError, decode_image
 from ...data.splits import hold_out_validation
 from ..semantic_segmentation.data import (
     BACKGROUND_BANDS,
@@ -235,10 +234,9 @@ def _image_entry(folder: Path, image: dict[str, Any]) -> _ImageEntry:
     if not path.is_file():
         raise _Invalid(f"its file {path} does not exist")
     try:
-        with PILImage.open(path) as opened:
-            width, height = opened.size
-    except (UnidentifiedImageError, OSError) as error:
-        raise _Invalid(f"its file {path} is not a readable image ({error})") from error
+        width, height = decode_image(path).size
+    except ImageDataError as error:
+        raise _Invalid(f"its file {error}") from None
     stated = (image.get("width", width), image.get("height", height))
     if stated != (width, height):
         raise _Invalid(f"{path} is {width}x{height} (width x height), the JSON says {stated[0]}x{stated[1]}")

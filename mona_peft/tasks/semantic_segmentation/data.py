@@ -34,7 +34,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 
-from ...data.images import IMAGE_SUFFIXES, ImageDataError
+from ...data.images import IMAGE_SUFFIXES, ImageDataError, decode_image
 from ...data.splits import hold_out_validation
 
 IGNORE_INDEX = 255
@@ -301,12 +301,16 @@ def _images_by_stem(folder: Path) -> dict[str, Path]:
     return by_stem
 
 
-def check_segmentation_folder(folder: str | Path, num_labels: int) -> list[tuple[Path, Path]]:
+def check_segmentation_folder(
+    folder: str | Path, num_labels: int, reduce_labels: bool = False
+) -> list[tuple[Path, Path]]:
     """``(image, mask)`` pairs of ``folder/images`` and ``folder/masks`` (same stems), each checked.
 
-    Every problem is named: a missing folder, an empty one, an image without a mask (or a mask without an image), a
+    Every problem is named: a missing folder, an empty one, an image without a mask (or a mask without an image), an
+    image or mask that does not decode (read whole, so a truncated file is named here rather than mid-training), a
     mask whose size differs from its image's (both sizes), a mask with more than one channel, a class id outside
-    ``0..num_labels-1`` other than 255 (the file and the id).
+    ``0..num_labels-1`` other than 255 (the file and the id). With ``reduce_labels`` (``--do_reduce_labels``) the
+    masks hold ``1..num_labels`` for the classes and 0 for "not scored".
     """
     folder = Path(folder)
     images_dir, masks_dir = folder / "images", folder / "masks"
@@ -320,20 +324,29 @@ def check_segmentation_folder(folder: str | Path, num_labels: int) -> list[tuple
     unmatched += [f"{masks[s]} has no image in {images_dir}" for s in sorted(set(masks) - set(images))]
     if unmatched:
         raise ImageDataError("Images and masks must pair up by file stem:\n  " + "\n  ".join(unmatched))
+    low, high = (1, num_labels) if reduce_labels else (0, num_labels - 1)
+    unscored = "255 and 0 are not scored (--do_reduce_labels)" if reduce_labels else "255 is not scored"
     problems = []
     for stem in sorted(images):
-        with PILImage.open(images[stem]) as image, PILImage.open(masks[stem]) as mask:
-            if image.size != mask.size:
-                mask_size, image_size = "x".join(map(str, mask.size)), "x".join(map(str, image.size))
-                problems.append(f"{masks[stem]} is {mask_size} (width x height), its image {image_size}")
-                continue
-            if mask.mode not in ("L", "P", "I", "I;16", "1"):
-                problems.append(f"{masks[stem]} has mode {mask.mode}; masks are single-channel images of class ids")
-                continue
-            ids = np.unique(np.asarray(mask))
-        outside = [int(i) for i in ids if i >= num_labels and i != IGNORE_INDEX]
+        try:
+            image, mask = decode_image(images[stem]), decode_image(masks[stem])
+        except ImageDataError as error:
+            problems.append(str(error))
+            continue
+        if image.size != mask.size:
+            mask_size, image_size = "x".join(map(str, mask.size)), "x".join(map(str, image.size))
+            problems.append(f"{masks[stem]} is {mask_size} (width x height), its image {image_size}")
+            continue
+        if mask.mode not in ("L", "P", "I", "I;16", "1"):
+            problems.append(f"{masks[stem]} has mode {mask.mode}; masks are single-channel images of class ids")
+            continue
+        ids = np.unique(np.asarray(mask))
+        outside = [int(i) for i in ids if i > high and i != IGNORE_INDEX]
         if outside:
-            problems.append(f"{masks[stem]} holds class id(s) {outside}, outside 0..{num_labels - 1} of id2label")
+            problems.append(
+                f"{masks[stem]} holds class id(s) {outside}, outside {low}..{high} of id2label's {num_labels} "
+                f"classes ({unscored})"
+            )
     if problems:
         raise ImageDataError("Unusable segmentation masks:\n  " + "\n  ".join(problems))
     return [(images[stem], masks[stem]) for stem in sorted(images)]
@@ -374,10 +387,15 @@ def load_segmentation_data(
     validation_dir: str | None = None,
     validation_fraction: float = 0.15,
     seed: int = 0,
+    reduce_labels: bool = False,
 ) -> tuple[DatasetDict, list[str]]:
     """Splits and class names from a Hub dataset (``image`` and ``label``/``annotation`` columns, with an
     ``id2label.json`` in its repository), from local folders (``<dir>/images``, ``<dir>/masks``, and an
-    ``id2label.json`` in ``<dir>`` or its parent), or, with neither, the offline ``digit-scenes`` task."""
+    ``id2label.json`` in ``<dir>`` or its parent), or, with neither, the offline ``digit-scenes`` task.
+
+    ``reduce_labels`` (``--do_reduce_labels``, ADE20K's layout): the masks hold 0 for "not scored" and ``1..N`` for
+    the classes, which ``id2label.json`` names from id 0 (mask value 1); the offline scenes' class 0 (background)
+    becomes "not scored" and leaves the class names."""
     if dataset_name is not None:
         from datasets import load_dataset
         from huggingface_hub import hf_hub_download
@@ -389,16 +407,23 @@ def load_segmentation_data(
     elif train_dir is not None:
         candidates = [Path(train_dir) / "id2label.json", Path(train_dir).parent / "id2label.json"]
         labels = read_id2label(next((c for c in candidates if c.is_file()), candidates[0]))
-        data = DatasetDict(train=_folder_dataset(check_segmentation_folder(train_dir, len(labels))))
+        data = DatasetDict(train=_folder_dataset(check_segmentation_folder(train_dir, len(labels), reduce_labels)))
         if validation_dir is not None:
-            data["validation"] = _folder_dataset(check_segmentation_folder(validation_dir, len(labels)))
+            folder = check_segmentation_folder(validation_dir, len(labels), reduce_labels)
+            data["validation"] = _folder_dataset(folder)
     elif validation_dir is not None:
         raise ImageDataError("--validation_dir needs --train_dir.")
     else:
         data, labels = load_segmentation_task("digit-scenes", seed=0)
-        return DatasetDict(train=data["train"], validation=data["validation"]), labels
+        return DatasetDict(train=data["train"], validation=data["validation"]), scene_labels(labels, reduce_labels)
     data = hold_out_validation(data, validation_fraction, seed)
     return DatasetDict(train=data["train"], validation=data["validation"]), labels
+
+
+def scene_labels(labels: list[str], reduce_labels: bool) -> list[str]:
+    """The offline scenes' class names; with ``reduce_labels`` their class 0 (background) is not scored, so not a
+    class."""
+    return labels[1:] if reduce_labels else labels
 
 
 def segmentation_transform(processor) -> Callable[[dict], dict]:
@@ -410,7 +435,7 @@ def segmentation_transform(processor) -> Callable[[dict], dict]:
 
     def transform(batch: dict) -> dict:
         images = [image.convert("RGB") for image in batch["image"]]
-        masks = [np.asarray(mask) for mask in batch["label"]]
+        masks = [np.array(mask) for mask in batch["label"]]  # writable: --do_reduce_labels rewrites them in place
         encoded = processor(images, segmentation_maps=masks, return_tensors="pt")
         return {"pixel_values": encoded["pixel_values"], "labels": encoded["labels"]}
 

@@ -35,6 +35,7 @@ from .data import (
     SCENE_SIZE,
     load_segmentation_data,
     load_segmentation_task,
+    scene_labels,
     segmentation_transform,
 )
 from .model import SEGMENTATION_CONFIG_FILE, build_upernet, save_segmentation_config
@@ -83,7 +84,11 @@ class SegmentationArguments:
     """The flags only semantic segmentation has (besides :class:`~mona_peft.training.config.RunConfig`'s)."""
 
     do_reduce_labels: bool = field(
-        default=False, metadata={"help": "Masks use 0 for 'not scored' and 1..N for the classes (ADE20K)."}
+        default=False,
+        metadata={
+            "help": "Masks use 0 for 'not scored' and 1..N for the classes, which id2label.json names from id 0 "
+            "(ADE20K); the offline scenes' background is then not scored."
+        },
     )
     image_size: int | None = field(
         default=None, metadata={"help": "Training and evaluation resolution (default 512; 32 for the offline task)."}
@@ -124,10 +129,12 @@ class SemanticSegmentationTask(DenseTask):
         self.arguments = arguments or SegmentationArguments()
 
     def load_data(self, config: RunConfig) -> tuple[DatasetDict, list[str]]:
+        reduce_labels = self.arguments.do_reduce_labels
         if config.task:
             data, labels = load_segmentation_task(config.task, config.task_seed or 0)
+            labels = scene_labels(labels, reduce_labels)
         else:
-            data, labels = load_segmentation_data(**config.data_sources())
+            data, labels = load_segmentation_data(**config.data_sources(), reduce_labels=reduce_labels)
         self.train_size = len(data["train"])  # for the batch check once the model is known (load_model)
         return data, labels
 
