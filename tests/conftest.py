@@ -54,6 +54,13 @@ TINY_VIT_CONFIG = dict(
     num_labels=3,
 )
 
+#: The vision tower of a composite config (CLIP, SigLIP): their classifiers take the text config too, as a stub.
+TINY_TOWER_CONFIG = dict(
+    vision_config={key: value for key, value in TINY_VIT_CONFIG.items() if key != "num_labels"},
+    text_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32),
+    num_labels=3,
+)
+
 #: Registered architectures with no image classifier in transformers: DPT's ViT (tested inside
 #: ``DPTForSemanticSegmentation`` by tests/test_segmentation.py) and MaskFormer's Swin (tested inside
 #: ``MaskFormerForInstanceSegmentation`` by tests/test_detection_models.py).
@@ -72,6 +79,8 @@ TINY_MODELS: dict[str, tuple[type, type, dict[str, Any]]] = {
         tf.Dinov2WithRegistersForImageClassification,
         {**TINY_VIT_CONFIG, "num_register_tokens": 2},
     ),
+    "clip_vision_model": (tf.CLIPConfig, tf.CLIPForImageClassification, TINY_TOWER_CONFIG),
+    "siglip_vision_model": (tf.SiglipConfig, tf.SiglipForImageClassification, TINY_TOWER_CONFIG),
 }
 #: Transformer blocks of each tiny model.
 TINY_NUM_BLOCKS = {model_type: 4 if model_type.startswith("swin") else 2 for model_type in TINY_MODELS}
@@ -89,8 +98,12 @@ def build_tiny_model(model_type: str, seed: int = 0, model_class: type | None = 
             f"(known: {', '.join(sorted(TINY_MODELS))})."
         )
     config_class, default_class, kwargs = TINY_MODELS[model_type]
+    if "vision_config" in kwargs:  # the overrides are the tower's
+        kwargs = {**kwargs, "vision_config": {**kwargs["vision_config"], **overrides}}
+    else:
+        kwargs = {**kwargs, **overrides}
     torch.manual_seed(seed)
-    return (model_class or default_class)(config_class(**{**kwargs, **overrides})).eval()
+    return (model_class or default_class)(config_class(**kwargs)).eval()
 
 
 def build_tiny_swin(seed: int = 0, **overrides: Any) -> tf.SwinForImageClassification:

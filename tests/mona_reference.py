@@ -67,7 +67,7 @@ def reference_monas(layer, adapter: str = "default", num_prefix: int = 0, prefix
     for site in ("attn", "mlp"):
         pieces = [getattr(layer, f"mona_{site}_{piece}")[adapter] for piece in ("norm", "down", "filter", "up")]
         reference = ReferenceMona(pieces[0].weight.shape[0], pieces[1].out_features, num_prefix, prefix_mode)
-        monas.append(reference.load_from(*pieces).eval())
+        monas.append(reference.to(pieces[1].weight.dtype).load_from(*pieces).eval())  # float64 stays float64
     return monas
 
 
@@ -96,4 +96,14 @@ def reference_vit_block(block, hidden, hw, mona_attn, mona_mlp) -> torch.Tensor:
     x = post_attention_stream(block, "layernorm_after", hidden)
     x = mona_attn(x, hw)
     x = x + block.dropout(block.mlp(block.layernorm_after(x)))
+    return mona_mlp(x, hw)
+
+
+def reference_pre_norm_block(block, hidden, hw, mona_attn, mona_mlp, norm: str, mlp, *args) -> torch.Tensor:
+    """A pre-norm block of any family with the two Monas: the plain block up to its attention residual add (the
+    input of its second norm ``norm``), then ``mona_attn``, the MLP branch ``mlp(block, x)`` added, and ``mona_mlp``.
+    ``args`` follow ``hidden`` in the block's call."""
+    x = post_attention_stream(block, norm, hidden, *args)
+    x = mona_attn(x, hw)
+    x = x + mlp(block, x)
     return mona_mlp(x, hw)

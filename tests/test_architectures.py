@@ -14,7 +14,10 @@ OVERRIDES = {
     "deit": dict(model_class=tf.DeiTForImageClassificationWithTeacher),
     "dinov2_with_registers": dict(num_register_tokens=4),
 }
-PREFIX_TOKENS = {"swin": 0, "swinv2": 0, "vit": 1, "deit": 2, "dinov2": 1, "dinov2_with_registers": 5}
+PREFIX_TOKENS = {
+    "swin": 0, "swinv2": 0, "vit": 1, "deit": 2, "dinov2": 1, "dinov2_with_registers": 5, "clip_vision_model": 1,
+    "siglip_vision_model": 0,
+}  # fmt: skip
 
 
 def _build(model_type: str):
@@ -59,7 +62,9 @@ def test_identity_init_starts_as_the_base_model(model_type):
         torch.testing.assert_close(model(pixel_values=x).logits, plain, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("model_type", ["vit", "deit", "dinov2", "dinov2_with_registers"])
+@pytest.mark.parametrize(
+    "model_type", ["vit", "deit", "dinov2", "dinov2_with_registers", "clip_vision_model", "siglip_vision_model"]
+)
 def test_non_square_inputs_use_the_real_grid(model_type):
     _, model = _adapt(model_type)
     layer = next(m for m in model.modules() if isinstance(m, MonaLayer))

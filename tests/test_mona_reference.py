@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from mona_reference import reference_monas, reference_swin_block, reference_vit_block
+from conftest import build_tiny_model
+from mona_reference import reference_monas, reference_pre_norm_block, reference_swin_block, reference_vit_block
 from peft import get_peft_model
 from transformers import SwinConfig, SwinModel, ViTConfig, ViTModel
 
@@ -65,3 +66,32 @@ def test_vit_block_matches_reference(prefix_mode):
     with torch.no_grad():
         base_cls = layer.base_layer(hidden)[:, 0]
     assert torch.allclose(actual[:, 0], base_cls, atol=1e-6) == (prefix_mode == "skip")
+
+
+#: Per architecture: prefix tokens, the second norm of a block, its MLP branch (what the block adds to the stream after
+#: the attention residual add) and the arguments after the hidden states in its call.
+TOWERS = {
+    "clip_vision_model": (1, "layer_norm2", lambda block, x: block.mlp(block.layer_norm2(x)), (None,)),
+    "siglip_vision_model": (0, "layer_norm2", lambda block, x: block.mlp(block.layer_norm2(x)), (None,)),
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(TOWERS))
+def test_block_matches_reference_in_float64(model_type):
+    """The unmodified transformers block plus the reference Mona at the paper's two places, in float64: round-off."""
+    num_prefix, norm, mlp, args = TOWERS[model_type]
+    model = get_peft_model(build_tiny_model(model_type, num_hidden_layers=1), mona_peft.MonaConfig()).double().eval()
+    (layer,) = [m for m in model.modules() if isinstance(m, MonaLayer)]
+    for name, p in layer.named_parameters():
+        if "mona_" in name:
+            p.data.normal_(0, 0.2)
+    hw = (3, 5)  # non-square
+    layer.token_grid.size = hw
+    hidden = torch.randn(2, num_prefix + 15, layer.channels, dtype=torch.float64)
+    mona_attn, mona_mlp = reference_monas(layer, num_prefix=num_prefix)
+    with torch.no_grad():
+        expected = reference_pre_norm_block(layer.base_layer, hidden, hw, mona_attn, mona_mlp, norm, mlp, *args)
+        actual = layer(hidden, *args)
+    _close(actual, expected, rtol=1e-12)
+    plain = layer.base_layer(hidden, *args)
+    assert (actual - plain).abs().max() > 1e-3  # Mona changed the block

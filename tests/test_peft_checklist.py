@@ -147,11 +147,12 @@ EXCLUDED: dict[tuple[str, str, str], str] = {
         for behaviour in BEHAVIOURS
     },
     **{("lora", arch, "gradient_checkpointing_reentrant"): _PEFT_INPUT_GRADS for arch in ARCHITECTURES},
-    # LN tuning on Swin also tunes the patch embedding's norm, whose output then requires grad: that case passes.
+    # LN tuning also tunes a norm before the first block where there is one (Swin's patch embedding norm, CLIP's
+    # pre_layrnorm), whose output then requires grad: those cases pass.
     **{
         ("ln_tuning", arch, "gradient_checkpointing_reentrant"): _PEFT_INPUT_GRADS
         for arch in ARCHITECTURES
-        if not arch.startswith("swin")
+        if arch not in ("swin", "swinv2", "clip_vision_model")
     },
     ("lora", "swin", "mixed_batch"): _LORA_SWIN_ROUTING,
     ("lora", "swinv2", "mixed_batch"): _LORA_SWIN_ROUTING,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from conftest import scramble_png_pixels
+from conftest import build_tiny_model, scramble_png_pixels
 from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
@@ -126,7 +126,10 @@ def test_the_card_names_the_data_its_results_come_from(folders, dataset, evaluat
     assert task.evaluated_on(config, data).startswith(evaluated_on)
 
 
-def test_class_names_come_back_through_the_cards_snippet_and_the_pipeline(tiny_swin, tmp_path):
+@pytest.mark.parametrize("backbone", ["swin", "clip_vision_model", "siglip_vision_model"])
+def test_class_names_come_back_through_the_cards_snippet_and_the_pipeline(backbone, tiny_swin, tmp_path):
+    """The script trains each family's classifier; its card's snippet reloads it in a fresh process."""
+    model = tiny_swin if backbone == "swin" else _save_with_processor(build_tiny_model(backbone), tmp_path / backbone)
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
         for label in ("cat", "dog"):
@@ -137,7 +140,7 @@ def test_class_names_come_back_through_the_cards_snippet_and_the_pipeline(tiny_s
                 )
     out = tmp_path / "out"
     folders = ["--train_dir", str(tmp_path / "train"), "--validation_dir", str(tmp_path / "val")]
-    main(_args(tiny_swin, out, *folders, "--max_train_steps", "1"))
+    main(_args(model, out, *folders, "--max_train_steps", "1"))
     assert json.loads((out / "labels.json").read_text()) == {"id2label": {"0": "cat", "1": "dog"}}
     # Run the card's own loading snippet, as a user would, in a fresh process.
     card = (out / "README.md").read_text()

@@ -123,6 +123,11 @@ def _bert_style_names(self_attention: str) -> dict[str, Any]:
     )
 
 
+_CLIP_STYLE_NAMES = dict(
+    attention_projections=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    attention_output="self_attn.out_proj",
+)
+
 SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
     spec.model_type: spec
     for spec in (
@@ -202,6 +207,28 @@ SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
             "patch_embedding",
             num_prefix_tokens=lambda c: 1 + c.num_register_tokens,
             layer_norms=_DINOV2_LAYER_NORMS,
+        ),
+        # The vision towers of CLIP and SigLIP (pre-norm blocks: `self_attn`, `layer_norm1/2`, `mlp.fc1/fc2`). CLIP
+        # prepends a CLS token and normalises the embeddings (`pre_layrnorm`, transformers' spelling); its
+        # `post_layernorm` normalises only the pooled CLS, which its classifier does not read (it averages the patch
+        # tokens), so LN tuning leaves it out. SigLIP has no prefix token, normalises every output token
+        # (`post_layernorm`) and pools with attention (`head`, inside the tower).
+        *(
+            ArchitectureSpec(
+                model_type,
+                block_class,
+                _VIT_BLOCKS,
+                "layer_norm2",
+                "patch_embedding",
+                patch_projection="embeddings.patch_embedding",
+                num_prefix_tokens=lambda c, prefix=prefix: prefix,
+                **_CLIP_STYLE_NAMES,
+                layer_norms=("layer_norm1", "layer_norm2", outer_norm),
+            )
+            for model_type, block_class, prefix, outer_norm in (
+                ("clip_vision_model", "CLIPEncoderLayer", 1, "pre_layrnorm"),
+                ("siglip_vision_model", "SiglipEncoderLayer", 0, "post_layernorm"),
+            )
         ),
     )
 }
