@@ -4,7 +4,7 @@
 (``PeftModel.from_pretrained``, ``PeftConfig.from_pretrained``, ``AutoPeftModel...``).
 """
 
-from . import tuners  # noqa: F401  (importing the method packages registers every method with PEFT)
+from . import classifiers, tuners  # noqa: F401  (registers every method with PEFT, and the classifiers with Auto)
 from .tuners.adaptformer import AdaptFormerConfig, AdaptFormerLayer, AdaptFormerModel
 from .tuners.architectures import (
     SUPPORTED_ARCHITECTURES,

@@ -27,6 +27,7 @@ import transformers as tf
 from torch import nn
 
 import mona_peft  # noqa: F401  (registers Mona with PEFT)
+from mona_peft.classifiers import DINOv3ViTForImageClassification
 
 # The benchmark harness lives outside the package (benchmarks/harness); the tests import it as `harness`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -78,6 +79,13 @@ TINY_MODELS: dict[str, tuple[type, type, dict[str, Any]]] = {
         tf.Dinov2WithRegistersConfig,
         tf.Dinov2WithRegistersForImageClassification,
         {**TINY_VIT_CONFIG, "num_register_tokens": 2},
+    ),
+    # transformers has no DINOv3 classifier: mona_peft registers one (mona_peft.classifiers). pos_embed_rescale=None:
+    # the default (2.0) rescales the rotary coordinates at random in training mode, like Swin's stochastic depth.
+    "dinov3_vit": (
+        tf.DINOv3ViTConfig,
+        DINOv3ViTForImageClassification,
+        {**TINY_VIT_CONFIG, "num_register_tokens": 2, "pos_embed_rescale": None},
     ),
     "clip_vision_model": (tf.CLIPConfig, tf.CLIPForImageClassification, TINY_TOWER_CONFIG),
     "siglip_vision_model": (tf.SiglipConfig, tf.SiglipForImageClassification, TINY_TOWER_CONFIG),

@@ -16,7 +16,7 @@ OVERRIDES = {
 }
 PREFIX_TOKENS = {
     "swin": 0, "swinv2": 0, "vit": 1, "deit": 2, "dinov2": 1, "dinov2_with_registers": 5, "clip_vision_model": 1,
-    "siglip_vision_model": 0,
+    "siglip_vision_model": 0, "dinov3_vit": 3,
 }  # fmt: skip
 
 
@@ -63,13 +63,14 @@ def test_identity_init_starts_as_the_base_model(model_type):
 
 
 @pytest.mark.parametrize(
-    "model_type", ["vit", "deit", "dinov2", "dinov2_with_registers", "clip_vision_model", "siglip_vision_model"]
+    "model_type",
+    ["vit", "deit", "dinov2", "dinov2_with_registers", "dinov3_vit", "clip_vision_model", "siglip_vision_model"],
 )
 def test_non_square_inputs_use_the_real_grid(model_type):
     _, model = _adapt(model_type)
     layer = next(m for m in model.modules() if isinstance(m, MonaLayer))
     x = torch.randn(2, 3, 24, 48)
-    kwargs = {} if model_type.startswith("dinov2") else {"interpolate_pos_encoding": True}
+    kwargs = {} if model_type.startswith("dinov") else {"interpolate_pos_encoding": True}
     with torch.no_grad():
         out = model(pixel_values=x, **kwargs).logits
     assert out.shape == (2, 3) and torch.isfinite(out).all()

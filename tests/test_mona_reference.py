@@ -68,11 +68,20 @@ def test_vit_block_matches_reference(prefix_mode):
     assert torch.allclose(actual[:, 0], base_cls, atol=1e-6) == (prefix_mode == "skip")
 
 
+def _rope(model, hw):
+    """DINOv3's rotary position embeddings of an ``hw`` patch grid (every block gets them from the model)."""
+    embeddings = next(m for m in model.modules() if type(m).__name__ == "DINOv3ViTRopePositionEmbedding")
+    patch = model.config.patch_size
+    return None, embeddings(torch.zeros(1, 3, hw[0] * patch, hw[1] * patch, dtype=torch.float64))
+
+
 #: Per architecture: prefix tokens, the second norm of a block, its MLP branch (what the block adds to the stream after
-#: the attention residual add) and the arguments after the hidden states in its call.
+#: the attention residual add) and the arguments after the hidden states in its call, from the model and the grid.
 TOWERS = {
-    "clip_vision_model": (1, "layer_norm2", lambda block, x: block.mlp(block.layer_norm2(x)), (None,)),
-    "siglip_vision_model": (0, "layer_norm2", lambda block, x: block.mlp(block.layer_norm2(x)), (None,)),
+    "clip_vision_model": (1, "layer_norm2", lambda block, x: block.mlp(block.layer_norm2(x)), lambda m, hw: (None,)),
+    "siglip_vision_model": (0, "layer_norm2", lambda block, x: block.mlp(block.layer_norm2(x)), lambda m, hw: (None,)),
+    # LayerScale scales the MLP branch; RoPE rotates the patch tokens inside the attention
+    "dinov3_vit": (3, "norm2", lambda block, x: block.layer_scale2(block.mlp(block.norm2(x))), _rope),
 }
 
 
@@ -88,6 +97,7 @@ def test_block_matches_reference_in_float64(model_type):
     hw = (3, 5)  # non-square
     layer.token_grid.size = hw
     hidden = torch.randn(2, num_prefix + 15, layer.channels, dtype=torch.float64)
+    args = args(model.base_model.model, hw)
     mona_attn, mona_mlp = reference_monas(layer, num_prefix=num_prefix)
     with torch.no_grad():
         expected = reference_pre_norm_block(layer.base_layer, hidden, hw, mona_attn, mona_mlp, norm, mlp, *args)

@@ -88,8 +88,7 @@ def render_model_card(
             body but left out of the ``base_model`` metadata, which the Hub only accepts as a model id.
         method: a declared ``--method`` name (``"mona"``, ...): a tag, and the card's wording from its declaration.
         dataset: dataset name or Hub id; becomes a tag, ``datasets`` (when it is a valid id) and the model-index.
-        evaluated_on: where the metrics come from (Markdown), e.g. ``"the validation folder `val` of **pets**"``;
-            default: the dataset's name.
+        evaluated_on: where the metrics come from (Markdown; default the dataset's name): ``"the validation split"``.
         metrics: e.g. ``{"top1": 0.93}`` (``eval_`` prefixes understood): the task's ``CardTask.scores`` pick the
             model-index entries; every metric goes into the results table.
         hyperparameters: shown as a table, in the given order.
@@ -101,10 +100,7 @@ def render_model_card(
         labels_file: the folder has a ``labels.json`` (``write_model_card`` checks): the snippet loads it.
         framework_versions: (package, version) rows of the last table; default the installed ones (examples pin).
     """
-    budget = _budget(trainable_params, total_params, adapter_bytes)
     method_key = method.lower()
-    spec = methods().get(method_key)
-    info = {"display": spec.display_name, "summary": spec.summary} if spec else {"display": method, "summary": ""}
     model_name = repo_id.split("/")[-1] if repo_id else f"{method_key}-{_short_name(base_model)}-{_short_name(dataset)}"
     card_data = _card_data(base_model, method_key, dataset, metrics, model_name, extra_tags, whole_model, task)
     context = {
@@ -112,7 +108,7 @@ def render_model_card(
         "template": task.template,
         "whole_model": whole_model,
         "model_name": model_name,
-        "method": info,
+        "method": _method_wording(method),
         "base_model": base_model,
         "base_model_is_hub_id": _is_hub_id(base_model),
         "dataset": dataset,
@@ -121,11 +117,17 @@ def render_model_card(
         "labels_file": labels_file,
         "adapter_ref": repo_id or f"path/to/this/{'model' if whole_model else 'adapter'}",
         "hyperparameters": [(str(k), _format_value(v)) for k, v in hyperparameters.items()],
-        **budget,
+        **_budget(trainable_params, total_params, adapter_bytes),
         "results": [(_metric_label(k), _format_value(v)) for k, v in metrics.items()],
         "versions": [tuple(row) for row in framework_versions] if framework_versions else framework_versions_table(),
     }
     return _render_template(context)
+
+
+def _method_wording(method: str) -> dict[str, str]:
+    """The card's name and summary of ``method``, from its declaration (an undeclared name is shown as given)."""
+    spec = methods().get(method.lower())
+    return {"display": spec.display_name, "summary": spec.summary} if spec else {"display": method, "summary": ""}
 
 
 def _budget(trainable_params: int, total_params: int, adapter_bytes: int | None) -> dict[str, Any]:

@@ -208,6 +208,19 @@ SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
             num_prefix_tokens=lambda c: 1 + c.num_register_tokens,
             layer_norms=_DINOV2_LAYER_NORMS,
         ),
+        # DINOv3's ViT: CLS and register tokens, rotary positions (given to every block, applied to the patch tokens
+        # only, so Mona's and VPT's prefix handling applies unchanged), LayerScale on both branches.
+        ArchitectureSpec(
+            "dinov3_vit",
+            "DINOv3ViTLayer",
+            _VIT_BLOCKS,
+            "norm2",
+            "patch_embedding",
+            patch_projection="embeddings.patch_embeddings",
+            num_prefix_tokens=lambda c: 1 + c.num_register_tokens,
+            mlp_output_projection="mlp.down_proj",
+            layer_norms=("norm1", "norm2", "norm"),
+        ),
         # The vision towers of CLIP and SigLIP (pre-norm blocks: `self_attn`, `layer_norm1/2`, `mlp.fc1/fc2`). CLIP
         # prepends a CLS token and normalises the embeddings (`pre_layrnorm`, transformers' spelling); its
         # `post_layernorm` normalises only the pooled CLS, which its classifier does not read (it averages the patch

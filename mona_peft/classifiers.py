@@ -1,0 +1,69 @@
+"""Image classifiers for backbones that transformers ships without one, registered with
+``AutoModelForImageClassification`` when ``mona_peft`` is imported (so the classification script, the cards' snippets
+and ``pipeline("image-classification")`` load them like any other).
+
+- :class:`DINOv3ViTForImageClassification`: DINOv3's linear-probe head, one ``Linear`` over the CLS token concatenated
+  with the mean of the patch tokens (the register tokens are left out), as ``Dinov2ForImageClassification`` does.
+
+Example:
+
+    ```py
+    >>> import mona_peft
+    >>> from transformers import AutoModelForImageClassification, DINOv3ViTConfig
+    >>> config = DINOv3ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+    ...                          image_size=32, patch_size=8, num_labels=3)
+    >>> type(AutoModelForImageClassification.from_config(config)).__name__
+    'DINOv3ViTForImageClassification'
+    ```
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForImageClassification, DINOv3ViTConfig, DINOv3ViTModel
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
+from transformers.models.dinov3_vit.modeling_dinov3_vit import DINOv3ViTPreTrainedModel
+
+
+class DINOv3ViTForImageClassification(DINOv3ViTPreTrainedModel):
+    """A DINOv3 ViT with a linear head on ``[CLS, mean(patch tokens)]`` (``classifier``; ``labels`` give the loss).
+
+    Its backbone is ``model`` (``DINOv3ViTPreTrainedModel.base_model_prefix``), so ``from_pretrained`` of a
+    ``DINOv3ViTModel`` checkpoint loads the backbone and creates a fresh head.
+    """
+
+    def __init__(self, config: DINOv3ViTConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = DINOv3ViTModel(config)
+        width = 2 * config.hidden_size
+        self.classifier = nn.Linear(width, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def forward(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: Any
+    ) -> ImageClassifierOutput:
+        outputs = self.model(pixel_values, **kwargs)
+        tokens = outputs.last_hidden_state
+        patches = tokens[:, 1 + self.config.num_register_tokens :]
+        logits = self.classifier(torch.cat([tokens[:, 0], patches.mean(dim=1)], dim=-1))
+        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+def _register(config_class: type, model_class: type) -> None:
+    """Make ``model_class`` the ``AutoModelForImageClassification`` of ``config_class``, unless transformers has one."""
+    if config_class not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING:
+        # exist_ok: without it transformers skips (silently) a register call for one of its own config classes
+        AutoModelForImageClassification.register(config_class, model_class, exist_ok=True)
+
+
+_register(DINOv3ViTConfig, DINOv3ViTForImageClassification)
+
+__all__ = ["DINOv3ViTForImageClassification"]
