@@ -62,6 +62,17 @@ TINY_TOWER_CONFIG = dict(
     num_labels=3,
 )
 
+# layer_scale_init_value=1: the default 1e-6 scales each block's MLP branch to nothing, which no trained ConvNeXt does
+# (an adapter inside the branch would then change the logits by about 1e-7).
+TINY_CONVNEXT_CONFIG = dict(
+    num_stages=2,
+    hidden_sizes=[16, 32],
+    depths=[1, 1],
+    image_size=TINY_IMAGE_SIZE,
+    num_labels=3,
+    layer_scale_init_value=1.0,
+)
+
 #: Registered architectures with no image classifier in transformers: DPT's ViT (tested inside
 #: ``DPTForSemanticSegmentation`` by tests/test_segmentation.py) and MaskFormer's Swin (tested inside
 #: ``MaskFormerForInstanceSegmentation`` by tests/test_detection_models.py).
@@ -87,6 +98,8 @@ TINY_MODELS: dict[str, tuple[type, type, dict[str, Any]]] = {
         DINOv3ViTForImageClassification,
         {**TINY_VIT_CONFIG, "num_register_tokens": 2, "pos_embed_rescale": None},
     ),
+    "convnext": (tf.ConvNextConfig, tf.ConvNextForImageClassification, TINY_CONVNEXT_CONFIG),
+    "convnextv2": (tf.ConvNextV2Config, tf.ConvNextV2ForImageClassification, TINY_CONVNEXT_CONFIG),
     "clip_vision_model": (tf.CLIPConfig, tf.CLIPForImageClassification, TINY_TOWER_CONFIG),
     "siglip_vision_model": (tf.SiglipConfig, tf.SiglipForImageClassification, TINY_TOWER_CONFIG),
 }

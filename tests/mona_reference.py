@@ -61,10 +61,10 @@ class ReferenceMona(nn.Module):
         return identity + F.pad(out, (0, 0, self.num_prefix, 0))
 
 
-def reference_monas(layer, adapter: str = "default", num_prefix: int = 0, prefix_mode: str = "adapt"):
-    """The two reference Monas holding the weights of ``layer``'s adapter ``adapter``."""
+def reference_monas(layer, adapter: str = "default", num_prefix: int = 0, prefix_mode: str = "adapt", sites=None):
+    """The reference Monas holding the weights of ``layer``'s adapter ``adapter``, one per site (both by default)."""
     monas = []
-    for site in ("attn", "mlp"):
+    for site in sites or ("attn", "mlp"):
         pieces = [getattr(layer, f"mona_{site}_{piece}")[adapter] for piece in ("norm", "down", "filter", "up")]
         reference = ReferenceMona(pieces[0].weight.shape[0], pieces[1].out_features, num_prefix, prefix_mode)
         monas.append(reference.to(pieces[1].weight.dtype).load_from(*pieces).eval())  # float64 stays float64
@@ -107,3 +107,11 @@ def reference_pre_norm_block(block, hidden, hw, mona_attn, mona_mlp, norm: str, 
     x = mona_attn(x, hw)
     x = x + mlp(block, x)
     return mona_mlp(x, hw)
+
+
+def reference_cnn_block(block, features, mona) -> torch.Tensor:
+    """A CNN block (channels-first maps) with one Mona after its residual add, as the authors place it in CNNs."""
+    out = block(features)
+    batch, channels, height, width = out.shape
+    tokens = out.flatten(2).transpose(1, 2)
+    return mona(tokens, (height, width)).transpose(1, 2).reshape(batch, channels, height, width)

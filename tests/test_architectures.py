@@ -16,7 +16,7 @@ OVERRIDES = {
 }
 PREFIX_TOKENS = {
     "swin": 0, "swinv2": 0, "vit": 1, "deit": 2, "dinov2": 1, "dinov2_with_registers": 5, "clip_vision_model": 1,
-    "siglip_vision_model": 0, "dinov3_vit": 3,
+    "siglip_vision_model": 0, "dinov3_vit": 3, "convnext": 0, "convnextv2": 0,
 }  # fmt: skip
 
 
@@ -107,10 +107,8 @@ def test_swin_backbone_inside_upernet():
 
 
 def test_unsupported_architecture_names_the_supported_ones():
-    model = tf.ConvNextForImageClassification(
-        tf.ConvNextConfig(num_stages=2, depths=[1, 1], hidden_sizes=[8, 16], num_labels=2)
-    )
-    with pytest.raises(mona_peft.UnsupportedArchitectureError, match="convnext") as error:
+    model = tf.ResNetForImageClassification(tf.ResNetConfig(depths=[1, 1], hidden_sizes=[8, 16], num_labels=2))
+    with pytest.raises(mona_peft.UnsupportedArchitectureError, match="resnet") as error:
         get_peft_model(model, mona_peft.MonaConfig())
     for model_type in TINY_MODELS:
         assert model_type in str(error.value)

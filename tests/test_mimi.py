@@ -424,3 +424,22 @@ def test_the_mimi_experiment_trains_both_arms_through_the_training_core(tmp_path
     assert mimi["path"][0]["adapter_params"] > mimi["path"][-1]["adapter_params"] == mimi["adapter_params"]
     assert all(0.0 <= p["val_top1"] <= 1.0 for p in mimi["path"])
     assert len(list((tmp_path / "work").glob("*/all_results.json"))) == 2  # written by the training core
+
+
+def test_convnext_has_one_site_per_block_that_shrinks_is_removed_and_reloads(tmp_path):
+    """A CNN block's one Mona (after its residual add) is MiMi's only site there; shrinking and removing it reload."""
+    from conftest import build_tiny_model
+    from peft import PeftModel
+
+    model = get_peft_model(build_tiny_model("convnext"), CONFIGS["mona"]()).eval()
+    sites = find_sites(model, "default")
+    assert [site.site for site in sites] == ["mlp", "mlp"]
+    shrink_adapters(model, {sites[0].key: torch.tensor([1, 4, 6]), sites[1].key: torch.tensor([], dtype=torch.long)})
+    assert [site.size for site in find_sites(model, "default")] == [3]
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(pixel_values=x).logits
+    model.save_pretrained(tmp_path)
+    reloaded = PeftModel.from_pretrained(build_tiny_model("convnext"), tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=x).logits, expected)

@@ -3,7 +3,13 @@
 import pytest
 import torch
 from conftest import build_tiny_model
-from mona_reference import reference_monas, reference_pre_norm_block, reference_swin_block, reference_vit_block
+from mona_reference import (
+    reference_cnn_block,
+    reference_monas,
+    reference_pre_norm_block,
+    reference_swin_block,
+    reference_vit_block,
+)
 from peft import get_peft_model
 from transformers import SwinConfig, SwinModel, ViTConfig, ViTModel
 
@@ -105,3 +111,22 @@ def test_block_matches_reference_in_float64(model_type):
     _close(actual, expected, rtol=1e-12)
     plain = layer.base_layer(hidden, *args)
     assert (actual - plain).abs().max() > 1e-3  # Mona changed the block
+
+
+@pytest.mark.parametrize("model_type", ["convnext", "convnextv2"])
+def test_convnext_block_gets_one_mona_after_its_residual_add_in_float64(model_type):
+    """The authors' placement for CNNs: one Mona after each residual block, on the map's pixels as tokens."""
+    model = get_peft_model(build_tiny_model(model_type), mona_peft.MonaConfig()).double().eval()
+    layers = [m for m in model.modules() if isinstance(m, MonaLayer)]
+    assert len(layers) == 2 and all(not layer.has_mona("default", "attn") for layer in layers)
+    for layer in layers:
+        for name, p in layer.named_parameters():
+            if "mona_" in name:
+                p.data.normal_(0, 0.2)
+        (mona,) = reference_monas(layer, sites=("mlp",))
+        features = torch.randn(2, layer.channels, 3, 5, dtype=torch.float64)  # non-square map
+        with torch.no_grad():
+            expected = reference_cnn_block(layer.base_layer, features, mona)
+            actual = layer(features)
+        _close(actual, expected, rtol=1e-12)
+        assert (actual - layer.base_layer(features)).abs().max() > 1e-3

@@ -16,6 +16,7 @@ from peft import PeftModel
 from PIL import Image
 from safetensors.torch import load_file
 
+from mona_peft import SUPPORTED_ARCHITECTURES
 from mona_peft.data import ImageDataError
 from mona_peft.tasks.semantic_segmentation.data import (
     BACKGROUND_BANDS,
@@ -45,6 +46,7 @@ BACKBONES = {
     "swinv2": dict(depths=[1, 1, 1], num_heads=[2, 2, 4]),
     "dinov2": {},
     "dinov2_with_registers": {},
+    "convnext": dict(num_stages=3, depths=[1, 1, 1], hidden_sizes=[16, 32, 64]),
 }
 
 
@@ -67,14 +69,15 @@ def checkpoints(tmp_path_factory):
 def test_every_method_trains_its_parameters_and_the_heads_and_reloads_identically(model_type, checkpoints, tmp_path):
     upernet = build_upernet(checkpoints[model_type], LABELS, hidden_size=16)
     heads = head_modules(upernet)
-    assert heads == (["decode_head", "auxiliary_head"] if model_type.startswith("swin") else ["decode_head"])
+    three_stages = model_type.startswith(("swin", "convnext"))  # the auxiliary head reads the third stage
+    assert heads == (["decode_head", "auxiliary_head"] if three_stages else ["decode_head"])
     backbone_norms = [n for n, m in upernet.backbone.named_modules() if isinstance(m, torch.nn.LayerNorm)]
     assert backbone_norms
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     saved = {}
     for name, spec in methods().items():
-        if model_type == "swinv2" and name.startswith("vpt"):
-            continue  # VPT does not support Swin v2 (its attention has no bias module to pad)
+        if SUPPORTED_ARCHITECTURES[model_type].prompt_layout is None and name.startswith("vpt"):
+            continue  # VPT does not support Swin v2 (its attention has no bias module to pad) nor ConvNeXt (no tokens)
         torch.manual_seed(0)
         model = build_method(build_upernet(checkpoints[model_type], LABELS, hidden_size=16), name, heads)
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -292,6 +295,18 @@ def test_do_reduce_labels_leaves_0_unscored_on_folders_and_the_offline_scenes(ch
     mask = np.array(scenes["validation"][0]["label"])
     expected = np.where(mask == 0, 255, mask.astype(np.int64) - 1)
     np.testing.assert_array_equal(batch["labels"][0].numpy(), expected)
+
+
+def test_the_script_trains_upernet_around_convnext(checkpoints, tmp_path):
+    """transformers' UperNet takes ConvNeXt's backbone natively; Mona sits after each ConvNeXt block's residual add."""
+    train, val = _write_folder(tmp_path / "train", 4), _write_folder(tmp_path / "val", 2)
+    data = ["--train_dir", str(train), "--validation_dir", str(val), "--max_train_steps", "2"]
+    out = tmp_path / "out"
+    results = main(_args(checkpoints["convnext"], out, *data), task=SemanticSegmentationTask)
+    assert len(results["eval_per_category_iou"]) == 3
+    config = json.loads((out / SEGMENTATION_CONFIG_FILE).read_text())
+    assert config["backbone_config"]["model_type"] == "convnext"
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_type"] == "convnext"
 
 
 def test_script_end_to_end_and_resume_equals_an_uninterrupted_run(checkpoints, tmp_path):

@@ -126,7 +126,7 @@ def test_the_card_names_the_data_its_results_come_from(folders, dataset, evaluat
     assert task.evaluated_on(config, data).startswith(evaluated_on)
 
 
-@pytest.mark.parametrize("backbone", ["swin", "dinov3_vit", "clip_vision_model", "siglip_vision_model"])
+@pytest.mark.parametrize("backbone", ["swin", "dinov3_vit", "clip_vision_model", "siglip_vision_model", "convnext"])
 def test_class_names_come_back_through_the_cards_snippet_and_the_pipeline(backbone, tiny_swin, tmp_path):
     """The script trains each family's classifier; its card's snippet reloads it in a fresh process."""
     model = tiny_swin if backbone == "swin" else _save_with_processor(build_tiny_model(backbone), tmp_path / backbone)

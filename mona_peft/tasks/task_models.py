@@ -40,10 +40,11 @@ def checkpoint_path(checkpoint: str) -> str:
 
 
 def feature_channels(config: PretrainedConfig) -> list[int]:
-    """Channels of each feature map a Swin-like or DINOv2 backbone config returns (its ``out_features``)."""
+    """Channels of each feature map a Swin-like, ConvNeXt or DINOv2 backbone config returns (its ``out_features``)."""
     if config.model_type.startswith("dinov2"):
         return [config.hidden_size] * len(config.out_features)
-    return [config.embed_dim * 2**i for i in range(len(config.depths))][-len(config.out_features) :]
+    widths = getattr(config, "hidden_sizes", None) or [config.embed_dim * 2**i for i in range(len(config.depths))]
+    return widths[-len(config.out_features) :]
 
 
 def feature_strides(config: PretrainedConfig) -> list[int]:

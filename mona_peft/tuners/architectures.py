@@ -16,7 +16,11 @@ from typing import Any, Literal
 
 from torch import nn
 
-GridSource = Literal["input_dimensions", "patch_embedding"]
+GridSource = Literal["input_dimensions", "patch_embedding", "feature_map"]
+#: How a block's output stream is laid out: token sequences ``(batch, tokens, channels)`` (with prefix tokens before
+#: the row-major patch grid), or maps, channels first ``(batch, channels, height, width)`` (ConvNeXt) or channels last
+#: ``(batch, height, width, channels)``.
+StreamLayout = Literal["tokens", "channels_first", "channels_last"]
 PromptLayout = Literal["sequence", "windows"]
 
 
@@ -49,10 +53,13 @@ class ArchitectureSpec:
         block_class: class name of one transformer block (``"SwinLayer"``).
         block_pattern: regex (PEFT ``target_modules`` syntax) matching the blocks' module names.
         post_attention_input: submodule of the block whose input is the residual stream right after
-            the attention residual add (and which starts the MLP branch).
+            the attention residual add (and which starts the MLP branch); None for a block with one residual add
+            (a CNN block: ConvNeXt's depthwise convolution and MLP share it), which gets one Mona, after it.
         grid_source: ``"input_dimensions"`` when the block receives its ``(height, width)`` as second
             argument (Swin), ``"patch_embedding"`` when the grid is read off the patch projection's
-            output (plain ViTs, where every block sees the same grid).
+            output (plain ViTs, where every block sees the same grid), ``"feature_map"`` when the block's
+            output is a map whose own shape is the grid.
+        layout: how the block's output stream is laid out (:data:`StreamLayout`).
         patch_projection: name suffix of the patch-embedding convolution (for ``"patch_embedding"``).
         num_prefix_tokens: tokens before the patch tokens (CLS, distillation, registers), from the config.
         prompt_layout: how VPT's prompt tokens join a block's tokens: ``"sequence"`` (inserted after the
@@ -64,30 +71,38 @@ class ArchitectureSpec:
     Module names inside one block, for the baseline methods (``mona_peft.tuners.methods``):
 
         attention_projections: the query, key and value projections, in that order (LoRA).
-        attention_output: the attention's output projection (Houlsby adapter after the MSA).
+        attention_output: the attention's output projection (Houlsby adapter after the MSA); None without attention.
         mlp_input: the module whose input is the MLP's input (AdaptFormer reads it).
         mlp_output: the module whose output is the MLP's output (AdaptFormer wraps it); the same module as
             ``mlp_input`` when the MLP is one module.
         mlp_output_projection: the MLP's last Linear (Houlsby adapter after the MLP).
         layer_norms: name suffixes of every LayerNorm of the backbone, blocks and outside them (LayerNorm tuning).
+        lora_modules: the Linear layers LoRA adapts; default the query and value projections.
     """
 
     model_type: str
     block_class: str
     block_pattern: str
-    post_attention_input: str
+    post_attention_input: str | None
     grid_source: GridSource
+    layout: StreamLayout = "tokens"
     patch_projection: str = "embeddings.patch_embeddings.projection"
     num_prefix_tokens: Callable[[Any], int] = lambda config: 0
     prompt_layout: PromptLayout | None = "sequence"
     embedding_width: Callable[[Any], int] = lambda config: config.hidden_size
     window_modules: WindowModules | None = None
     attention_projections: tuple[str, str, str] = ("attention.q_proj", "attention.k_proj", "attention.v_proj")
-    attention_output: str = "attention.o_proj"
+    attention_output: str | None = "attention.o_proj"
     mlp_input: str = "mlp"
     mlp_output: str = "mlp"
     mlp_output_projection: str = "mlp.fc2"
     layer_norms: tuple[str, ...] = ("layernorm_before", "layernorm_after", "layernorm")
+    lora_modules: tuple[str, ...] = ()
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        """The Linear layers LoRA adapts in every block: ``lora_modules``, or the query and value projections."""
+        return self.lora_modules or (self.attention_projections[0], self.attention_projections[2])
 
     def pattern_in_blocks(self, *names: str) -> str:
         """A PEFT ``target_modules`` regex matching the modules ``names`` (relative to a block) in every block."""
@@ -207,6 +222,28 @@ SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
             "patch_embedding",
             num_prefix_tokens=lambda c: 1 + c.num_register_tokens,
             layer_norms=_DINOV2_LAYER_NORMS,
+        ),
+        # ConvNeXt (v1, v2): maps, channels first, through blocks with one residual add each (a 7x7 depthwise
+        # convolution, then a channels-last MLP, `pwconv1` and `pwconv2`). The authors place one Mona after each
+        # residual block of a CNN (official repository, issue #6): here, after the block's add. No attention: LoRA
+        # adapts the MLP's two Linears, the Houlsby adapter follows the MLP only, and VPT has no tokens to extend.
+        *(
+            ArchitectureSpec(
+                model_type,
+                block_class,
+                r"(.*\.)?stages\.\d+\.layers\.\d+",
+                None,
+                "feature_map",
+                layout="channels_first",
+                prompt_layout=None,
+                attention_output=None,
+                mlp_input="pwconv1",
+                mlp_output="pwconv2",
+                mlp_output_projection="pwconv2",
+                layer_norms=("layernorm", "downsampling_layer.0"),
+                lora_modules=("pwconv1", "pwconv2"),
+            )
+            for model_type, block_class in (("convnext", "ConvNextLayer"), ("convnextv2", "ConvNextV2Layer"))
         ),
         # DINOv3's ViT: CLS and register tokens, rotary positions (given to every block, applied to the patch tokens
         # only, so Mona's and VPT's prefix handling applies unchanged), LayerScale on both branches.

@@ -1,4 +1,4 @@
-"""UperNet around a pretrained Swin / Swin v2 / DINOv2 checkpoint, and loading a segmentation adapter back.
+"""UperNet around a pretrained Swin / Swin v2 / DINOv2 / ConvNeXt checkpoint, and loading a segmentation adapter back.
 
 Pretrained backbones come without a segmentation head, so a run builds ``UperNetForSemanticSegmentation`` from the
 backbone's config, copies the backbone's pretrained weights into it, and trains fresh decode and auxiliary heads with
@@ -32,7 +32,7 @@ from ..task_models import (
 #: The UperNet config saved beside a segmentation adapter, with the backbone checkpoint it needs.
 SEGMENTATION_CONFIG_FILE = "segmentation_config.json"
 #: Backbones UperNet takes in transformers.
-UPERNET_BACKBONES = ("swin", "swinv2", "dinov2", "dinov2_with_registers")
+UPERNET_BACKBONES = ("swin", "swinv2", "dinov2", "dinov2_with_registers", "convnext", "convnextv2")
 
 
 def upernet_config(backbone: str, labels: list[str], hidden_size: int = 512) -> UperNetConfig:

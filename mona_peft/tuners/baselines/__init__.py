@@ -42,9 +42,8 @@ def _ln_tuning_config(model: nn.Module, head: list[str]) -> LNTuningConfig:
 
 def _lora_config(model: nn.Module, head: list[str], rank: int, alpha: int) -> LoraConfig:
     spec = resolve_architecture(model).spec
-    query, _, value = spec.attention_projections
     return LoraConfig(
-        r=rank, lora_alpha=alpha, target_modules=spec.pattern_in_blocks(query, value), modules_to_save=head
+        r=rank, lora_alpha=alpha, target_modules=spec.pattern_in_blocks(*spec.lora_targets), modules_to_save=head
     )
 
 

@@ -23,7 +23,7 @@ class HoulsbyModel(BottleneckModel):
 
     @staticmethod
     def default_target_names(spec: ArchitectureSpec) -> tuple[str, ...]:
-        return (spec.attention_output, spec.mlp_output_projection)
+        return tuple(name for name in (spec.attention_output, spec.mlp_output_projection) if name is not None)
 
     def _check_target(self, target: nn.Module, current_key: str) -> None:
         if not isinstance(target, nn.Linear):

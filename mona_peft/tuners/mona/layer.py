@@ -203,8 +203,13 @@ class MonaLayer(nn.Module, WrappingLayer):
         self.token_grid = token_grid
         self.channels = self._block_width(base_layer)
         self._pending: dict[str, Any] | None = None
-        consumer = base_layer.get_submodule(architecture.spec.post_attention_input)
-        self._consumer_hook = consumer.register_forward_pre_hook(self._post_attention_hook)
+        consumer_name = architecture.spec.post_attention_input
+        #: A block with one residual add (a CNN block) has one Mona, after it: the "mlp" site.
+        self.sites = SITES if consumer_name else ("mlp",)
+        self._consumer_hook = None
+        if consumer_name:
+            consumer = base_layer.get_submodule(consumer_name)
+            self._consumer_hook = consumer.register_forward_pre_hook(self._post_attention_hook)
         self.update_layer(adapter_name, config)
         self._active_adapter = adapter_name
 
@@ -212,7 +217,7 @@ class MonaLayer(nn.Module, WrappingLayer):
         """Create the two Monas of ``adapter_name``, each as wide as ``mona_inner_dim`` says (0: none at that site)."""
         from .config import mona_inner_dim
 
-        for site in SITES:
+        for site in self.sites:
             inner_dim = mona_inner_dim(config, self.module_name, site)
             if inner_dim == 0:  # MiMi removed this Mona: the block skips this site for this adapter
                 continue
@@ -228,7 +233,8 @@ class MonaLayer(nn.Module, WrappingLayer):
         self._finish_update(adapter_name)
 
     def _remove_hooks(self) -> None:
-        self._consumer_hook.remove()
+        if self._consumer_hook is not None:
+            self._consumer_hook.remove()
 
     # -- forward ------------------------------------------------------------------------------------------
     def _adapters_to_apply(self) -> list[str]:
@@ -240,7 +246,10 @@ class MonaLayer(nn.Module, WrappingLayer):
         """Whether ``adapter`` has a Mona here (at ``site``, or at either site); MiMi can remove one or both."""
         return any(adapter in getattr(self, f"mona_{s}_down") for s in ((site,) if site else SITES))
 
-    def _grid(self, args: tuple, kwargs: dict) -> tuple[int, int]:
+    def _grid(self, args: tuple, kwargs: dict) -> tuple[int, int] | None:
+        """The patch grid of this call; None where the block's output map is read instead (``feature_map``)."""
+        if self.architecture.spec.grid_source == "feature_map":
+            return None
         if self.architecture.spec.grid_source == "input_dimensions":
             height, width = args[1] if len(args) > 1 else kwargs["input_dimensions"]
             return int(height), int(width)
@@ -332,7 +341,7 @@ class MonaLayer(nn.Module, WrappingLayer):
             attn_delta, ran = self._pending["delta"], self._pending["ran"]
         finally:
             self._pending = None
-        if not ran:
+        if not ran and self._consumer_hook is not None:
             raise RuntimeError(
                 f"Mona's post-attention hook on '{self.architecture.spec.post_attention_input}' did not run; "
                 f"the {type(self.base_layer).__name__} forward no longer matches mona_peft.tuners.architectures."
@@ -340,10 +349,27 @@ class MonaLayer(nn.Module, WrappingLayer):
         hidden = out[0] if isinstance(out, tuple) else out
         if attn_delta is not None:
             hidden = hidden + attn_delta
-        mlp_delta = self._site_delta("mlp", hidden, grid, routing)
+        tokens, grid, as_stream = self._as_tokens(hidden, grid)
+        mlp_delta = self._site_delta("mlp", tokens, grid, routing)
         if mlp_delta is not None:
-            hidden = hidden + mlp_delta
+            hidden = hidden + as_stream(mlp_delta)
         return (hidden,) + tuple(out[1:]) if isinstance(out, tuple) else hidden
+
+    def _as_tokens(self, hidden: torch.Tensor, grid: tuple[int, int] | None):
+        """``hidden`` as tokens ``(batch, tokens, channels)``, its grid, and the map back to the block's layout (a map's
+        grid is its own shape)."""
+        layout = self.architecture.spec.layout
+        if layout == "tokens":
+            return hidden, grid, lambda tokens: tokens
+        if layout == "channels_first":
+            batch, channels, height, width = hidden.shape
+            return (
+                hidden.flatten(2).transpose(1, 2),
+                (height, width),
+                lambda tokens: tokens.transpose(1, 2).reshape(batch, channels, height, width),
+            )
+        batch, height, width, channels = hidden.shape
+        return hidden.reshape(batch, height * width, channels), (height, width), lambda t: t.reshape(hidden.shape)
 
     def forward(self, *args: Any, **kwargs: Any):
         routing = kwargs.pop("adapter_names", None)
