@@ -182,9 +182,9 @@ def test_unknown_method_lists_the_available_ones(tiny_swin, tmp_path):
 
 
 def test_unsupported_architecture_is_named(tmp_path):
-    config = tf.ConvNextConfig(num_stages=2, depths=[1, 1], hidden_sizes=[8, 16])
-    model = _save_with_processor(tf.ConvNextForImageClassification(config), tmp_path / "convnext")
-    with pytest.raises(mona_peft.UnsupportedArchitectureError, match="convnext.*Supported model types: deit"):
+    config = tf.ResNetConfig(depths=[1, 1], hidden_sizes=[8, 16])
+    model = _save_with_processor(tf.ResNetForImageClassification(config), tmp_path / "resnet")
+    with pytest.raises(mona_peft.UnsupportedArchitectureError, match="resnet.*Supported model types: clip_vision_mod"):
         main(_args(model, tmp_path / "out", "--max_train_steps", "1"))
 
 
