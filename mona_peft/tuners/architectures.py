@@ -245,6 +245,23 @@ SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
             )
             for model_type, block_class in (("convnext", "ConvNextLayer"), ("convnextv2", "ConvNextV2Layer"))
         ),
+        # SAM's vision encoder (SamModel's `vision_encoder`, SamVisionModel): maps laid out channels last
+        # `(batch, height, width, channels)` through pre-norm blocks, most attending in windows, some globally
+        # (`global_attn_indexes`); either way the stream between the adds is the whole map. One `attn.qkv` Linear
+        # (LoRA adapts it); VPT has no token sequence to extend.
+        ArchitectureSpec(
+            "sam_vision_model",
+            "SamVisionLayer",
+            r"(.*\.)?vision_encoder\.layers\.\d+",  # the mask decoder's two-way blocks are `layers.i` too
+            "layer_norm2",
+            "feature_map",
+            layout="channels_last",
+            prompt_layout=None,
+            attention_output="attn.proj",
+            mlp_output_projection="mlp.lin2",
+            layer_norms=("layer_norm1", "layer_norm2"),
+            lora_modules=("attn.qkv",),
+        ),
         # DINOv3's ViT: CLS and register tokens, rotary positions (given to every block, applied to the patch tokens
         # only, so Mona's and VPT's prefix handling applies unchanged), LayerScale on both branches.
         ArchitectureSpec(

@@ -323,11 +323,12 @@ class MonaLayer(nn.Module, WrappingLayer):
         if pending is None:  # the block was called directly (adapters disabled)
             return None
         hidden = args[0]
-        delta = self._site_delta("attn", hidden, pending["grid"], pending["routing"])
+        tokens, grid, as_stream = self._as_tokens(hidden, pending["grid"])
+        delta = self._site_delta("attn", tokens, grid, pending["routing"])
         pending["ran"] = True
         if delta is None:
             return None
-        pending["delta"] = delta
+        pending["delta"] = delta = as_stream(delta)
         return (hidden + delta,) + tuple(args[1:])
 
     def _adapted_forward(self, *args: Any, routing: list[str] | None = None, checkpointed: bool = False, **kwargs: Any):
