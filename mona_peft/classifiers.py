@@ -4,6 +4,8 @@ and ``pipeline("image-classification")`` load them like any other).
 
 - :class:`DINOv3ViTForImageClassification`: DINOv3's linear-probe head, one ``Linear`` over the CLS token concatenated
   with the mean of the patch tokens (the register tokens are left out), as ``Dinov2ForImageClassification`` does.
+- :class:`DINOv3ConvNextForImageClassification`: one ``Linear`` over the model's pooled output (the normalised global
+  average of the last stage), as ``ConvNextForImageClassification`` does.
 
 Example:
 
@@ -23,9 +25,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForImageClassification, DINOv3ViTConfig, DINOv3ViTModel
+from transformers import (
+    AutoModelForImageClassification,
+    DINOv3ConvNextConfig,
+    DINOv3ConvNextModel,
+    DINOv3ViTConfig,
+    DINOv3ViTModel,
+)
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
+from transformers.models.dinov3_convnext.modeling_dinov3_convnext import DINOv3ConvNextPreTrainedModel
 from transformers.models.dinov3_vit.modeling_dinov3_vit import DINOv3ViTPreTrainedModel
 
 
@@ -57,6 +66,30 @@ class DINOv3ViTForImageClassification(DINOv3ViTPreTrainedModel):
         )
 
 
+class DINOv3ConvNextForImageClassification(DINOv3ConvNextPreTrainedModel):
+    """A DINOv3 ConvNeXt with a linear head on its pooled output (``classifier``; ``labels`` give the loss).
+
+    Its backbone is ``model`` (``base_model_prefix``): ``from_pretrained`` of a ``DINOv3ConvNextModel`` checkpoint
+    loads it and creates a fresh head.
+    """
+
+    def __init__(self, config: DINOv3ConvNextConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = DINOv3ConvNextModel(config)
+        width = config.hidden_sizes[-1]
+        self.classifier = nn.Linear(width, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def forward(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: Any
+    ) -> ImageClassifierOutput:
+        outputs = self.model(pixel_values, **kwargs)
+        logits = self.classifier(outputs.pooler_output)
+        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
 def _register(config_class: type, model_class: type) -> None:
     """Make ``model_class`` the ``AutoModelForImageClassification`` of ``config_class``, unless transformers has one."""
     if config_class not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING:
@@ -65,5 +98,6 @@ def _register(config_class: type, model_class: type) -> None:
 
 
 _register(DINOv3ViTConfig, DINOv3ViTForImageClassification)
+_register(DINOv3ConvNextConfig, DINOv3ConvNextForImageClassification)
 
-__all__ = ["DINOv3ViTForImageClassification"]
+__all__ = ["DINOv3ConvNextForImageClassification", "DINOv3ViTForImageClassification"]

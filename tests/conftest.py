@@ -27,7 +27,7 @@ import transformers as tf
 from torch import nn
 
 import mona_peft  # noqa: F401  (registers Mona with PEFT)
-from mona_peft.classifiers import DINOv3ViTForImageClassification
+from mona_peft.classifiers import DINOv3ConvNextForImageClassification, DINOv3ViTForImageClassification
 
 # The benchmark harness lives outside the package (benchmarks/harness); the tests import it as `harness`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -101,6 +101,11 @@ TINY_MODELS: dict[str, tuple[type, type, dict[str, Any]]] = {
     ),
     "convnext": (tf.ConvNextConfig, tf.ConvNextForImageClassification, TINY_CONVNEXT_CONFIG),
     "convnextv2": (tf.ConvNextV2Config, tf.ConvNextV2ForImageClassification, TINY_CONVNEXT_CONFIG),
+    "dinov3_convnext": (
+        tf.DINOv3ConvNextConfig,
+        DINOv3ConvNextForImageClassification,  # registered by mona_peft, as DINOv3's ViT's
+        {key: value for key, value in TINY_CONVNEXT_CONFIG.items() if key != "num_stages"},  # read off hidden_sizes
+    ),
     "clip_vision_model": (tf.CLIPConfig, tf.CLIPForImageClassification, TINY_TOWER_CONFIG),
     "siglip_vision_model": (tf.SiglipConfig, tf.SiglipForImageClassification, TINY_TOWER_CONFIG),
 }

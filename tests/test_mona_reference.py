@@ -113,7 +113,7 @@ def test_block_matches_reference_in_float64(model_type):
     assert (actual - plain).abs().max() > 1e-3  # Mona changed the block
 
 
-@pytest.mark.parametrize("model_type", ["convnext", "convnextv2"])
+@pytest.mark.parametrize("model_type", ["convnext", "convnextv2", "dinov3_convnext"])
 def test_convnext_block_gets_one_mona_after_its_residual_add_in_float64(model_type):
     """The authors' placement for CNNs: one Mona after each residual block, on the map's pixels as tokens."""
     model = get_peft_model(build_tiny_model(model_type), mona_peft.MonaConfig()).double().eval()

@@ -72,6 +72,8 @@ METHODS: dict[str, Callable[[nn.Module, list[str]], PeftConfig]] = {
     ),
 }
 ARCHITECTURES = sorted(set(SUPPORTED_ARCHITECTURES) - WITHOUT_CLASSIFIER)
+#: The ConvNeXt family: maps, not tokens (no VPT), and no gradient checkpointing in transformers.
+CNN_ARCHITECTURES = tuple(arch for arch in ARCHITECTURES if SUPPORTED_ARCHITECTURES[arch].layout == "channels_first")
 BEHAVIOURS = (
     "fresh_process_reload",
     "substring_adapter_names",
@@ -143,7 +145,7 @@ EXCLUDED: dict[tuple[str, str, str], str] = {
     },
     **{
         (method, arch, behaviour): "VPT prompts are tokens: ConvNeXt's blocks run on maps, with no tokens to extend"
-        for arch in ("convnext", "convnextv2")
+        for arch in CNN_ARCHITECTURES
         for method in ("vpt_shallow", "vpt_deep")
         for behaviour in BEHAVIOURS
     },
@@ -154,21 +156,21 @@ EXCLUDED: dict[tuple[str, str, str], str] = {
     },
     **{
         (method, arch, behaviour): "transformers' ConvNeXt does not support gradient checkpointing"
-        for arch in ("convnext", "convnextv2")
+        for arch in CNN_ARCHITECTURES
         for method in METHODS
         for behaviour in ("gradient_checkpointing", "gradient_checkpointing_reentrant")
     },
     **{
         ("lora", arch, "gradient_checkpointing_reentrant"): _PEFT_INPUT_GRADS
         for arch in ARCHITECTURES
-        if not arch.startswith("convnext")
+        if arch not in CNN_ARCHITECTURES
     },
     # LN tuning also tunes a norm before the first block where there is one (Swin's patch embedding norm, CLIP's
     # pre_layrnorm), whose output then requires grad: those cases pass.
     **{
         ("ln_tuning", arch, "gradient_checkpointing_reentrant"): _PEFT_INPUT_GRADS
         for arch in ARCHITECTURES
-        if arch not in ("swin", "swinv2", "clip_vision_model", "convnext", "convnextv2")
+        if arch not in ("swin", "swinv2", "clip_vision_model", *CNN_ARCHITECTURES)
     },
     ("lora", "swin", "mixed_batch"): _LORA_SWIN_ROUTING,
     ("lora", "swinv2", "mixed_batch"): _LORA_SWIN_ROUTING,

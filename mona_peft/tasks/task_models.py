@@ -84,8 +84,8 @@ def label_maps(labels: list[str]) -> dict[str, Any]:
 
 
 #: Tensors of a pretrained model that a backbone may lack: the final norm and pooler (Swin v2's backbone has neither;
-#: it normalises each stage it returns instead).
-_ONLY_AFTER_THE_LAST_BLOCK = ("layernorm.", "pooler.")
+#: it normalises each stage it returns instead; DINOv3 ConvNeXt's final norm is `layer_norm`).
+_ONLY_AFTER_THE_LAST_BLOCK = ("layernorm.", "layer_norm.", "pooler.")
 
 
 def load_pretrained_backbone(model: nn.Module, backbone: str) -> None:

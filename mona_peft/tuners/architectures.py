@@ -245,6 +245,27 @@ SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
             )
             for model_type, block_class in (("convnext", "ConvNextLayer"), ("convnextv2", "ConvNextV2Layer"))
         ),
+        # DINOv3's ConvNeXt: ConvNeXt's block under other names. Its stages normalise before downsampling
+        # (`downsample_layers.0`), except the first, which normalises after its stem convolution.
+        ArchitectureSpec(
+            "dinov3_convnext",
+            "DINOv3ConvNextLayer",
+            r"(.*\.)?stages\.\d+\.layers\.\d+",
+            None,
+            "feature_map",
+            layout="channels_first",
+            prompt_layout=None,
+            attention_output=None,
+            mlp_input="pointwise_conv1",
+            mlp_output="pointwise_conv2",
+            mlp_output_projection="pointwise_conv2",
+            layer_norms=(
+                "layer_norm",
+                "stages.0.downsample_layers.1",
+                *(f"stages.{stage}.downsample_layers.0" for stage in range(1, 4)),
+            ),
+            lora_modules=("pointwise_conv1", "pointwise_conv2"),
+        ),
         # SAM's vision encoder (SamModel's `vision_encoder`, SamVisionModel): maps laid out channels last
         # `(batch, height, width, channels)` through pre-norm blocks, most attending in windows, some globally
         # (`global_attn_indexes`); either way the stream between the adds is the whole map. One `attn.qkv` Linear

@@ -32,7 +32,9 @@ from ..task_models import (
 #: The UperNet config saved beside a segmentation adapter, with the backbone checkpoint it needs.
 SEGMENTATION_CONFIG_FILE = "segmentation_config.json"
 #: Backbones UperNet takes in transformers.
-UPERNET_BACKBONES = ("swin", "swinv2", "dinov2", "dinov2_with_registers", "convnext", "convnextv2")
+UPERNET_BACKBONES = (
+    "swin", "swinv2", "dinov2", "dinov2_with_registers", "convnext", "convnextv2", "dinov3_convnext",
+)  # fmt: skip
 
 
 def upernet_config(backbone: str, labels: list[str], hidden_size: int = 512) -> UperNetConfig:
