@@ -1,0 +1,173 @@
+"""Export an adapted model to ONNX, for serving where PyTorch is not wanted.
+
+Mona, VPT, the Houlsby adapter and AdaptFormer are not linear in the backbone's weights, so they cannot be merged away:
+the exported graph holds the adapters beside the frozen backbone. LoRA (and PEFT's other mergeable methods) is merged
+first (``merge_and_unload`` on a copy), so its graph is the plain model's. The exporter is PyTorch's dynamo exporter
+(``torch.onnx.export(..., dynamo=True)``), which needs ``onnx`` and ``onnxscript``; the parity checks run the graph
+with ``onnxruntime``. Install them with ``pip install "mona-peft[onnx]"``.
+
+Example (needs the ``onnx`` extra):
+
+    ```py
+    >>> import torch
+    >>> import mona_peft
+    >>> from mona_peft.backbones import backbone_path
+    >>> from mona_peft.export import export_onnx
+    >>> from peft import get_peft_model
+    >>> from transformers import AutoModelForImageClassification
+    >>> model = get_peft_model(AutoModelForImageClassification.from_pretrained(backbone_path("swin")),
+    ...                        mona_peft.MonaConfig(modules_to_save=["classifier"]))
+    >>> export_onnx(model, "mona-swin.onnx", torch.randn(2, 3, 32, 32))  # inputs: pixel_values; outputs: logits
+    PosixPath('mona-swin.onnx')
+    ```
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+#: What each task's exported graph returns, by the names of the model output's fields.
+TASK_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "image_classification": ("logits",),
+    "semantic_segmentation": ("logits",),
+    "object_detection": ("logits", "pred_boxes"),
+    "instance_segmentation": ("class_queries_logits", "masks_queries_logits"),
+}
+
+
+class ExportError(RuntimeError):
+    """A model that did not export, with the module or operator that stopped it."""
+
+
+class _NamedOutputs(nn.Module):
+    """``pixel_values`` in, the model output's fields ``names`` out (in that order): the graph's inputs and outputs."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.names = tuple(names)
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        output = self.model(pixel_values=pixel_values)
+        return tuple(getattr(output, name) for name in self.names)
+
+
+def deployable(model: nn.Module) -> nn.Module:
+    """``model`` ready to trace, in eval mode: a PEFT model whose adapters all merge (LoRA) is merged on a copy, so the
+    graph is the plain model's; any other (Mona, VPT, ...) stays as it is, its adapters part of the graph."""
+    from peft import PeftModel
+
+    model = model.eval()
+    if isinstance(model, PeftModel) and all(_mergeable(config) for config in model.peft_config.values()):
+        return copy.deepcopy(model).merge_and_unload().eval()
+    return model
+
+
+def _mergeable(config) -> bool:
+    from peft.utils import PeftType
+
+    return config.peft_type in (PeftType.LORA, PeftType.LN_TUNING)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    example_inputs: torch.Tensor,
+    *,
+    output_names: Sequence[str] = ("logits",),
+    dynamic_batch: bool = True,
+    dynamic_size: bool = False,
+    check: bool = True,
+) -> Path:
+    """Export ``model`` (adapted by any mona_peft method, or by LoRA) to the ONNX file ``path``.
+
+    Args:
+        model: a transformers model, adapted or not; called as ``model(pixel_values=...)``.
+        path: the ``.onnx`` file to write.
+        example_inputs: ``pixel_values`` of the shape to trace with, ``(batch, channels, height, width)``.
+        output_names: fields of the model's output the graph returns, in order (:data:`TASK_OUTPUTS` per task).
+        dynamic_batch: the batch size is free in the graph (else fixed to the example's).
+        dynamic_size: height and width are free too. ConvNeXt's graphs take other sizes; transformers' Swin and ViTs
+            bake their patch grid into the graph (Swin's window partition, ViT's position table), so for them the
+            check below refuses it.
+        check: run the graph with onnxruntime (when installed) against PyTorch at the example, at one more image
+            (dynamic batch) and at twice the height and width (dynamic size); a dimension the graph does not take,
+            or a relative error above ``1e-4``, raises.
+
+    Raises:
+        ImportError: ``onnx`` or ``onnxscript`` is missing (the ``onnx`` extra).
+        ExportError: the exporter refused the model (the message names the operator or module it stopped at), or the
+            check failed (naming the inputs' shape).
+    """
+    for package in ("onnx", "onnxscript"):
+        try:
+            __import__(package)
+        except ImportError as error:
+            raise ImportError(f'export_onnx needs {package}: pip install "mona-peft[onnx]"') from error
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = _NamedOutputs(deployable(model), output_names).eval()
+    dims = {0: torch.export.Dim("batch")} if dynamic_batch else {}
+    if dynamic_size:
+        dims |= {2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                wrapper,
+                (example_inputs,),
+                str(path),
+                dynamo=True,
+                input_names=["pixel_values"],
+                output_names=list(output_names),
+                dynamic_shapes={"pixel_values": dims},
+                verbose=False,
+            )
+    except Exception as error:  # the exporter's errors are deep tracebacks: name what stopped it, keep the cause
+        reason = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise ExportError(f"{type(model).__name__} did not export to ONNX: {reason}") from error
+    if check:
+        _check_onnx(wrapper, path, _check_inputs(example_inputs, dynamic_batch, dynamic_size))
+    return path
+
+
+def _check_inputs(example: torch.Tensor, dynamic_batch: bool, dynamic_size: bool) -> list[torch.Tensor]:
+    batch, channels, height, width = example.shape
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(batch, channels, height, width)]
+    shapes += [(batch + 1, channels, height, width)] if dynamic_batch else []
+    shapes += [(batch, channels, 2 * height, 2 * width)] if dynamic_size else []
+    return [torch.randn(shape, generator=generator, dtype=example.dtype) for shape in shapes]
+
+
+def _check_onnx(model: _NamedOutputs, path: Path, inputs: Sequence[torch.Tensor], tolerance: float = 1e-4) -> None:
+    """Run the ONNX file ``path`` with onnxruntime on each of ``inputs`` and compare every output with ``model``'s
+    (the module :func:`export_onnx` traced); skipped when onnxruntime is not installed.
+
+    Raises ``ExportError`` naming the inputs' shape where the graph fails to run or differs by more than
+    ``tolerance`` (relative to the output's largest value)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for pixel_values in inputs:
+        shape = tuple(pixel_values.shape)
+        try:
+            outputs = session.run(None, {"pixel_values": pixel_values.numpy()})
+        except Exception as error:  # onnxruntime's own error type; its message names the node
+            reason = str(error).splitlines()[0]
+            raise ExportError(f"{path} does not run on pixel_values of shape {shape}: {reason}") from error
+        with torch.no_grad():
+            expected = model(pixel_values)
+        for name, got, want in zip(model.names, outputs, expected, strict=True):
+            error = float((torch.from_numpy(got) - want).abs().max() / want.abs().max().clamp_min(1e-12))
+            if error > tolerance:
+                raise ExportError(f"{path}: output {name} differs from PyTorch's by {error:.2e} at shape {shape}.")
+
+
+__all__ = ["TASK_OUTPUTS", "ExportError", "deployable", "export_onnx"]

@@ -1,0 +1,57 @@
+"""ONNX export of adapted models: parity with PyTorch in onnxruntime, LoRA merged away, and refusals that say why."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build_tiny_model
+
+from mona_peft.export import ExportError, export_onnx
+from mona_peft.tuners.methods import build_method
+
+onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed")
+onnxruntime = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
+
+
+def _run(path, pixel_values: torch.Tensor) -> torch.Tensor:
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(["logits"], {"pixel_values": pixel_values.numpy()})[0])
+
+
+def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((got - expected).abs().max() / expected.abs().max())
+
+
+# One case per kind of graph: Mona on windows (Swin), VPT's prompts in the token sequence (ViT), Mona on maps
+# (ConvNeXt, whose graph also takes other sizes), LoRA merged away.
+CASES = [("swin", "mona", False), ("vit", "vpt_deep", False), ("convnext", "mona", True), ("swin", "lora", False)]
+
+
+@pytest.mark.parametrize(("arch", "method", "dynamic_size"), CASES)
+def test_the_graph_gives_pytorchs_logits_at_other_batch_sizes(arch, method, dynamic_size, tmp_path):
+    model = build_method(build_tiny_model(arch), method, ["classifier"]).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # trained-looking adapter weights: an exported identity would hide a dropped adapter
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad and "classifier" not in name:
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    path = export_onnx(model, tmp_path / "model.onnx", torch.randn(2, 3, 32, 32), dynamic_size=dynamic_size)
+    sizes = [(1, 32), (3, 32)] + ([(2, 48), (1, 64)] if dynamic_size else [])
+    bare = build_tiny_model(arch)
+    for batch, side in sizes:
+        x = torch.randn(batch, 3, side, side, generator=generator)
+        with torch.no_grad():
+            expected, plain = model(pixel_values=x).logits, bare(pixel_values=x).logits
+        assert _relative_error(plain, expected) > 1e-3  # the adapter matters: a graph without it would fail below
+        assert _relative_error(_run(path, x), expected) <= 1e-4, (batch, side)
+    if method == "lora":  # merged into the backbone's weights before tracing: a plain Swin graph
+        assert not any("lora" in tensor.name for tensor in onnx.load(str(path)).graph.initializer)
+
+
+def test_a_graph_that_bakes_its_grid_is_refused_for_other_sizes(tmp_path):
+    """transformers' Swin fixes its window partition to the traced grid: asking for free sizes names the shape that
+    fails, instead of writing a graph that breaks later."""
+    model = build_method(build_tiny_model("swin"), "mona", ["classifier"]).eval()
+    with pytest.raises(ExportError, match=r"does not run on pixel_values of shape \(2, 3, 64, 64\)"):
+        export_onnx(model, tmp_path / "model.onnx", torch.randn(2, 3, 32, 32), dynamic_size=True)
