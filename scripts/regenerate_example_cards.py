@@ -6,7 +6,7 @@
 Each task's default run (its script with no arguments) trains in a temporary folder. Its card goes to
 ``model_cards/examples/<task>.md`` and the fields it was rendered from to ``<task>.json``; tests/test_model_cards.py
 renders every example again from its fields and checks that the card is what the renderer writes today. The shipped
-backbone's path is recorded relative to the repository, so the examples read the same on every machine.
+backbone is recorded as ``mona_peft:<name>``, so the examples read the same on every machine.
 """
 
 import argparse
@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import mona_peft.tasks
-from mona_peft.backbones import BACKBONES, backbone_path
+from mona_peft.backbones import portable_checkpoint
 from mona_peft.sharing.model_card import framework_versions_table, render_model_card
 from mona_peft.training import FineTuningRun, parse_args
 
@@ -31,9 +31,7 @@ def default_run_card_fields(task_name: str, output_dir: Path) -> dict:
     run = FineTuningRun(config, task(arguments) if task.arguments_class else task())
     run.execute()
     fields = dict(run.card_fields, labels_file=(output_dir / "labels.json").is_file())
-    for name, folder in BACKBONES.items():
-        if Path(fields["base_model"]).resolve() == backbone_path(name).resolve():
-            fields["base_model"] = f"mona_peft/backbones/{folder}"
+    fields["base_model"] = portable_checkpoint(fields["base_model"])  # the card reads the same on every machine
     return {**fields, "framework_versions": framework_versions_table()}
 
 

@@ -17,7 +17,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import mona_peft
+import mona_peft.backbones
 from mona_peft.data import ImageDataError
+from mona_peft.sharing.model_card import BASE_MODEL_PLACEHOLDER
 from mona_peft.tasks.image_classification import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,10 +128,18 @@ def test_the_card_names_the_data_its_results_come_from(folders, dataset, evaluat
     assert task.evaluated_on(config, data).startswith(evaluated_on)
 
 
-@pytest.mark.parametrize("backbone", ["swin", "dinov3_vit", "clip_vision_model", "siglip_vision_model", "convnext"])
+@pytest.mark.parametrize(
+    "backbone", ["shipped", "swin", "dinov3_vit", "clip_vision_model", "siglip_vision_model", "convnext"]
+)
 def test_class_names_come_back_through_the_cards_snippet_and_the_pipeline(backbone, tiny_swin, tmp_path):
-    """The script trains each family's classifier; its card's snippet reloads it in a fresh process."""
-    model = tiny_swin if backbone == "swin" else _save_with_processor(build_tiny_model(backbone), tmp_path / backbone)
+    """The script trains each family's classifier; its card's snippet reloads it in a fresh process. The card holds no
+    path of this machine: the shipped backbone is `backbone_path("swin")`, another local base a placeholder."""
+    if backbone == "shipped":
+        model = str(mona_peft.backbones.backbone_path("swin"))
+    else:
+        model = (
+            tiny_swin if backbone == "swin" else _save_with_processor(build_tiny_model(backbone), tmp_path / backbone)
+        )
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
         for label in ("cat", "dog"):
@@ -144,9 +154,15 @@ def test_class_names_come_back_through_the_cards_snippet_and_the_pipeline(backbo
     assert json.loads((out / "labels.json").read_text()) == {"id2label": {"0": "cat", "1": "dog"}}
     # Run the card's own loading snippet, as a user would, in a fresh process.
     card = (out / "README.md").read_text()
+    assert str(tmp_path) not in card and str(REPO) not in card
     snippet = card.split("## How to load", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     assert "load_labels" in snippet and 'pipeline("image-classification"' in snippet
     script = snippet.replace("path/to/this/adapter", str(out))
+    if backbone == "shipped":
+        assert 'from_pretrained(backbone_path("swin"))' in script  # runs as written, the adapter path aside
+    else:  # the card asks the reader to put their copy of the base checkpoint there
+        assert f'Replace `"{BASE_MODEL_PLACEHOLDER}"`' in card
+        script = script.replace(BASE_MODEL_PLACEHOLDER, model)
     image = tmp_path / "val" / "dog" / "0.png"
     script = f"from PIL import Image\nimage = Image.open({str(image)!r})\n{script}\n"
     script += "import json\nprint(json.dumps({'id2label': model.config.id2label, 'top': predictions[0]['label']}))\n"

@@ -46,6 +46,9 @@ __all__ = [
     "backbone_path",
     "build_backbone",
     "build_image_processor",
+    "checkpoint_path",
+    "portable_checkpoint",
+    "shipped_backbone_name",
 ]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -78,6 +81,29 @@ def backbone_path(name: str) -> Path:
     if name not in BACKBONES:
         raise KeyError(f"unknown backbone {name!r}; shipped backbones: {sorted(BACKBONES)}")
     return PACKAGE_DIR / BACKBONES[name]
+
+
+def shipped_backbone_name(checkpoint: str | Path) -> str | None:
+    """The name of the shipped backbone ``checkpoint`` is (its folder, or ``mona_peft:<name>``), else None."""
+    text = str(checkpoint)
+    if text.startswith("mona_peft:") and text.removeprefix("mona_peft:") in BACKBONES:
+        return text.removeprefix("mona_peft:")
+    if Path(text).is_dir():
+        return next((name for name in BACKBONES if Path(text).resolve() == backbone_path(name).resolve()), None)
+    return None
+
+
+def portable_checkpoint(checkpoint: str | Path) -> str:
+    """``mona_peft:<name>`` for a backbone shipped with the package (its path differs between installs), else the
+    checkpoint as given; :func:`checkpoint_path` turns it back into a path."""
+    name = shipped_backbone_name(checkpoint)
+    return f"mona_peft:{name}" if name else str(checkpoint)
+
+
+def checkpoint_path(checkpoint: str) -> str:
+    """The path or Hub id of a checkpoint recorded by :func:`portable_checkpoint`."""
+    name = shipped_backbone_name(checkpoint) if checkpoint.startswith("mona_peft:") else None
+    return str(backbone_path(name)) if name else checkpoint
 
 
 # ------------------------------------------------------------------------------------------- models

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import model_cards
+from ..backbones import BACKBONES, shipped_backbone_name
 from ..tuners.registry import methods
 from .labels import LABELS_FILE
 
@@ -109,8 +110,7 @@ def render_model_card(
         "whole_model": whole_model,
         "model_name": model_name,
         "method": _method_wording(method),
-        "base_model": base_model,
-        "base_model_is_hub_id": _is_hub_id(base_model),
+        **_base_model_reference(base_model),
         "dataset": dataset,
         "evaluated_on": evaluated_on or f"**{dataset}**",
         "num_labels": num_labels,
@@ -122,6 +122,31 @@ def render_model_card(
         "versions": [tuple(row) for row in framework_versions] if framework_versions else framework_versions_table(),
     }
     return _render_template(context)
+
+
+#: What a card's snippet loads when the base model was a local folder other than a shipped backbone.
+BASE_MODEL_PLACEHOLDER = "path/to/base-model"
+
+
+def _base_model_reference(base_model: str) -> dict[str, Any]:
+    """How the card names the base model and how its snippet loads it, with no path of the training machine: a Hub
+    id as itself, a shipped backbone through ``backbone_path``, any other local checkpoint by its folder's name in
+    the text and a placeholder in the snippet."""
+    shipped = shipped_backbone_name(base_model)
+    hub_id = _is_hub_id(base_model) and not shipped
+    if hub_id:
+        label, code = f"[`{base_model}`](https://huggingface.co/{base_model})", f'"{base_model}"'
+    elif shipped:
+        label = f'the backbone that ships with `mona_peft` (`backbone_path("{shipped}")`)'
+        code = f'backbone_path("{shipped}")'
+    else:
+        label, code = f"a local checkpoint (`{_short_name(base_model)}`)", f'"{BASE_MODEL_PLACEHOLDER}"'
+    return {
+        "base_model_is_hub_id": hub_id,
+        "base_model_label": label,
+        "base_model_code": code,
+        "base_model_shipped": shipped,
+    }
 
 
 def _method_wording(method: str) -> dict[str, str]:
@@ -238,6 +263,10 @@ def _is_hub_id(name: str) -> bool:
 
 
 def _short_name(name: str) -> str:
+    """A checkpoint's or dataset's last path component (a shipped backbone: its folder's name)."""
+    shipped = shipped_backbone_name(name)
+    if shipped:
+        return BACKBONES[shipped]
     return Path(str(name).rstrip("/\\")).name or str(name)
 
 

@@ -17,26 +17,8 @@ from typing import Any
 from torch import nn
 from transformers import CONFIG_MAPPING, AutoConfig, AutoModel, PretrainedConfig
 
+from ..backbones import checkpoint_path, portable_checkpoint
 from ..tuners.architectures import resolve_architecture
-
-
-def portable_checkpoint(backbone: str) -> str:
-    """``mona_peft:<name>`` for a backbone shipped with the package (its path differs between installs)."""
-    from ..backbones import BACKBONES, backbone_path
-
-    for name in BACKBONES:
-        if Path(backbone).resolve() == backbone_path(name).resolve():
-            return f"mona_peft:{name}"
-    return str(backbone)
-
-
-def checkpoint_path(checkpoint: str) -> str:
-    """The path or Hub id of a checkpoint recorded by :func:`portable_checkpoint`."""
-    from ..backbones import backbone_path
-
-    return (
-        str(backbone_path(checkpoint.removeprefix("mona_peft:"))) if checkpoint.startswith("mona_peft:") else checkpoint
-    )
 
 
 def feature_channels(config: PretrainedConfig) -> list[int]:
