@@ -38,56 +38,56 @@ from transformers.models.dinov3_convnext.modeling_dinov3_convnext import DINOv3C
 from transformers.models.dinov3_vit.modeling_dinov3_vit import DINOv3ViTPreTrainedModel
 
 
-class DINOv3ViTForImageClassification(DINOv3ViTPreTrainedModel):
-    """A DINOv3 ViT with a linear head on ``[CLS, mean(patch tokens)]`` (``classifier``; ``labels`` give the loss).
+class _LinearHeadClassifier:
+    """A backbone, ``model`` (the DINOv3 models' ``base_model_prefix``: ``from_pretrained`` of a backbone checkpoint
+    loads it and creates a fresh head), with one ``Linear`` head, ``classifier``, on the features :meth:`features`
+    picks; ``labels`` give the loss."""
 
-    Its backbone is ``model`` (``DINOv3ViTPreTrainedModel.base_model_prefix``), so ``from_pretrained`` of a
-    ``DINOv3ViTModel`` checkpoint loads the backbone and creates a fresh head.
-    """
-
-    def __init__(self, config: DINOv3ViTConfig) -> None:
-        super().__init__(config)
+    def _build(self, config: Any, backbone: nn.Module, width: int) -> None:
         self.num_labels = config.num_labels
-        self.model = DINOv3ViTModel(config)
-        width = 2 * config.hidden_size
+        self.model = backbone
         self.classifier = nn.Linear(width, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
+
+    def features(self, outputs: Any) -> torch.Tensor:
+        raise NotImplementedError
 
     def forward(
         self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: Any
     ) -> ImageClassifierOutput:
         outputs = self.model(pixel_values, **kwargs)
-        tokens = outputs.last_hidden_state
-        patches = tokens[:, 1 + self.config.num_register_tokens :]
-        logits = self.classifier(torch.cat([tokens[:, 0], patches.mean(dim=1)], dim=-1))
+        logits = self.classifier(self.features(outputs))
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         return ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=getattr(outputs, "attentions", None),
         )
 
 
-class DINOv3ConvNextForImageClassification(DINOv3ConvNextPreTrainedModel):
-    """A DINOv3 ConvNeXt with a linear head on its pooled output (``classifier``; ``labels`` give the loss).
+class DINOv3ViTForImageClassification(_LinearHeadClassifier, DINOv3ViTPreTrainedModel):
+    """A DINOv3 ViT with a linear head on ``[CLS, mean(patch tokens)]``."""
 
-    Its backbone is ``model`` (``base_model_prefix``): ``from_pretrained`` of a ``DINOv3ConvNextModel`` checkpoint
-    loads it and creates a fresh head.
-    """
+    def __init__(self, config: DINOv3ViTConfig) -> None:
+        super().__init__(config)
+        self._build(config, DINOv3ViTModel(config), 2 * config.hidden_size)
+
+    def features(self, outputs: Any) -> torch.Tensor:
+        tokens = outputs.last_hidden_state
+        patches = tokens[:, 1 + self.config.num_register_tokens :]
+        return torch.cat([tokens[:, 0], patches.mean(dim=1)], dim=-1)
+
+
+class DINOv3ConvNextForImageClassification(_LinearHeadClassifier, DINOv3ConvNextPreTrainedModel):
+    """A DINOv3 ConvNeXt with a linear head on its pooled output."""
 
     def __init__(self, config: DINOv3ConvNextConfig) -> None:
         super().__init__(config)
-        self.num_labels = config.num_labels
-        self.model = DINOv3ConvNextModel(config)
-        width = config.hidden_sizes[-1]
-        self.classifier = nn.Linear(width, config.num_labels) if config.num_labels > 0 else nn.Identity()
-        self.post_init()
+        self._build(config, DINOv3ConvNextModel(config), config.hidden_sizes[-1])
 
-    def forward(
-        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: Any
-    ) -> ImageClassifierOutput:
-        outputs = self.model(pixel_values, **kwargs)
-        logits = self.classifier(outputs.pooler_output)
-        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
-        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+    def features(self, outputs: Any) -> torch.Tensor:
+        return outputs.pooler_output
 
 
 def _register(config_class: type, model_class: type) -> None:

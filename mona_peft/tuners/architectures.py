@@ -143,6 +143,28 @@ _CLIP_STYLE_NAMES = dict(
     attention_output="self_attn.out_proj",
 )
 
+
+def _convnext(
+    model_type: str, block_class: str, mlp: tuple[str, str], layer_norms: tuple[str, ...]
+) -> ArchitectureSpec:
+    """A ConvNeXt-style CNN: blocks of one residual add on channels-first maps, whose MLP is the two Linears ``mlp``."""
+    return ArchitectureSpec(
+        model_type,
+        block_class,
+        r"(.*\.)?stages\.\d+\.layers\.\d+",
+        None,
+        "feature_map",
+        layout="channels_first",
+        prompt_layout=None,
+        attention_output=None,
+        mlp_input=mlp[0],
+        mlp_output=mlp[1],
+        mlp_output_projection=mlp[1],
+        layer_norms=layer_norms,
+        lora_modules=mlp,
+    )
+
+
 SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
     spec.model_type: spec
     for spec in (
@@ -227,44 +249,19 @@ SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
         # convolution, then a channels-last MLP, `pwconv1` and `pwconv2`). The authors place one Mona after each
         # residual block of a CNN (official repository, issue #6): here, after the block's add. No attention: LoRA
         # adapts the MLP's two Linears, the Houlsby adapter follows the MLP only, and VPT has no tokens to extend.
-        *(
-            ArchitectureSpec(
-                model_type,
-                block_class,
-                r"(.*\.)?stages\.\d+\.layers\.\d+",
-                None,
-                "feature_map",
-                layout="channels_first",
-                prompt_layout=None,
-                attention_output=None,
-                mlp_input="pwconv1",
-                mlp_output="pwconv2",
-                mlp_output_projection="pwconv2",
-                layer_norms=("layernorm", "downsampling_layer.0"),
-                lora_modules=("pwconv1", "pwconv2"),
-            )
-            for model_type, block_class in (("convnext", "ConvNextLayer"), ("convnextv2", "ConvNextV2Layer"))
-        ),
+        _convnext("convnext", "ConvNextLayer", ("pwconv1", "pwconv2"), ("layernorm", "downsampling_layer.0")),
+        _convnext("convnextv2", "ConvNextV2Layer", ("pwconv1", "pwconv2"), ("layernorm", "downsampling_layer.0")),
         # DINOv3's ConvNeXt: ConvNeXt's block under other names. Its stages normalise before downsampling
         # (`downsample_layers.0`), except the first, which normalises after its stem convolution.
-        ArchitectureSpec(
+        _convnext(
             "dinov3_convnext",
             "DINOv3ConvNextLayer",
-            r"(.*\.)?stages\.\d+\.layers\.\d+",
-            None,
-            "feature_map",
-            layout="channels_first",
-            prompt_layout=None,
-            attention_output=None,
-            mlp_input="pointwise_conv1",
-            mlp_output="pointwise_conv2",
-            mlp_output_projection="pointwise_conv2",
-            layer_norms=(
+            ("pointwise_conv1", "pointwise_conv2"),
+            (
                 "layer_norm",
                 "stages.0.downsample_layers.1",
                 *(f"stages.{stage}.downsample_layers.0" for stage in range(1, 4)),
             ),
-            lora_modules=("pointwise_conv1", "pointwise_conv2"),
         ),
         # SAM's vision encoder (SamModel's `vision_encoder`, SamVisionModel): maps laid out channels last
         # `(batch, height, width, channels)` through pre-norm blocks, most attending in windows, some globally
