@@ -57,6 +57,49 @@ class _NamedOutputs(nn.Module):
         return tuple(getattr(output, name) for name in self.names)
 
 
+def load_adapted(folder: str | Path, base_model: str | None = None) -> tuple[nn.Module, str]:
+    """The adapted model a training run saved in ``folder``, and its task: a semantic-segmentation adapter (the folder
+    has ``segmentation_config.json``) on the UperNet it was trained in, else a classification adapter on its base
+    model (``base_model``, default ``base_model_name_or_path`` of ``adapter_config.json``) with the trained class
+    names (``labels.json``). Detection and instance-segmentation folders are refused: their export is not built yet.
+    """
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForImageClassification
+
+    from .tasks.instance_segmentation.model import INSTANCE_SEGMENTATION_CONFIG_FILE
+    from .tasks.object_detection.model import DETECTION_CONFIG_FILE
+    from .tasks.semantic_segmentation.model import SEGMENTATION_CONFIG_FILE, load_segmentation_base
+
+    folder = Path(folder)
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder} has no adapter_config.json: it is not an adapter folder.")
+    for dense in (DETECTION_CONFIG_FILE, INSTANCE_SEGMENTATION_CONFIG_FILE):
+        if (folder / dense).is_file():
+            raise ExportError(
+                f"{folder} is a {dense.removesuffix('_config.json')} adapter: its export is not built yet."
+            )
+    if (folder / SEGMENTATION_CONFIG_FILE).is_file():
+        return PeftModel.from_pretrained(load_segmentation_base(folder), folder).eval(), "semantic_segmentation"
+    from .sharing.labels import load_labels
+
+    base_model = base_model or json.loads(config_file.read_text())["base_model_name_or_path"]
+    if not _is_loadable(base_model):
+        raise FileNotFoundError(
+            f"The base model {base_model} recorded in {config_file} is not here: pass the base checkpoint (--base)."
+        )
+    labels = load_labels(folder) if (folder / "labels.json").is_file() else {}
+    base = AutoModelForImageClassification.from_pretrained(base_model, **labels, ignore_mismatched_sizes=True)
+    return PeftModel.from_pretrained(base, folder).eval(), "image_classification"
+
+
+def _is_loadable(checkpoint: str) -> bool:
+    """A local folder that exists, or a name that is not a path (a Hub id)."""
+    return Path(checkpoint).is_dir() or not (checkpoint.startswith(("/", ".", "~")) or Path(checkpoint).exists())
+
+
 def deployable(model: nn.Module) -> nn.Module:
     """``model`` ready to trace, in eval mode: a PEFT model whose adapters all merge (LoRA) is merged on a copy, so the
     graph is the plain model's; any other (Mona, VPT, ...) stays as it is, its adapters part of the graph."""
@@ -170,4 +213,4 @@ def _check_onnx(model: _NamedOutputs, path: Path, inputs: Sequence[torch.Tensor]
                 raise ExportError(f"{path}: output {name} differs from PyTorch's by {error:.2e} at shape {shape}.")
 
 
-__all__ = ["TASK_OUTPUTS", "ExportError", "deployable", "export_onnx"]
+__all__ = ["TASK_OUTPUTS", "ExportError", "deployable", "export_onnx", "load_adapted"]

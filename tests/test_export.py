@@ -55,3 +55,41 @@ def test_a_graph_that_bakes_its_grid_is_refused_for_other_sizes(tmp_path):
     model = build_method(build_tiny_model("swin"), "mona", ["classifier"]).eval()
     with pytest.raises(ExportError, match=r"does not run on pixel_values of shape \(2, 3, 64, 64\)"):
         export_onnx(model, tmp_path / "model.onnx", torch.randn(2, 3, 32, 32), dynamic_size=True)
+
+
+@pytest.mark.parametrize("task", ["image_classification", "semantic_segmentation"])
+def test_the_script_exports_a_training_runs_adapter_folder(task, tmp_path):
+    """The default run of each task (one step), then scripts/export_onnx.py on its folder in a fresh process: the task
+    comes from the folder's files, and the graph answers like the adapter loaded with PEFT."""
+    import importlib
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mona_peft.export import load_adapted
+
+    out = tmp_path / "run"
+    importlib.import_module(f"mona_peft.tasks.{task}").main(
+        ["--output_dir", str(out), "--max_train_steps", "1", "--report_to", "none"]
+    )
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(repo / "scripts" / "export_onnx.py"), "--adapter", str(out)]
+    done = subprocess.run([*command, "--output", str(tmp_path / "m.onnx")], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{task}: {tmp_path / 'm.onnx'}" in done.stdout
+    model, loaded_task = load_adapted(out)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(pixel_values=x).logits
+    assert loaded_task == task and _relative_error(_run(tmp_path / "m.onnx", x), expected) <= 1e-4
+
+
+def test_a_detection_folder_is_refused_naming_what_is_missing(tmp_path):
+    from mona_peft.export import load_adapted
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "detection_config.json").write_text("{}")
+    with pytest.raises(ExportError, match="is a detection adapter: its export is not built yet"):
+        load_adapted(tmp_path)
