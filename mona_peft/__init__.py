@@ -15,6 +15,7 @@ from .tuners.architectures import (
 from .tuners.config_utils import AdapterMismatchError, ConfigTypeError
 from .tuners.houlsby import HoulsbyConfig, HoulsbyLayer, HoulsbyModel
 from .tuners.mona import MonaConfig, MonaLayer, MonaModel
+from .tuners.mona.inference import prepare_for_inference
 from .tuners.vpt import VPTConfig, VPTLayer, VPTModel
 
 __version__ = "0.1.0"
@@ -37,5 +38,6 @@ __all__ = [
     "VPTConfig",
     "VPTLayer",
     "VPTModel",
+    "prepare_for_inference",
     "supported_model_types",
 ]

@@ -101,14 +101,18 @@ def _is_loadable(checkpoint: str) -> bool:
 
 
 def deployable(model: nn.Module) -> nn.Module:
-    """``model`` ready to trace, in eval mode: a PEFT model whose adapters all merge (LoRA) is merged on a copy, so the
-    graph is the plain model's; any other (Mona, VPT, ...) stays as it is, its adapters part of the graph."""
+    """``model`` ready to trace, as a copy in eval mode: a PEFT model whose adapters all merge (LoRA) is merged, so the
+    graph is the plain model's; any other keeps its adapters (Mona, VPT, ...), part of the graph, with Mona in its
+    inference form (:func:`mona_peft.prepare_for_inference`: its fused kernels computed once, constants of the
+    graph)."""
     from peft import PeftModel
 
-    model = model.eval()
+    from .tuners.mona.inference import prepare_for_inference
+
+    model = copy.deepcopy(model).eval()
     if isinstance(model, PeftModel) and all(_mergeable(config) for config in model.peft_config.values()):
-        return copy.deepcopy(model).merge_and_unload().eval()
-    return model
+        return model.merge_and_unload().eval()
+    return prepare_for_inference(model)
 
 
 def _mergeable(config) -> bool:

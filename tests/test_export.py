@@ -93,3 +93,29 @@ def test_a_detection_folder_is_refused_naming_what_is_missing(tmp_path):
     (tmp_path / "detection_config.json").write_text("{}")
     with pytest.raises(ExportError, match="is a detection adapter: its export is not built yet"):
         load_adapted(tmp_path)
+
+
+@pytest.mark.parametrize("arch", ["swin", "vit", "convnext"])
+def test_the_inference_form_gives_the_eager_outputs_and_refuses_to_train(arch):
+    """Mona's fused kernels and folded norm, computed once: the same logits to round-off; training it would train
+    nothing, so a training-mode or grad-enabled forward raises."""
+    import mona_peft
+
+    model = build_method(build_tiny_model(arch), "mona", ["classifier"]).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "mona_" in name:
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eager = model(pixel_values=x).logits
+    frozen = mona_peft.prepare_for_inference(model)
+    with torch.inference_mode():
+        got = frozen(pixel_values=x).logits
+    torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-6)
+    assert not any("frozen" in key for key in frozen.state_dict())  # the saved adapter is unchanged
+    with pytest.raises(RuntimeError, match="prepared for inference .* grad-enabled forward would train nothing"):
+        frozen(pixel_values=x)  # gradients enabled
+    frozen.train()
+    with torch.no_grad(), pytest.raises(RuntimeError, match="training-mode"):
+        frozen(pixel_values=x)

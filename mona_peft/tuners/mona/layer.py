@@ -38,8 +38,29 @@ class ScaledLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # gamma folded into the LayerNorm's affine (channel-sized products): one pass over x fewer than `LN(x) * gamma`
-        normed = F.layer_norm(x, (x.shape[-1],), self.weight * self.gamma, self.bias * self.gamma, self.eps)
+        if hasattr(self, "frozen_weight"):  # prepared for inference: folded once
+            _refuse_training(self)
+            weight, bias = self.frozen_weight, self.frozen_bias
+        else:
+            weight, bias = self.weight * self.gamma, self.bias * self.gamma
+        normed = F.layer_norm(x, (x.shape[-1],), weight, bias, self.eps)
         return torch.addcmul(normed, x, self.gammax)  # one kernel for `+ x * gammax`
+
+    def freeze(self) -> None:
+        """Fold ``gamma`` into the affine once (:func:`mona_peft.prepare_for_inference`)."""
+        with torch.no_grad():
+            self.register_buffer("frozen_weight", self.weight * self.gamma, persistent=False)
+            self.register_buffer("frozen_bias", self.bias * self.gamma, persistent=False)
+
+
+def _refuse_training(module: nn.Module) -> None:
+    """A module prepared for inference holds frozen copies of its parameters: training it would change nothing."""
+    if module.training or torch.is_grad_enabled():
+        raise RuntimeError(
+            "This Mona was prepared for inference (mona_peft.prepare_for_inference): its fused kernels are copies of "
+            "its parameters, computed once, so a training-mode or grad-enabled forward would train nothing. Run it "
+            "in eval mode under torch.no_grad() / torch.inference_mode(), or load the adapter again to train it."
+        )
 
 
 class MultiCognitiveFilter(nn.Module):
@@ -104,7 +125,7 @@ class MultiCognitiveFilter(nn.Module):
         height, width = grid
         image = z.reshape(batch, height, width, channels).permute(0, 3, 1, 2)  # channels-last view
         if self.fused:
-            kernel, bias = self.fused_depthwise()
+            kernel, bias = self._fused("frozen_kernel", "frozen_kernel_bias") or self.fused_depthwise()
             out = F.conv2d(image, kernel, bias, padding=kernel.shape[-1] // 2, groups=channels)
         else:
             convs = [
@@ -119,8 +140,26 @@ class MultiCognitiveFilter(nn.Module):
     def project(self, z: torch.Tensor) -> torch.Tensor:
         """``z + conv1x1(z)``, per token."""
         if self.fused:
-            return F.linear(z, self.fused_projection(), self.pw_bias)
+            (projection,) = self._fused("frozen_projection") or (self.fused_projection(),)
+            return F.linear(z, projection, self.pw_bias)
         return z + F.linear(z, self.pw_weight.view(self.channels, self.channels), self.pw_bias)
+
+    def _fused(self, *names: str) -> tuple[torch.Tensor, ...] | None:
+        """The frozen fused tensors ``names`` (after :meth:`freeze`), or None."""
+        if not hasattr(self, names[0]):
+            return None
+        _refuse_training(self)
+        return tuple(getattr(self, name) for name in names)
+
+    def freeze(self) -> None:
+        """Compute the fused depthwise kernel and the ``W + I`` projection once (``mona_peft.prepare_for_inference``):
+        later forwards use these copies, and refuse to run in training mode or with gradients enabled."""
+        self.fused = True
+        with torch.no_grad():
+            kernel, bias = self.fused_depthwise()
+            self.register_buffer("frozen_kernel", kernel, persistent=False)
+            self.register_buffer("frozen_kernel_bias", bias, persistent=False)
+            self.register_buffer("frozen_projection", self.fused_projection().clone(), persistent=False)
 
 
 _IDENTITIES: dict[tuple, torch.Tensor] = {}
