@@ -119,3 +119,15 @@ def test_the_inference_form_gives_the_eager_outputs_and_refuses_to_train(arch):
     frozen.train()
     with torch.no_grad(), pytest.raises(RuntimeError, match="training-mode"):
         frozen(pixel_values=x)
+
+
+def test_the_export_benchmark_reports_every_ratio_side_by_side(tmp_path):
+    """benchmarks/harness/export_speed.py on a tiny Swin: both runtimes, both thread counts, file sizes."""
+    from harness.export_speed import measure_export
+
+    rows = measure_export(lambda: build_tiny_model("swin"), 32, tmp_path, ["classifier"], warmup=1, repeats=2)
+    assert rows["file_mb"]["mona"] > rows["file_mb"]["bare"] > 0
+    for count in (1, 2):
+        ratios = rows[f"threads_{count}"]
+        assert set(ratios) == {"onnxruntime_mona_over_bare", "torch_mona_over_bare", "mona_onnxruntime_over_torch"}
+        assert all(row["ratio"] > 0 for row in ratios.values())

@@ -1,0 +1,88 @@
+"""Latency of an exported Mona-adapted model against its bare backbone, side by side in one run.
+
+For one model builder (Swin-T at 224 px by default; random weights, eager attention, which transformers' Swin needs
+to export at that size): the bare model and the same model with Mona (randomised adapter weights), each exported to
+ONNX (``mona_peft.export.export_onnx``) and run in onnxruntime, and each run in PyTorch eager, Mona in its inference
+form (``mona_peft.prepare_for_inference``). The variants of one runtime run interleaved after warm-up
+(:func:`harness.timing.timed_pair`), at each thread count; ratios are of medians.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .timing import summarize, timed_pair
+
+
+def _mona(bare: torch.nn.Module, head: list[str]) -> torch.nn.Module:
+    from peft import get_peft_model
+
+    import mona_peft
+
+    model = get_peft_model(copy.deepcopy(bare), mona_peft.MonaConfig(modules_to_save=head)).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # trained-looking adapters (a fresh Mona is near the identity)
+        for name, parameter in model.named_parameters():
+            if "mona_" in name:
+                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return mona_peft.prepare_for_inference(model)
+
+
+def measure_export(
+    build: Callable[[], torch.nn.Module],
+    image_size: int,
+    folder: Path,
+    head: list[str],
+    batch: int = 2,
+    threads: tuple[int, ...] = (1, 2),
+    warmup: int = 3,
+    repeats: int = 10,
+) -> dict[str, object]:
+    """Latency ratios Mona / bare in onnxruntime and in PyTorch, onnxruntime / PyTorch for the Mona model, and the
+    ONNX file sizes, at each of ``threads``."""
+    import onnxruntime
+
+    from mona_peft.export import export_onnx
+
+    bare = build().eval()
+    models = {"bare": bare, "mona": _mona(bare, head)}
+    x = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    files = {name: export_onnx(model, folder / f"{name}.onnx", x) for name, model in models.items()}
+    rows = {
+        "image_size": image_size,
+        "batch": batch,
+        # the graph and its weights, which the exporter writes beside it (`<name>.onnx.data`) for models this size
+        "file_mb": {
+            n: round(sum(f.stat().st_size for f in folder.glob(f"{p.name}*")) / 2**20, 2) for n, p in files.items()
+        },
+    }
+    feed = {"pixel_values": x.numpy()}
+    for count in threads:
+        torch.set_num_threads(count)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = count, 1
+        sessions = {
+            n: onnxruntime.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+            for n, p in files.items()
+        }
+        runs = {f"ort_{n}": (lambda s=s: s.run(None, feed)) for n, s in sessions.items()}
+
+        def eager(model: torch.nn.Module) -> Callable[[], None]:
+            def run() -> None:
+                with torch.inference_mode():
+                    model(pixel_values=x)
+
+            return run
+
+        runs |= {f"torch_{n}": eager(m) for n, m in models.items()}
+        times = timed_pair(runs, warmup, repeats)
+        rows[f"threads_{count}"] = {
+            "onnxruntime_mona_over_bare": summarize(times, "ort_mona", "ort_bare"),
+            "torch_mona_over_bare": summarize(times, "torch_mona", "torch_bare"),
+            "mona_onnxruntime_over_torch": summarize(times, "ort_mona", "torch_mona"),
+        }
+    return rows
