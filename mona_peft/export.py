@@ -1,8 +1,8 @@
 """Export an adapted model to ONNX, for serving where PyTorch is not wanted.
 
 Mona, VPT, the Houlsby adapter and AdaptFormer are not linear in the backbone's weights, so they cannot be merged away:
-the exported graph holds the adapters beside the frozen backbone. LoRA (and PEFT's other mergeable methods) is merged
-first (``merge_and_unload`` on a copy), so its graph is the plain model's. The exporter is PyTorch's dynamo exporter
+the exported graph holds the adapters beside the frozen backbone. LoRA and LN tuning, which PEFT merges, are merged
+first (``merge_and_unload`` on a copy), so their graph is the plain model's. The exporter is PyTorch's dynamo exporter
 (``torch.onnx.export(..., dynamo=True)``), which needs ``onnx`` and ``onnxscript``; the parity checks run the graph
 with ``onnxruntime``. Install them with ``pip install "mona-peft[onnx]"``.
 
