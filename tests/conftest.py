@@ -73,6 +73,34 @@ TINY_CONVNEXT_CONFIG = dict(
     layer_scale_init_value=1.0,
 )
 
+# timm needs torchvision, whose only wheels here replace this environment's CPU torch (README: "timm models"): the timm
+# cases run in their own venv (scripts/test_timm.sh) and skip where timm cannot be imported.
+try:
+    import timm  # noqa: F401
+
+    TIMM_MISSING = None
+except Exception as error:  # ImportError, or torchvision's "operator torchvision::nms does not exist" (RuntimeError)
+    TIMM_MISSING = f"timm cannot be imported here ({type(error).__name__}: {error}); scripts/test_timm.sh runs it"
+
+#: timm models inside transformers' TimmWrapperForImageClassification (the classifier is timm's own `head`), as
+#: ``TimmWrapperConfig`` kwargs: ViT with a CLS and 2 register tokens, Swin, ConvNeXt with LayerScale 1 (as above).
+TINY_TIMM_MODELS = {
+    "timm:VisionTransformer": dict(
+        architecture="vit_tiny_patch16_224",
+        model_args=dict(img_size=TINY_IMAGE_SIZE, patch_size=8, embed_dim=32, depth=2, num_heads=2, reg_tokens=2),
+    ),
+    "timm:SwinTransformer": dict(
+        architecture="swin_tiny_patch4_window7_224",
+        model_args=dict(
+            img_size=TINY_IMAGE_SIZE, embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4, drop_path_rate=0.0
+        ),
+    ),
+    "timm:ConvNeXt": dict(
+        architecture="convnext_tiny",
+        model_args=dict(depths=(1, 1, 1, 1), dims=(8, 16, 16, 16), ls_init_value=1.0, drop_path_rate=0.0),
+    ),
+}
+
 #: Registered architectures with no image classifier in transformers: DPT's ViT (tested inside
 #: ``DPTForSemanticSegmentation`` by tests/test_segmentation.py) and MaskFormer's Swin (tested inside
 #: ``MaskFormerForInstanceSegmentation`` by tests/test_detection_models.py) and SAM's vision encoder (tested inside
@@ -108,9 +136,16 @@ TINY_MODELS: dict[str, tuple[type, type, dict[str, Any]]] = {
     ),
     "clip_vision_model": (tf.CLIPConfig, tf.CLIPForImageClassification, TINY_TOWER_CONFIG),
     "siglip_vision_model": (tf.SiglipConfig, tf.SiglipForImageClassification, TINY_TOWER_CONFIG),
+    **{
+        key: (tf.TimmWrapperConfig, tf.TimmWrapperForImageClassification, {**kwargs, "num_labels": 3})
+        for key, kwargs in TINY_TIMM_MODELS.items()
+    },
 }
 #: Transformer blocks of each tiny model.
-TINY_NUM_BLOCKS = {model_type: 4 if model_type.startswith("swin") else 2 for model_type in TINY_MODELS}
+TINY_NUM_BLOCKS = {
+    model_type: 4 if model_type.startswith("swin") or model_type in ("timm:SwinTransformer", "timm:ConvNeXt") else 2
+    for model_type in TINY_MODELS
+}
 
 
 def build_tiny_model(model_type: str, seed: int = 0, model_class: type | None = None, **overrides: Any) -> nn.Module:
@@ -125,8 +160,12 @@ def build_tiny_model(model_type: str, seed: int = 0, model_class: type | None = 
             f"(known: {', '.join(sorted(TINY_MODELS))})."
         )
     config_class, default_class, kwargs = TINY_MODELS[model_type]
+    if model_type.startswith("timm:") and TIMM_MISSING:
+        pytest.skip(TIMM_MISSING)
     if "vision_config" in kwargs:  # the overrides are the tower's
         kwargs = {**kwargs, "vision_config": {**kwargs["vision_config"], **overrides}}
+    elif "model_args" in kwargs:  # timm's
+        kwargs = {**kwargs, "model_args": {**kwargs["model_args"], **overrides}}
     else:
         kwargs = {**kwargs, **overrides}
     torch.manual_seed(seed)

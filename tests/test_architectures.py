@@ -3,7 +3,7 @@
 import pytest
 import torch
 import transformers as tf
-from conftest import TINY_MODELS, WITHOUT_CLASSIFIER, build_tiny_model
+from conftest import TINY_MODELS, TINY_NUM_BLOCKS, WITHOUT_CLASSIFIER, build_tiny_model
 from peft import get_peft_model
 
 import mona_peft
@@ -17,7 +17,7 @@ OVERRIDES = {
 PREFIX_TOKENS = {
     "swin": 0, "swinv2": 0, "vit": 1, "deit": 2, "dinov2": 1, "dinov2_with_registers": 5, "clip_vision_model": 1,
     "siglip_vision_model": 0, "dinov3_vit": 3, "convnext": 0, "convnextv2": 0,
-    "dinov3_convnext": 0,
+    "dinov3_convnext": 0, "timm:VisionTransformer": 3, "timm:SwinTransformer": 0, "timm:ConvNeXt": 0,
 }  # fmt: skip
 
 
@@ -45,7 +45,7 @@ def test_every_block_is_adapted_and_changes_the_output(model_type):
     blocks = [
         m for m in model.modules() if type(m).__name__ == mona_peft.SUPPORTED_ARCHITECTURES[model_type].block_class
     ]
-    assert len(layers) == len(blocks) == (4 if "swin" in model_type else 2)
+    assert len(layers) == len(blocks) == TINY_NUM_BLOCKS[model_type]
     assert all(layer.architecture.num_prefix_tokens == PREFIX_TOKENS[model_type] for layer in layers)
     with torch.no_grad():
         adapted = model(pixel_values=x).logits

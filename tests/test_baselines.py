@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
-from conftest import TINY_MODELS, WITHOUT_CLASSIFIER, build_tiny_model
+from conftest import TINY_MODELS, TINY_NUM_BLOCKS, WITHOUT_CLASSIFIER, build_tiny_model
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 from torch import nn
@@ -20,6 +20,7 @@ from torch import nn
 import mona_peft
 from mona_peft import AdaptFormerConfig, AdaptFormerLayer, HoulsbyConfig, HoulsbyLayer
 from mona_peft.tasks.image_classification import main
+from mona_peft.tuners.architectures import head_modules
 from mona_peft.tuners.methods import build_method, count_parameters, is_adapter_parameter
 from mona_peft.tuners.registry import methods
 
@@ -286,35 +287,41 @@ def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant, tiny_mod
 UNREAD_NORMS = {"clip_vision_model": ("post_layernorm",), "siglip_vision_model": ("head.layernorm",)}
 
 
-def test_every_architecture_gets_every_baseline(tiny_pixel_values):
+def test_every_architecture_has_a_tiny_model():
     assert set(TINY_MODELS) == set(mona_peft.supported_model_types()) - WITHOUT_CLASSIFIER
+
+
+@pytest.mark.parametrize("arch", sorted(TINY_MODELS))
+def test_every_architecture_gets_every_baseline(arch, tiny_pixel_values):
     x = tiny_pixel_values(batch=2)
-    for arch in TINY_MODELS:
-        plain = logits(build_tiny_model(arch), x)
-        num_blocks = 4 if "swin" in arch else 2
-        for method in ("ln_tuning", "partial1", "adapter", "lora", "adaptformer"):
-            model = build_method(build_tiny_model(arch), method, HEAD)
-            trained, _ = count_parameters(model)
-            assert trained > HEAD_PARAMS, f"{arch} {method}"
-            if method in ("adapter", "adaptformer"):
-                layer_cls = HoulsbyLayer if method == "adapter" else AdaptFormerLayer
-                layers = [m for m in model.modules() if isinstance(m, layer_cls)]
-                # the Houlsby adapter follows the attention and the MLP; a block without attention has the second
-                attention = mona_peft.SUPPORTED_ARCHITECTURES[arch].attention_output is not None
-                per_block = 1 + (method == "adapter" and attention)
-                assert len(layers) == num_blocks * per_block, f"{arch} {method}"
-                randomize(model, "houlsby_" if method == "adapter" else "adaptformer_", head=False)
-                assert (logits(model, x) - plain).abs().max() > 1e-4, f"{arch} {method}"
-                assert torch.equal(logits(model.unload(), x), plain), f"{arch} {method}"
-            elif method == "lora":
-                assert sum(hasattr(m, "lora_A") for m in model.modules()) == 2 * num_blocks, arch
-            elif method == "ln_tuning":
-                unread = UNREAD_NORMS.get(arch, ())
-                norms = sum(
-                    isinstance(m, nn.LayerNorm) and not n.endswith(unread)
-                    for n, m in build_tiny_model(arch).named_modules()
-                )
-                assert sum(hasattr(m, "ln_tuning_layers") for m in model.modules()) == norms, arch
+    base = build_tiny_model(arch)
+    plain = logits(base, x)
+    head = head_modules(base)
+    num_blocks = TINY_NUM_BLOCKS[arch]
+    for method in ("ln_tuning", "partial1", "adapter", "lora", "adaptformer"):
+        model = build_method(build_tiny_model(arch), method, head)
+        trained, _ = count_parameters(model)
+        assert trained > HEAD_PARAMS, f"{arch} {method}"
+        if method in ("adapter", "adaptformer"):
+            layer_cls = HoulsbyLayer if method == "adapter" else AdaptFormerLayer
+            layers = [m for m in model.modules() if isinstance(m, layer_cls)]
+            # the Houlsby adapter follows the attention and the MLP; a block without attention has the second
+            attention = mona_peft.SUPPORTED_ARCHITECTURES[arch].attention_output is not None
+            per_block = 1 + (method == "adapter" and attention)
+            assert len(layers) == num_blocks * per_block, f"{arch} {method}"
+            randomize(model, "houlsby_" if method == "adapter" else "adaptformer_", head=False)
+            assert (logits(model, x) - plain).abs().max() > 1e-4, f"{arch} {method}"
+            assert torch.equal(logits(model.unload(), x), plain), f"{arch} {method}"
+        elif method == "lora":
+            targets = len(mona_peft.SUPPORTED_ARCHITECTURES[arch].lora_targets)  # 1 where q, k, v are one Linear
+            assert sum(hasattr(m, "lora_A") for m in model.modules()) == targets * num_blocks, arch
+        elif method == "ln_tuning":
+            unread = UNREAD_NORMS.get(arch, ())
+            norms = sum(  # the head (timm's ConvNeXt normalises in it) trains in full
+                isinstance(m, nn.LayerNorm) and not n.endswith(unread) and not n.startswith(f"{head[0]}.")
+                for n, m in build_tiny_model(arch).named_modules()
+            )
+            assert sum(hasattr(m, "ln_tuning_layers") for m in model.modules()) == norms, arch
 
 
 def test_swinv2_adaptformer_reads_the_mlp_input(tiny_pixel_values):

@@ -5,13 +5,15 @@
 - docs/architectures.md lists every ``model_type`` of ``SUPPORTED_ARCHITECTURES``.
 - Every fenced ``python`` block runs, offline (``HF_HUB_OFFLINE=1``, an empty Hugging Face cache), in a temporary
   directory of its own and a fresh namespace, under a timeout, unless the line before its fence is
-  ``<!-- needs network -->`` (docs/contributing.md documents the marker). To keep the whole file fast, one subprocess
+  ``<!-- needs network -->`` (docs/contributing.md documents the marker). A block after ``<!-- needs timm -->`` runs
+  where timm can be imported (``scripts/test_timm.sh``; its id ends in ``-timm``) and skips elsewhere. To keep the
+  whole file fast, one subprocess
   imports torch, transformers and PEFT once and forks a child per block; ``mona_peft`` is not preloaded, so a block
   that forgets ``import mona_peft`` fails as it would for a reader.
 - Every fenced ``bash`` block is checked without training: each command's script must exist; the flags of a training
   script are parsed by ``mona_peft.training.parse_args`` with its task's ``arguments_class`` and recipe (``--help``
-  included), and those of any other script must appear in its ``--help``. ``pip install`` and ``python -m ...`` (the
-  README's two commands, which CI runs itself) are skipped.
+  included), and those of any other script must appear in its ``--help``; a ``bash`` script must exist. ``pip
+  install`` and ``python -m ...`` (the README's two commands, which CI runs itself) are skipped.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import TIMM_MISSING
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 NETWORK_MARKER = "<!-- needs network -->"
+TIMM_MARKER = "<!-- needs timm -->"
 README_MAX_LINES = 200
 BLOCK_TIMEOUT_S = 90
 # A Hub repository id in quotes ("user/repo", "microsoft/swin-base-patch4-window7-224").
@@ -44,10 +48,11 @@ class Block:
     language: str
     code: str
     needs_network: bool
+    needs_timm: bool = False
 
     @property
     def id(self) -> str:
-        return f"{self.path.relative_to(ROOT)}:{self.line}"
+        return f"{self.path.relative_to(ROOT)}:{self.line}" + ("-timm" if self.needs_timm else "")
 
 
 def fenced_blocks(path: Path) -> list[Block]:
@@ -62,8 +67,9 @@ def fenced_blocks(path: Path) -> list[Block]:
         start = index
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("```")), None)
         assert end is not None, f"{path.relative_to(ROOT)}:{start + 1}: unclosed code fence"
-        marked = start > 0 and lines[start - 1].strip() == NETWORK_MARKER
-        blocks.append(Block(path, start + 1, match.group(1), "\n".join(lines[start + 1 : end]) + "\n", marked))
+        marker = lines[start - 1].strip() if start > 0 else ""
+        code = "\n".join(lines[start + 1 : end]) + "\n"
+        blocks.append(Block(path, start + 1, match.group(1), code, marker == NETWORK_MARKER, marker == TIMM_MARKER))
         index = end + 1
     return blocks
 
@@ -143,7 +149,7 @@ def test_architectures_page_lists_every_model_type():
     # the first cell of each body row (a header row is followed by its |---| line)
     listed: set[str] = set()
     for body in re.findall(r"^\|---.*\n((?:\|.*\n?)+)", text, flags=re.MULTILINE):
-        listed |= set(re.findall(r"^\| `([\w-]+)`", body, flags=re.MULTILINE))
+        listed |= set(re.findall(r"^\| `([\w:-]+)`", body, flags=re.MULTILINE))
     expected = set(SUPPORTED_ARCHITECTURES)
     assert listed == expected, f"missing: {sorted(expected - listed)}, unknown: {sorted(listed - expected)}"
 
@@ -193,9 +199,14 @@ for block in blocks:
 
 
 @pytest.fixture(scope="module")
-def python_results(tmp_path_factory) -> dict[str, dict]:
-    """Run every offline python block once, in one subprocess; block id -> result."""
-    offline = [block for block in PYTHON_BLOCKS if not block.needs_network]
+def python_results(request, tmp_path_factory) -> dict[str, dict]:
+    """Run every offline python block this run selected once, in one subprocess; block id -> result."""
+    offline = [
+        item.callspec.params["block"]
+        for item in request.session.items
+        if getattr(item, "originalname", None) == "test_python_block_runs_offline"
+        and not item.get_closest_marker("skip")
+    ]
     home = tmp_path_factory.mktemp("hf_home")
     env = {
         **os.environ,
@@ -231,6 +242,8 @@ def python_results(tmp_path_factory) -> dict[str, dict]:
     [
         pytest.param(block, marks=pytest.mark.skip(reason="marked as needing network"))
         if block.needs_network
+        else pytest.param(block, marks=pytest.mark.skip(reason=TIMM_MISSING))
+        if block.needs_timm and TIMM_MISSING
         else block
         for block in PYTHON_BLOCKS
     ],
@@ -271,7 +284,7 @@ def script_and_flags(command: list[str]) -> tuple[str | None, list[str]]:
     program = command[0]
     if program == "pip" or (program == "python" and command[1] == "-m"):
         return None, []
-    if program == "python":
+    if program in ("python", "bash"):
         return command[1], command[2:]
     if program == "accelerate" and command[1] == "launch":
         index = next((i for i, token in enumerate(command) if token.endswith(".py")), None)
@@ -318,6 +331,8 @@ def test_bash_block_commands(block, capsys):
             continue
         path = ROOT / script
         assert path.is_file(), f"{block.id}: {script} does not exist"
+        if path.suffix == ".sh":
+            continue
         task = task_of(path)
         if task is not None:
             check_training_flags(task, argv)

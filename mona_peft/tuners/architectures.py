@@ -5,6 +5,10 @@ Block-level methods (Mona, and later VPT) need three facts about a backbone that
 block the residual stream continues after the attention residual add, and how the block's
 tokens lie on the 2-D patch grid (grid size, number of prefix tokens such as CLS, distillation
 or register tokens). Supporting a new architecture means adding one ``ArchitectureSpec`` below.
+
+A transformers backbone is known by its ``config.model_type``; a timm model, which has no transformers config, by its
+class, as ``"timm:<class name>"`` (``"timm:VisionTransformer"``), whether it stands alone or sits inside transformers'
+``TimmWrapperModel``. Nothing here imports timm.
 """
 
 from __future__ import annotations
@@ -46,10 +50,11 @@ class WindowModules:
 
 @dataclass(frozen=True)
 class ArchitectureSpec:
-    """How block-level adapters attach to one transformers architecture.
+    """How block-level adapters attach to one architecture.
 
     Attributes:
-        model_type: ``config.model_type`` of the backbone (``"swin"``, ``"vit"``, ...).
+        model_type: ``config.model_type`` of the backbone (``"swin"``, ``"vit"``, ...), or ``"timm:<class name>"`` for
+            a timm model (see :func:`architecture_key`).
         block_class: class name of one transformer block (``"SwinLayer"``).
         block_pattern: regex (PEFT ``target_modules`` syntax) matching the blocks' module names.
         post_attention_input: submodule of the block whose input is the residual stream right after
@@ -61,11 +66,15 @@ class ArchitectureSpec:
             output is a map whose own shape is the grid.
         layout: how the block's output stream is laid out (:data:`StreamLayout`).
         patch_projection: name suffix of the patch-embedding convolution (for ``"patch_embedding"``).
-        num_prefix_tokens: tokens before the patch tokens (CLS, distillation, registers), from the config.
+        num_prefix_tokens: tokens before the patch tokens (CLS, distillation, registers), from the config (for a
+            timm model, from the model itself, which holds its settings as attributes).
         prompt_layout: how VPT's prompt tokens join a block's tokens: ``"sequence"`` (inserted after the
             prefix tokens of the one token sequence: plain ViTs), ``"windows"`` (shared by every attention
             window: Swin), or ``None`` where VPT is not supported.
         embedding_width: width of the patch embedding, from the config (VPT's prompt initialisation).
+        patch_size: the patch size (an int or a pair), from the config (VPT's prompt initialisation).
+        attention_mask_argument: the block's keyword for an additive attention mask (VPT hides its prompts from the
+            rows of a mixed batch that run the base model with it).
         window_modules: module names of the ``"windows"`` layout.
 
     Module names inside one block, for the baseline methods (``mona_peft.tuners.methods``):
@@ -78,6 +87,8 @@ class ArchitectureSpec:
         mlp_output_projection: the MLP's last Linear (Houlsby adapter after the MLP).
         layer_norms: name suffixes of every LayerNorm of the backbone, blocks and outside them (LayerNorm tuning).
         lora_modules: the Linear layers LoRA adapts; default the query and value projections.
+        head: modules of the backbone's own model that are its task head (a timm classifier keeps its ``head`` inside
+            the model whose blocks it follows): every method trains them in full (:func:`head_modules`).
     """
 
     model_type: str
@@ -90,6 +101,8 @@ class ArchitectureSpec:
     num_prefix_tokens: Callable[[Any], int] = lambda config: 0
     prompt_layout: PromptLayout | None = "sequence"
     embedding_width: Callable[[Any], int] = lambda config: config.hidden_size
+    patch_size: Callable[[Any], Any] = lambda config: config.patch_size
+    attention_mask_argument: str = "attention_mask"
     window_modules: WindowModules | None = None
     attention_projections: tuple[str, str, str] = ("attention.q_proj", "attention.k_proj", "attention.v_proj")
     attention_output: str | None = "attention.o_proj"
@@ -98,6 +111,7 @@ class ArchitectureSpec:
     mlp_output_projection: str = "mlp.fc2"
     layer_norms: tuple[str, ...] = ("layernorm_before", "layernorm_after", "layernorm")
     lora_modules: tuple[str, ...] = ()
+    head: tuple[str, ...] = ()
 
     @property
     def lora_targets(self) -> tuple[str, ...]:
@@ -141,6 +155,16 @@ def _bert_style_names(self_attention: str) -> dict[str, Any]:
 _CLIP_STYLE_NAMES = dict(
     attention_projections=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
     attention_output="self_attn.out_proj",
+)
+
+
+#: The module names timm's transformer blocks share (ViT's and Swin's): one fused `attn.qkv`, `attn.proj`,
+#: `mlp.fc1/fc2`, and the classifier `head` inside the model.
+_TIMM_NAMES = dict(
+    attention_projections=("attn.qkv", "attn.qkv", "attn.qkv"),
+    attention_output="attn.proj",
+    lora_modules=("attn.qkv",),
+    head=("head",),
 )
 
 
@@ -315,6 +339,55 @@ SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
                 ("siglip_vision_model", "SiglipEncoderLayer", 0, "post_layernorm"),
             )
         ),
+        # timm's ViT (also DeiT, EVA-free plain ViTs with CLS and register tokens: `num_prefix_tokens` counts them):
+        # pre-norm blocks with LayerScale (`ls1`, `ls2`), one fused `attn.qkv` Linear (LoRA adapts it). Its head sits
+        # inside the model. `norm` also matches the final norm (and the Identity placeholders timm names `norm`).
+        ArchitectureSpec(
+            "timm:VisionTransformer",
+            "Block",
+            r"(.*\.)?blocks\.\d+",
+            "norm2",
+            "patch_embedding",
+            patch_projection="patch_embed.proj",
+            num_prefix_tokens=lambda model: model.num_prefix_tokens,
+            embedding_width=lambda model: model.embed_dim,
+            patch_size=lambda model: model.patch_embed.patch_size,
+            attention_mask_argument="attn_mask",
+            **_TIMM_NAMES,
+            layer_norms=("norm1", "norm2", "norm"),
+        ),
+        # timm's Swin (timm >= 0.9): blocks take and return channels-last maps `(batch, height, width, channels)` and
+        # flatten them to tokens between their two residual adds; the grid is the map's. VPT's windowed prompts need
+        # transformers' Swin modules (prompt_layout=None here).
+        ArchitectureSpec(
+            "timm:SwinTransformer",
+            "SwinTransformerBlock",
+            r"(.*\.)?layers\.\d+\.blocks\.\d+",
+            "norm2",
+            "feature_map",
+            layout="channels_last",
+            prompt_layout=None,
+            **_TIMM_NAMES,
+            layer_norms=("norm1", "norm2", "norm"),
+        ),
+        # timm's ConvNeXt: one residual add per block on channels-first maps (one Mona after it, as for transformers'
+        # ConvNeXt); its head (`head`: a norm, then `fc`) is inside the model.
+        ArchitectureSpec(
+            "timm:ConvNeXt",
+            "ConvNeXtBlock",
+            r"(.*\.)?stages\.\d+\.blocks\.\d+",
+            None,
+            "feature_map",
+            layout="channels_first",
+            prompt_layout=None,
+            attention_output=None,
+            mlp_input="mlp.fc1",
+            mlp_output="mlp.fc2",
+            mlp_output_projection="mlp.fc2",
+            layer_norms=("stem.1", "downsample.0", "norm"),
+            lora_modules=("mlp.fc1", "mlp.fc2"),
+            head=("head",),
+        ),
     )
 }
 
@@ -338,6 +411,18 @@ def supported_model_types() -> list[str]:
     return sorted(SUPPORTED_ARCHITECTURES)
 
 
+def architecture_key(module: nn.Module) -> str | None:
+    """The key of ``module`` in ``SUPPORTED_ARCHITECTURES``' namespace: its transformers ``config.model_type``,
+    ``"timm:<class name>"`` for a timm model, or None for a module that is neither."""
+    model_type = getattr(getattr(module, "config", None), "model_type", None)
+    if isinstance(model_type, str):
+        return model_type
+    # Every timm model (and none of its parts) has `forward_features`.
+    if type(module).__module__.startswith("timm.") and hasattr(module, "forward_features"):
+        return f"timm:{type(module).__name__}"
+    return None
+
+
 def find_blocks(model: nn.Module, spec: ArchitectureSpec | None = None) -> list[tuple[str, nn.Module]]:
     """``(name, block)`` of every transformer block of ``model``'s backbone, in forward order."""
     spec = spec or resolve_architecture(model).spec
@@ -351,20 +436,20 @@ def find_blocks(model: nn.Module, spec: ArchitectureSpec | None = None) -> list[
 def resolve_architecture(model: nn.Module) -> ResolvedArchitecture:
     """Find the supported backbone inside ``model``.
 
-    The backbone may be the model itself (``SwinForImageClassification``) or nested in it (the
-    ``SwinBackbone`` of an ``UperNetForSemanticSegmentation``): the first sub-model whose
-    ``config.model_type`` is supported and which contains that architecture's blocks wins.
+    The backbone may be the model itself (``SwinForImageClassification``, a timm model) or nested in it (the
+    ``SwinBackbone`` of an ``UperNetForSemanticSegmentation``, the timm model of a ``TimmWrapperModel``): the first
+    sub-model whose key (:func:`architecture_key`) is supported and which contains that architecture's blocks wins.
     """
     seen_types = []
     for module in model.modules():
-        config = getattr(module, "config", None)
-        model_type = getattr(config, "model_type", None)
+        model_type = architecture_key(module)
         if model_type is None or model_type in seen_types:
             continue
         seen_types.append(model_type)
         spec = SUPPORTED_ARCHITECTURES.get(model_type)
         if spec is None:
             continue
+        config = module if model_type.startswith("timm:") else module.config
         if not any(type(sub).__name__ == spec.block_class for sub in module.modules()):
             continue
         projection = None
@@ -378,7 +463,7 @@ def resolve_architecture(model: nn.Module) -> ResolvedArchitecture:
                     "to read the token grid from."
                 )
         return ResolvedArchitecture(spec, config, spec.num_prefix_tokens(config), projection)
-    found = ", ".join(seen_types) if seen_types else "no transformers config at all"
+    found = ", ".join(seen_types) if seen_types else "no transformers config and no timm model"
     raise UnsupportedArchitectureError(
         f"{type(model).__name__} is not a supported backbone (found model_type: {found}). "
         f"Supported model types: {', '.join(supported_model_types())}."
@@ -394,22 +479,33 @@ def head_modules(model: nn.Module) -> list[str]:
 
     The largest such modules are named (``decode_head``, not its convolutions): the decode and auxiliary heads of an
     UperNet, the neck and head of a DPT, the classifier of an image classifier, the transformer and prediction
-    heads of a detector. The backbone's own modules (its norms included) are never listed. A ``ModuleList`` or
+    heads of a detector, the ``head`` a timm model keeps inside itself (declared in its spec). The backbone's other
+    modules (its norms included) are never listed. A ``ModuleList`` or
     ``ModuleDict`` has no forward of its own, and PEFT's ``modules_to_save`` refuses to wrap one, so it is named by
     its elements (RT-DETR's ``model.encoder_input_proj.0``, ...). A module without parameters (a sine position
     embedding, a loss) is not named.
     """
     spec = resolve_architecture(model).spec
     block_names = {name for name, _ in find_blocks(model, spec)}
-    # The highest sub-model of the backbone's type below the root (the root of a classifier shares its config).
-    backbone = next(
-        module
-        for name, module in model.named_modules()
-        if module is not model
-        and getattr(getattr(module, "config", None), "model_type", None) == spec.model_type
-        and any(block.startswith(f"{name}.") for block in block_names)
+
+    def is_backbone(name: str, module: nn.Module) -> bool:
+        return (
+            module is not model
+            and architecture_key(module) == spec.model_type
+            and any(block.startswith(f"{name}.") for block in block_names)
+        )
+
+    # The highest sub-model of the backbone's type below the root (the root of a classifier shares its config), or the
+    # root itself (a plain timm model, whose head is declared in its spec).
+    backbone_name, backbone = next(
+        ((name, module) for name, module in model.named_modules() if is_backbone(name, module)),
+        ("", model),
     )
-    names: list[str] = []
+    names = [
+        f"{backbone_name}.{name}".lstrip(".")
+        for name in spec.head
+        if any(True for _ in backbone.get_submodule(name).parameters())
+    ]
 
     def visit(prefix: str, module: nn.Module) -> None:
         for name, child in module.named_children():
@@ -420,5 +516,6 @@ def head_modules(model: nn.Module) -> list[str]:
             elif any(True for _ in child.parameters()):
                 names.append(f"{prefix}{name}")
 
-    visit("", model)
+    if backbone is not model:
+        visit("", model)
     return names

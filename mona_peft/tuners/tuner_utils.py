@@ -99,8 +99,14 @@ def require_grad_for_checkpointing(region: nn.Module, args: tuple) -> tuple:
     return args
 
 
+def _checkpoints(module: nn.Module) -> bool:
+    """Whether ``module`` checkpoints what it runs: a transformers checkpointing layer, or a timm model or stage whose
+    ``grad_checkpointing`` switch is on (timm checkpoints the sequence of blocks inside it)."""
+    return bool(getattr(module, "gradient_checkpointing", False) or getattr(module, "grad_checkpointing", False))
+
+
 def _checkpoint_input_pre_hook(module: nn.Module, args: tuple):
-    if not (module.training and getattr(module, "gradient_checkpointing", False)):
+    if not (module.training and _checkpoints(module)):
         return None
     new_args = require_grad_for_checkpointing(module, args)
     return None if new_args is args else new_args
@@ -276,27 +282,31 @@ class WrappingTuner(BaseTuner):
             hooks[(kind, id(module))] = handles if isinstance(handles, tuple) else (handles,)
 
     def _checkpointed_regions(self, model: nn.Module) -> list[nn.Module]:
-        """The gradient-checkpointing layers of ``model`` that hold tuner layers."""
+        """The gradient-checkpointing layers of ``model`` (and timm's checkpointing models and stages) that hold tuner
+        layers."""
         layer_names = [name for name, module in model.named_modules() if isinstance(module, self.tuner_layer_cls)]
         return [
             module
             for name, module in model.named_modules()
-            if isinstance(module, GradientCheckpointingLayer)
+            if (isinstance(module, GradientCheckpointingLayer) or hasattr(module, "grad_checkpointing"))
             and any(layer_name.startswith(f"{name}.") for layer_name in layer_names)
         ]
 
-    def _attach_checkpoint_input_hooks(self, model: nn.Module) -> None:
-        """Give every checkpointed layer that holds tuner layers a grad-requiring input (see above)."""
-        for region in self._checkpointed_regions(model):
+    def _attach_checkpoint_input_hooks(self, model: nn.Module, regions: list[nn.Module] | None = None) -> None:
+        """Give every checkpointed layer that holds tuner layers (or each of ``regions``) a grad-requiring input (see
+        above)."""
+        for region in self._checkpointed_regions(model) if regions is None else regions:
             self._hook_once(
                 "checkpoint_input", region, lambda module: module.register_forward_pre_hook(_checkpoint_input_pre_hook)
             )
 
     # -- unloading and merging ---------------------------------------------------------------------------------
     def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
-        if isinstance(child, BaseTunerLayer) and new_module is child.base_layer:
-            # unload(): put the untouched module back. PEFT's default copies `child.weight` onto it, assuming a
-            # wrapped Linear/Conv; a block or an MLP has no `weight`.
+        if (isinstance(child, BaseTunerLayer) and new_module is child.base_layer) or isinstance(
+            child, AuxiliaryTrainingWrapper
+        ):
+            # unload(): put the untouched module (or the head's trained copy) back. PEFT's default copies `child.weight`
+            # onto it, assuming a wrapped Linear/Conv; a block, an MLP or a composite head (timm's) has no `weight`.
             setattr(parent, child_name, new_module)
             return
         super()._replace_module(parent, child_name, new_module, child)

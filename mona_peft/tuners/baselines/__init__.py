@@ -14,6 +14,7 @@ The Houlsby adapter (``adapter``) and AdaptFormer have packages of their own.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from peft import LNTuningConfig, LoraConfig
@@ -37,7 +38,24 @@ def _last_block(model: nn.Module) -> Callable[[str], bool]:
 
 
 def _ln_tuning_config(model: nn.Module, head: list[str]) -> LNTuningConfig:
-    return LNTuningConfig(target_modules=list(resolve_architecture(model).spec.layer_norms), modules_to_save=head)
+    """The backbone's norms by the registry's name suffixes, or by their full names where a suffix would also match a
+    module without parameters (timm names its ``nn.Identity`` placeholders ``norm``, which PEFT cannot wrap) or one
+    inside the head (timm's ConvNeXt normalises in its ``head``, which trains in full)."""
+    suffixes = resolve_architecture(model).spec.layer_norms
+    matched = {
+        name: module
+        for name, module in model.named_modules()
+        if any(name == suffix or name.endswith(f".{suffix}") for suffix in suffixes)
+    }
+    norms = [
+        name
+        for name, module in matched.items()
+        if any(True for _ in module.parameters()) and not any(name.startswith(f"{h}.") for h in head)
+    ]
+    if len(norms) == len(matched):
+        return LNTuningConfig(target_modules=list(suffixes), modules_to_save=head)
+    # a regex matches whole names (PEFT reads a list as suffixes: `norm` would match `blocks.0.attn.norm` again)
+    return LNTuningConfig(target_modules="|".join(map(re.escape, norms)), modules_to_save=head)
 
 
 def _lora_config(model: nn.Module, head: list[str], rank: int, alpha: int) -> LoraConfig:

@@ -285,10 +285,13 @@ class MonaLayer(nn.Module, WrappingLayer):
         """Whether ``adapter`` has a Mona here (at ``site``, or at either site); MiMi can remove one or both."""
         return any(adapter in getattr(self, f"mona_{s}_down") for s in ((site,) if site else SITES))
 
-    def _grid(self, args: tuple, kwargs: dict) -> tuple[int, int] | None:
-        """The patch grid of this call; None where the block's output map is read instead (``feature_map``)."""
+    def _grid(self, args: tuple, kwargs: dict) -> tuple[int, int]:
+        """The patch grid of this call: given to the block (Swin), the shape of its input map (``feature_map``), or
+        the patch embedding's last output."""
         if self.architecture.spec.grid_source == "feature_map":
-            return None
+            # a block keeps its map's size (a stage downsamples outside its blocks)
+            shape = (args[0] if args else next(iter(kwargs.values()))).shape
+            return (shape[2], shape[3]) if self.architecture.spec.layout == "channels_first" else (shape[1], shape[2])
         if self.architecture.spec.grid_source == "input_dimensions":
             height, width = args[1] if len(args) > 1 else kwargs["input_dimensions"]
             return int(height), int(width)
@@ -388,20 +391,20 @@ class MonaLayer(nn.Module, WrappingLayer):
             )
         hidden = out[0] if isinstance(out, tuple) else out
         if attn_delta is not None:
-            hidden = hidden + attn_delta
+            # (batch, tokens, channels) where the block flattened its channels-last map between the adds (timm's Swin)
+            hidden = hidden + attn_delta.reshape(hidden.shape)
         tokens, grid, as_stream = self._as_tokens(hidden, grid)
         mlp_delta = self._site_delta("mlp", tokens, grid, routing)
         if mlp_delta is not None:
             hidden = hidden + as_stream(mlp_delta)
         return (hidden,) + tuple(out[1:]) if isinstance(out, tuple) else hidden
 
-    def _as_tokens(self, hidden: torch.Tensor, grid: tuple[int, int] | None):
+    def _as_tokens(self, hidden: torch.Tensor, grid: tuple[int, int]):
         """``hidden`` as tokens ``(batch, tokens, channels)``, its grid, and the map back to the block's layout (a map's
-        grid is its own shape)."""
-        layout = self.architecture.spec.layout
-        if layout == "tokens":
+        grid is its own shape). A block may flatten its map to tokens between its adds (timm's Swin)."""
+        if hidden.dim() == 3:
             return hidden, grid, lambda tokens: tokens
-        if layout == "channels_first":
+        if self.architecture.spec.layout == "channels_first":
             batch, channels, height, width = hidden.shape
             return (
                 hidden.flatten(2).transpose(1, 2),

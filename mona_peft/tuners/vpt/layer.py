@@ -250,8 +250,10 @@ class VPTLayer(nn.Module, WrappingLayer):
         args = (hidden,) + tuple(args[1:])
         if len(args) > 1:
             args = (hidden, self._sequence_mask(args[1], plan, hidden)) + tuple(args[2:])
-        elif kwargs.get("attention_mask") is not None or plan.base_rows is not None:
-            kwargs["attention_mask"] = self._sequence_mask(kwargs.get("attention_mask"), plan, hidden)
+        else:
+            mask_argument = self.architecture.spec.attention_mask_argument
+            if kwargs.get(mask_argument) is not None or plan.base_rows is not None:
+                kwargs[mask_argument] = self._sequence_mask(kwargs.get(mask_argument), plan, hidden)
 
         recorded = _recorded_hidden_states()
         num_recorded = None if recorded is None else len(recorded)

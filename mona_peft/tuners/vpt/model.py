@@ -51,7 +51,10 @@ class VPTModel(WrappingTuner):
             self.prompt_stream = PromptStream()
 
     def _after_injection(self, model: nn.Module) -> None:
-        # No checkpoint input hooks: VPTLayer checkpoints its block itself, with the prompts as inputs.
+        # No checkpoint input hooks on transformers' layers: VPTLayer checkpoints its block itself, with the prompts as
+        # inputs. timm checkpoints the whole sequence of blocks from its model or stage, which needs them.
+        timm_regions = [region for region in self._checkpointed_regions(model) if hasattr(region, "grad_checkpointing")]
+        self._attach_checkpoint_input_hooks(model, timm_regions)
         self._assign_roles(model)
         self._attach_stage_checkpoint_guards(model)
 
@@ -101,7 +104,8 @@ class VPTModel(WrappingTuner):
         targeted = current_key in injection["targets"]
         own_prompts = targeted and (peft_config.deep or current_key == injection["first"])
         config = self.architecture.config
-        return own_prompts, prompt_init_bound(config.patch_size, self.architecture.spec.embedding_width(config))
+        spec = self.architecture.spec
+        return own_prompts, prompt_init_bound(spec.patch_size(config), spec.embedding_width(config))
 
     def _new_layer(self, target: nn.Module, adapter_name: str, peft_config: VPTConfig, current_key: str) -> VPTLayer:
         own_prompts, bound = self._prompt_args(peft_config, current_key)
