@@ -50,11 +50,17 @@ def test_the_graph_gives_pytorchs_logits_at_other_batch_sizes(arch, method, dyna
 
 
 def test_a_graph_that_bakes_its_grid_is_refused_for_other_sizes(tmp_path):
-    """transformers' Swin fixes its window partition to the traced grid: asking for free sizes names the shape that
-    fails, instead of writing a graph that breaks later."""
-    model = build_method(build_tiny_model("swin"), "mona", ["classifier"]).eval()
-    with pytest.raises(ExportError, match=r"does not run on pixel_values of shape \(2, 3, 64, 64\)"):
+    """transformers' Swin fixes its window partition to the traced grid: asking for free sizes names the shape where
+    the graph stops answering like PyTorch, instead of writing a graph that is silently wrong there. (A one-stage
+    Swin: its graph runs at 64 px and answers wrongly; deeper ones fail to run there, which is refused the same way.)"""
+    from mona_peft.export import _check_onnx, _NamedOutputs
+
+    model = build_method(build_tiny_model("swin", depths=[1], num_heads=[2]), "mona", ["classifier"]).eval()
+    with pytest.raises(ExportError, match=r"differs from PyTorch's by .* at shape \(2, 3, 64, 64\)"):
         export_onnx(model, tmp_path / "model.onnx", torch.randn(2, 3, 32, 32), dynamic_size=True)
+    # at 40 px the grid (10x10) needs window padding, which the graph's baked reshapes cannot do: it fails to run
+    with pytest.raises(ExportError, match=r"does not run on pixel_values of shape \(2, 3, 40, 40\): "):
+        _check_onnx(_NamedOutputs(model, ["logits"]), tmp_path / "model.onnx", [torch.randn(2, 3, 40, 40)])
 
 
 @pytest.mark.parametrize("task", ["image_classification", "semantic_segmentation"])
