@@ -75,6 +75,8 @@ class ArchitectureSpec:
         patch_size: the patch size (an int or a pair), from the config (VPT's prompt initialisation).
         attention_mask_argument: the block's keyword for an additive attention mask (VPT hides its prompts from the
             rows of a mixed batch that run the base model with it).
+        prefix_grows: more tokens join in front of the sequence inside the network (EoMT's queries, in its last
+            blocks): a block's prefix is then every token before its patch grid, at least ``num_prefix_tokens``.
         window_modules: module names of the ``"windows"`` layout.
 
     Module names inside one block, for the baseline methods (``mona_peft.tuners.methods``):
@@ -103,6 +105,7 @@ class ArchitectureSpec:
     embedding_width: Callable[[Any], int] = lambda config: config.hidden_size
     patch_size: Callable[[Any], Any] = lambda config: config.patch_size
     attention_mask_argument: str = "attention_mask"
+    prefix_grows: bool = False
     window_modules: WindowModules | None = None
     attention_projections: tuple[str, str, str] = ("attention.q_proj", "attention.k_proj", "attention.v_proj")
     attention_output: str | None = "attention.o_proj"
@@ -338,6 +341,23 @@ SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
                 ("clip_vision_model", "CLIPEncoderLayer", 1, "pre_layrnorm"),
                 ("siglip_vision_model", "SiglipEncoderLayer", 0, "post_layernorm"),
             )
+        ),
+        # EoMT: a plain ViT (CLS and registers, LayerScale) whose last `num_blocks` blocks also carry the mask queries,
+        # which join in front of the sequence; Mona's filter keeps to the patch grid behind them. The heads (the
+        # queries, the upscaling, the mask head and the class predictor) are the model's own modules. VPT: the mask
+        # head reads the patch tokens at fixed positions, where prompts would sit.
+        ArchitectureSpec(
+            "eomt",
+            "EomtLayer",
+            _VIT_BLOCKS,
+            "norm2",
+            "patch_embedding",
+            num_prefix_tokens=lambda c: 1 + c.num_register_tokens,
+            prefix_grows=True,
+            prompt_layout=None,
+            attention_output="attention.out_proj",
+            layer_norms=("norm1", "norm2", "layernorm"),
+            head=("query", "upscale_block", "mask_head", "class_predictor"),
         ),
         # timm's ViT (also DeiT, EVA-free plain ViTs with CLS and register tokens: `num_prefix_tokens` counts them):
         # pre-norm blocks with LayerScale (`ls1`, `ls2`), one fused `attn.qkv` Linear (LoRA adapts it). Its head sits

@@ -305,6 +305,8 @@ class MonaLayer(nn.Module, WrappingLayer):
         x = self._cast_input_dtype(x, down.weight.dtype)
         num_prefix = self.architecture.num_prefix_tokens
         height, width = grid
+        if self.architecture.spec.prefix_grows and x.shape[1] > num_prefix + height * width:
+            num_prefix = x.shape[1] - height * width  # tokens that joined in front (EoMT's queries)
         if x.shape[1] != num_prefix + height * width:
             raise ValueError(
                 f"Mona expected {num_prefix} prefix tokens + a {height}x{width} patch grid = "
@@ -313,17 +315,20 @@ class MonaLayer(nn.Module, WrappingLayer):
         if self.mona_gradient_checkpointing.get(adapter, False) and torch.is_grad_enabled():
             # Only x is kept for backward; the inside (about 5 token-sized tensors per Mona) is recomputed then, with
             # the same dropout mask (checkpoint restores the RNG state).
-            return torch.utils.checkpoint.checkpoint(self._mona_inside, site, adapter, x, grid, use_reentrant=False)
-        return self._mona_inside(site, adapter, x, grid)
+            return torch.utils.checkpoint.checkpoint(
+                self._mona_inside, site, adapter, x, grid, num_prefix, use_reentrant=False
+            )
+        return self._mona_inside(site, adapter, x, grid, num_prefix)
 
-    def _mona_inside(self, site: str, adapter: str, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def _mona_inside(
+        self, site: str, adapter: str, x: torch.Tensor, grid: tuple[int, int], num_prefix: int
+    ) -> torch.Tensor:
         """Scaled norm, down projection, filter, GELU, dropout, up projection (the part ``gradient_checkpointing``
         recomputes)."""
         norm = getattr(self, f"mona_{site}_norm")[adapter]
         down = getattr(self, f"mona_{site}_down")[adapter]
         conv = getattr(self, f"mona_{site}_filter")[adapter]
         up = getattr(self, f"mona_{site}_up")[adapter]
-        num_prefix = self.architecture.num_prefix_tokens
         z = down(norm(x))
         skip_prefix = num_prefix and self.mona_prefix_tokens[adapter] == "skip"
         if num_prefix:
