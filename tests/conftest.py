@@ -73,6 +73,14 @@ TINY_CONVNEXT_CONFIG = dict(
     layer_scale_init_value=1.0,
 )
 
+# Hiera: a 16x16 patch grid (stride 2) in 4x4 mask units; the second stage pools it to 8x8 and widens 16 -> 32 in its
+# first block.
+TINY_HIERA_CONFIG = dict(
+    embed_dim=16, image_size=[TINY_IMAGE_SIZE] * 2, patch_size=[3, 3], patch_stride=[2, 2], patch_padding=[1, 1],
+    depths=[1, 2], num_heads=[1, 2], query_stride=[2, 2], masked_unit_size=[4, 4], num_query_pool=1, mlp_ratio=2.0,
+    num_labels=3,
+)  # fmt: skip
+
 # timm needs torchvision, whose only wheels here replace this environment's CPU torch (README: "timm models"): the timm
 # cases run in their own venv (scripts/test_timm.sh) and skip where timm cannot be imported.
 try:
@@ -136,6 +144,7 @@ TINY_MODELS: dict[str, tuple[type, type, dict[str, Any]]] = {
     ),
     "clip_vision_model": (tf.CLIPConfig, tf.CLIPForImageClassification, TINY_TOWER_CONFIG),
     "siglip_vision_model": (tf.SiglipConfig, tf.SiglipForImageClassification, TINY_TOWER_CONFIG),
+    "hiera": (tf.HieraConfig, tf.HieraForImageClassification, TINY_HIERA_CONFIG),
     **{
         key: (tf.TimmWrapperConfig, tf.TimmWrapperForImageClassification, {**kwargs, "num_labels": 3})
         for key, kwargs in TINY_TIMM_MODELS.items()
@@ -145,7 +154,7 @@ TINY_MODELS: dict[str, tuple[type, type, dict[str, Any]]] = {
 TINY_NUM_BLOCKS = {
     model_type: 4 if model_type.startswith("swin") or model_type in ("timm:SwinTransformer", "timm:ConvNeXt") else 2
     for model_type in TINY_MODELS
-}
+} | {"hiera": 3}
 
 
 def build_tiny_model(model_type: str, seed: int = 0, model_class: type | None = None, **overrides: Any) -> nn.Module:

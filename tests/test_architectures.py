@@ -17,7 +17,7 @@ OVERRIDES = {
 PREFIX_TOKENS = {
     "swin": 0, "swinv2": 0, "vit": 1, "deit": 2, "dinov2": 1, "dinov2_with_registers": 5, "clip_vision_model": 1,
     "siglip_vision_model": 0, "dinov3_vit": 3, "convnext": 0, "convnextv2": 0,
-    "dinov3_convnext": 0, "timm:VisionTransformer": 3, "timm:SwinTransformer": 0, "timm:ConvNeXt": 0,
+    "dinov3_convnext": 0, "hiera": 0, "timm:VisionTransformer": 3, "timm:SwinTransformer": 0, "timm:ConvNeXt": 0,
 }  # fmt: skip
 
 

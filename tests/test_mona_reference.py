@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import build_tiny_model
 from mona_reference import (
+    post_attention_stream,
     reference_cnn_block,
     reference_monas,
     reference_pre_norm_block,
@@ -130,3 +131,30 @@ def test_convnext_block_gets_one_mona_after_its_residual_add_in_float64(model_ty
             actual = layer(features)
         _close(actual, expected, rtol=1e-12)
         assert (actual - layer.base_layer(features)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["first stage", "pooling block of the second stage"])
+def test_hiera_block_matches_the_reference_on_the_rerolled_grid_in_float64(index):
+    """Hiera's tokens are unrolled: the reference puts the block's stream in row-major order with transformers' own
+    ``reroll`` (independent of mona_peft's order), applies Mona on that grid and the MLP per token, and compares with
+    the adapted block's output rerolled the same way. The second case pools 16x16 to 8x8 and widens 16 -> 32."""
+    model = get_peft_model(build_tiny_model("hiera"), mona_peft.MonaConfig()).double().eval()
+    layer = [m for m in model.modules() if isinstance(m, MonaLayer)][index]
+    for name, p in layer.named_parameters():
+        if "mona_" in name:
+            p.data.normal_(0, 0.2)
+    encoder = model.base_model.model.hiera.encoder
+    layer.token_grid.size = (16, 16)
+    hidden = torch.randn(2, 256, 16, dtype=torch.float64)  # the first stage's 16x16 tokens, unrolled
+    mona_attn, mona_mlp = reference_monas(layer)
+    block = layer.base_layer
+    with torch.no_grad():
+        stream = encoder.reroll(post_attention_stream(block, "layernorm_after", hidden), stage_idx=index)
+        height, width = stream.shape[1:3]
+        x = mona_attn(stream.flatten(1, 2), (height, width))
+        x = mona_mlp(x + block.mlp(block.layernorm_after(x)), (height, width))
+        actual = encoder.reroll(layer(hidden)[0], stage_idx=index).flatten(1, 2)
+        plain = encoder.reroll(block(hidden)[0], stage_idx=index).flatten(1, 2)
+    assert (height, width) == ((16, 16), (8, 8))[index] and layer.channels == (16, 32)[index]
+    _close(actual, x, rtol=1e-12)
+    assert (actual - plain).abs().max() > 1e-3

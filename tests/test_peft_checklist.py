@@ -158,6 +158,11 @@ EXCLUDED: dict[tuple[str, str, str], str] = {
         for behaviour in BEHAVIOURS
     },
     **{
+        (method, "hiera", behaviour): "VPT's prompt tokens would be pooled with Hiera's unrolled patch tokens"
+        for method in ("vpt_shallow", "vpt_deep")
+        for behaviour in BEHAVIOURS
+    },
+    **{
         (method, "timm:SwinTransformer", behaviour): "VPT's windowed prompts need transformers' Swin modules"
         for method in ("vpt_shallow", "vpt_deep")
         for behaviour in BEHAVIOURS

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 GridSource = Literal["input_dimensions", "patch_embedding", "feature_map"]
@@ -77,6 +78,8 @@ class ArchitectureSpec:
             rows of a mixed batch that run the base model with it).
         prefix_grows: more tokens join in front of the sequence inside the network (EoMT's queries, in its last
             blocks): a block's prefix is then every token before its patch grid, at least ``num_prefix_tokens``.
+        token_order: for tokens that are not in row-major order (Hiera unrolls them): ``(config, patch grid, the
+            block's token count) -> (the row-major index of each token, the block's grid)``.
         window_modules: module names of the ``"windows"`` layout.
 
     Module names inside one block, for the baseline methods (``mona_peft.tuners.methods``):
@@ -106,6 +109,7 @@ class ArchitectureSpec:
     patch_size: Callable[[Any], Any] = lambda config: config.patch_size
     attention_mask_argument: str = "attention_mask"
     prefix_grows: bool = False
+    token_order: Callable[[Any, tuple[int, int], int], tuple[torch.Tensor, tuple[int, int]]] | None = None
     window_modules: WindowModules | None = None
     attention_projections: tuple[str, str, str] = ("attention.q_proj", "attention.k_proj", "attention.v_proj")
     attention_output: str | None = "attention.o_proj"
@@ -169,6 +173,27 @@ _TIMM_NAMES = dict(
     lora_modules=("attn.qkv",),
     head=("head",),
 )
+
+
+def _hiera_token_order(config: Any, grid: tuple[int, int], num_tokens: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Hiera's token order: transformers' own ``unroll`` of the patch grid's coordinates. A stage's pooling keeps the
+    first of each run of ``query_stride`` tokens, whose coordinates divided by the stride are the pooled token's."""
+    from transformers.models.hiera.modeling_hiera import unroll
+
+    height, width = grid
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    coordinates = torch.stack([rows, cols], dim=-1).reshape(1, height * width, 2).double()
+    schedule = [config.query_stride] * (len(config.depths) - 1)
+    unrolled = unroll(coordinates, image_shape=grid, patch_stride=(1, 1), schedule=schedule)[0].long()
+    stride_h, stride_w = config.query_stride
+    level = 0
+    while (height // stride_h**level) * (width // stride_w**level) > num_tokens:
+        level += 1
+    pooled = (height // stride_h**level, width // stride_w**level)
+    if pooled[0] * pooled[1] != num_tokens:
+        raise ValueError(f"Hiera's {height}x{width} patch grid pools to no grid of {num_tokens} tokens.")
+    row, col = unrolled[:num_tokens, 0] // stride_h**level, unrolled[:num_tokens, 1] // stride_w**level
+    return row * pooled[1] + col, pooled
 
 
 def _convnext(
@@ -341,6 +366,22 @@ SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
                 ("clip_vision_model", "CLIPEncoderLayer", 1, "pre_layrnorm"),
                 ("siglip_vision_model", "SiglipEncoderLayer", 0, "post_layernorm"),
             )
+        ),
+        # Hiera: pre-norm blocks on tokens that are not in row-major order (unrolled, so that each stage's pooling is a
+        # max over contiguous runs); the first block of a stage pools and widens the stream before its attention add.
+        # Mona's filter puts each block's tokens in row-major order on that stage's grid and back (token_order). One
+        # `attn.qkv` Linear (LoRA adapts it); VPT: prompts would be pooled with the patches.
+        ArchitectureSpec(
+            "hiera",
+            "HieraLayer",
+            r"(.*\.)?stages\.\d+\.layers\.\d+",
+            "layernorm_after",
+            "patch_embedding",
+            prompt_layout=None,
+            token_order=_hiera_token_order,
+            attention_projections=("attn.qkv", "attn.qkv", "attn.qkv"),
+            attention_output="attn.proj",
+            lora_modules=("attn.qkv",),
         ),
         # EoMT: a plain ViT (CLS and registers, LayerScale) whose last `num_blocks` blocks also carry the mask queries,
         # which join in front of the sequence; Mona's filter keeps to the patch grid behind them. The heads (the

@@ -200,6 +200,19 @@ def _recorded_hidden_states() -> list | None:
     return states if isinstance(states, list) else None
 
 
+def _filter_on_grid(
+    conv: MultiCognitiveFilter,
+    patches: torch.Tensor,
+    grid: tuple[int, int],
+    order: tuple[torch.Tensor, torch.Tensor] | None,
+) -> torch.Tensor:
+    """The spatial filter on patch tokens, put in row-major order first and back after where ``order`` says how."""
+    if order is None:
+        return conv.spatial(patches, grid)
+    to_row_major, back = order
+    return conv.spatial(patches[:, to_row_major], grid)[:, back]
+
+
 class MonaLayer(nn.Module, WrappingLayer):
     """Wraps one transformer block and applies Mona at the paper's two insertion points.
 
@@ -240,14 +253,18 @@ class MonaLayer(nn.Module, WrappingLayer):
         self.merged_adapters = []
         self.architecture = architecture
         self.token_grid = token_grid
-        self.channels = self._block_width(base_layer)
         self._pending: dict[str, Any] | None = None
         consumer_name = architecture.spec.post_attention_input
+        consumer = base_layer.get_submodule(consumer_name) if consumer_name else None
+        # the stream's width at the sites: the norm after the attention add says it (a Hiera block widens before it)
+        self.channels = (
+            consumer.normalized_shape[0] if isinstance(consumer, nn.LayerNorm) else self._block_width(base_layer)
+        )
+        self._token_orders: dict[tuple, tuple[torch.Tensor, tuple[int, int]]] = {}
         #: A block with one residual add (a CNN block) has one Mona, after it: the "mlp" site.
         self.sites = SITES if consumer_name else ("mlp",)
         self._consumer_hook = None
-        if consumer_name:
-            consumer = base_layer.get_submodule(consumer_name)
+        if consumer is not None:
             self._consumer_hook = consumer.register_forward_pre_hook(self._post_attention_hook)
         self.update_layer(adapter_name, config)
         self._active_adapter = adapter_name
@@ -304,6 +321,9 @@ class MonaLayer(nn.Module, WrappingLayer):
         down = getattr(self, f"mona_{site}_down")[adapter]
         x = self._cast_input_dtype(x, down.weight.dtype)
         num_prefix = self.architecture.num_prefix_tokens
+        order = None
+        if self.architecture.spec.token_order is not None:  # unrolled tokens (Hiera): this block's grid and order
+            order, grid = self._token_order(grid, x.shape[1] - num_prefix, x.device)
         height, width = grid
         if self.architecture.spec.prefix_grows and x.shape[1] > num_prefix + height * width:
             num_prefix = x.shape[1] - height * width  # tokens that joined in front (EoMT's queries)
@@ -316,15 +336,31 @@ class MonaLayer(nn.Module, WrappingLayer):
             # Only x is kept for backward; the inside (about 5 token-sized tensors per Mona) is recomputed then, with
             # the same dropout mask (checkpoint restores the RNG state).
             return torch.utils.checkpoint.checkpoint(
-                self._mona_inside, site, adapter, x, grid, num_prefix, use_reentrant=False
+                self._mona_inside, site, adapter, x, grid, num_prefix, order, use_reentrant=False
             )
-        return self._mona_inside(site, adapter, x, grid, num_prefix)
+        return self._mona_inside(site, adapter, x, grid, num_prefix, order)
+
+    def _token_order(
+        self, grid: tuple[int, int], num_tokens: int, device: torch.device
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[int, int]]:
+        """``((to row-major, back), grid)`` of this block's ``num_tokens`` unrolled tokens, computed once per size."""
+        key = (grid, num_tokens, device)
+        if key not in self._token_orders:
+            index, block_grid = self.architecture.spec.token_order(self.architecture.config, grid, num_tokens)
+            self._token_orders[key] = ((index.argsort().to(device), index.to(device)), block_grid)
+        return self._token_orders[key]
 
     def _mona_inside(
-        self, site: str, adapter: str, x: torch.Tensor, grid: tuple[int, int], num_prefix: int
+        self,
+        site: str,
+        adapter: str,
+        x: torch.Tensor,
+        grid: tuple[int, int],
+        num_prefix: int,
+        order: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Scaled norm, down projection, filter, GELU, dropout, up projection (the part ``gradient_checkpointing``
-        recomputes)."""
+        recomputes); ``order`` puts unrolled patch tokens in row-major order for the filter and back."""
         norm = getattr(self, f"mona_{site}_norm")[adapter]
         down = getattr(self, f"mona_{site}_down")[adapter]
         conv = getattr(self, f"mona_{site}_filter")[adapter]
@@ -333,10 +369,10 @@ class MonaLayer(nn.Module, WrappingLayer):
         skip_prefix = num_prefix and self.mona_prefix_tokens[adapter] == "skip"
         if num_prefix:
             prefix, patches = z[:, :num_prefix], z[:, num_prefix:]
-            patches = conv.spatial(patches, grid)
+            patches = _filter_on_grid(conv, patches, grid, order)
             z = patches if skip_prefix else torch.cat([prefix, patches], dim=1)
         else:
-            z = conv.spatial(z, grid)
+            z = _filter_on_grid(conv, z, grid, order)
         z = up(self.mona_dropout[adapter](F.gelu(conv.project(z))))
         if skip_prefix:
             z = F.pad(z, (0, 0, num_prefix, 0))
