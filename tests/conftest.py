@@ -112,8 +112,9 @@ TINY_TIMM_MODELS = {
 #: Registered architectures with no image classifier in transformers: DPT's ViT (tested inside
 #: ``DPTForSemanticSegmentation`` by tests/test_segmentation.py) and MaskFormer's Swin (tested inside
 #: ``MaskFormerForInstanceSegmentation`` by tests/test_detection_models.py), SAM's vision encoder (tested inside
-#: ``SamModel``, under SAM's own mask decoder, by tests/test_sam.py) and EoMT (a segmenter: tests/test_eomt.py).
-WITHOUT_CLASSIFIER = frozenset({"dpt", "maskformer-swin", "sam_vision_model", "eomt"})
+#: ``SamModel``, under SAM's own mask decoder, by tests/test_sam.py) and EoMT (a segmenter: tests/test_eomt.py); and
+#: SigLIP 2, whose classifier takes patches and a grid per image rather than images (tests/test_siglip2.py).
+WITHOUT_CLASSIFIER = frozenset({"dpt", "maskformer-swin", "sam_vision_model", "eomt", "siglip2_vision_model"})
 #: model_type -> (config class, model class with a ``classifier`` head, config kwargs). Every architecture of
 #: ``mona_peft.SUPPORTED_ARCHITECTURES`` but ``WITHOUT_CLASSIFIER`` needs an entry (tests/test_peft_checklist.py
 #: fails without one).

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-GridSource = Literal["input_dimensions", "patch_embedding", "feature_map"]
+GridSource = Literal["input_dimensions", "patch_embedding", "feature_map", "spatial_shapes"]
 #: How a block's output stream is laid out: token sequences ``(batch, tokens, channels)`` (with prefix tokens before
 #: the row-major patch grid), or maps, channels first ``(batch, channels, height, width)`` (ConvNeXt) or channels last
 #: ``(batch, height, width, channels)``.
@@ -64,9 +64,11 @@ class ArchitectureSpec:
         grid_source: ``"input_dimensions"`` when the block receives its ``(height, width)`` as second
             argument (Swin), ``"patch_embedding"`` when the grid is read off the patch projection's
             output (plain ViTs, where every block sees the same grid), ``"feature_map"`` when the block's
-            output is a map whose own shape is the grid.
+            output is a map whose own shape is the grid, ``"spatial_shapes"`` when every image has a grid of its own,
+            given to the patch embedding as ``spatial_shapes`` (SigLIP 2: each image's tokens first, then padding).
         layout: how the block's output stream is laid out (:data:`StreamLayout`).
-        patch_projection: name suffix of the patch-embedding convolution (for ``"patch_embedding"``).
+        patch_projection: name suffix of the patch-embedding convolution (for ``"patch_embedding"``), or of the
+            embedding module that takes ``spatial_shapes`` (for ``"spatial_shapes"``).
         num_prefix_tokens: tokens before the patch tokens (CLS, distillation, registers), from the config (for a
             timm model, from the model itself, which holds its settings as attributes).
         prompt_layout: how VPT's prompt tokens join a block's tokens: ``"sequence"`` (inserted after the
@@ -367,6 +369,21 @@ SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
                 ("siglip_vision_model", "SiglipEncoderLayer", 0, "post_layernorm"),
             )
         ),
+        # SigLIP 2's vision tower (NaFlex): every image keeps its aspect ratio on a grid of its own (`spatial_shapes`,
+        # given to the embeddings), its patches first in row-major order, then padding up to the longest image.
+        # Mona filters each image on its own grid; padding takes Mona's token path only, as CLS does elsewhere (the
+        # attention and the pooling head mask it). VPT's prompts would need the padding mask of each image.
+        ArchitectureSpec(
+            "siglip2_vision_model",
+            "Siglip2EncoderLayer",
+            _VIT_BLOCKS,
+            "layer_norm2",
+            "spatial_shapes",
+            patch_projection="embeddings",
+            prompt_layout=None,
+            **_CLIP_STYLE_NAMES,
+            layer_norms=("layer_norm1", "layer_norm2", "post_layernorm"),
+        ),
         # Hiera: pre-norm blocks on tokens that are not in row-major order (unrolled, so that each stage's pooling is a
         # max over contiguous runs); the first block of a stage pools and widens the stream before its attention add.
         # Mona's filter puts each block's tokens in row-major order on that stage's grid and back (token_order). One
@@ -514,7 +531,7 @@ def resolve_architecture(model: nn.Module) -> ResolvedArchitecture:
         if not any(type(sub).__name__ == spec.block_class for sub in module.modules()):
             continue
         projection = None
-        if spec.grid_source == "patch_embedding":
+        if spec.grid_source in ("patch_embedding", "spatial_shapes"):
             projection = next(
                 (sub for name, sub in module.named_modules() if name.endswith(spec.patch_projection)), None
             )

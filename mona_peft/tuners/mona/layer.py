@@ -23,6 +23,8 @@ except ImportError:  # pragma: no cover
 #: The two insertion points of a block: after the attention residual add, after the MLP residual add.
 SITES = ("attn", "mlp")
 PIECES = ("norm", "down", "filter", "up")
+#: A block's patch grid, ``(height, width)``, or one per image of the batch (SigLIP 2).
+Grid = tuple[int, int] | list[tuple[int, int]]
 
 
 class ScaledLayerNorm(nn.Module):
@@ -203,10 +205,18 @@ def _recorded_hidden_states() -> list | None:
 def _filter_on_grid(
     conv: MultiCognitiveFilter,
     patches: torch.Tensor,
-    grid: tuple[int, int],
+    grid: Grid,
     order: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> torch.Tensor:
-    """The spatial filter on patch tokens, put in row-major order first and back after where ``order`` says how."""
+    """The spatial filter on patch tokens, put in row-major order first and back after where ``order`` says how; with
+    one grid per image (a list), each image's first tokens are filtered on its grid and its padding is left as is."""
+    if isinstance(grid, list):
+        return torch.cat(
+            [
+                torch.cat([conv.spatial(image[:, : h * w], (h, w)), image[:, h * w :]], dim=1)
+                for image, (h, w) in zip(patches.split(1), grid, strict=True)
+            ]
+        )
     if order is None:
         return conv.spatial(patches, grid)
     to_row_major, back = order
@@ -302,7 +312,7 @@ class MonaLayer(nn.Module, WrappingLayer):
         """Whether ``adapter`` has a Mona here (at ``site``, or at either site); MiMi can remove one or both."""
         return any(adapter in getattr(self, f"mona_{s}_down") for s in ((site,) if site else SITES))
 
-    def _grid(self, args: tuple, kwargs: dict) -> tuple[int, int]:
+    def _grid(self, args: tuple, kwargs: dict) -> Grid:
         """The patch grid of this call: given to the block (Swin), the shape of its input map (``feature_map``), or
         the patch embedding's last output."""
         if self.architecture.spec.grid_source == "feature_map":
@@ -316,7 +326,7 @@ class MonaLayer(nn.Module, WrappingLayer):
             raise RuntimeError("Mona has not seen the patch embedding yet: call the model on pixel_values.")
         return self.token_grid.size
 
-    def _mona_delta(self, site: str, adapter: str, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def _mona_delta(self, site: str, adapter: str, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         """Mona's contribution ``mona(x) - x`` for one adapter at one site."""
         down = getattr(self, f"mona_{site}_down")[adapter]
         x = self._cast_input_dtype(x, down.weight.dtype)
@@ -324,6 +334,13 @@ class MonaLayer(nn.Module, WrappingLayer):
         order = None
         if self.architecture.spec.token_order is not None:  # unrolled tokens (Hiera): this block's grid and order
             order, grid = self._token_order(grid, x.shape[1] - num_prefix, x.device)
+        if isinstance(grid, list):  # one grid per image, then padding (SigLIP 2)
+            if len(grid) != x.shape[0] or any(h * w > x.shape[1] - num_prefix for h, w in grid):
+                raise ValueError(
+                    f"Mona expected {len(grid)} images of patch grids {grid} within their hidden states, but the "
+                    f"block's hidden states have shape {tuple(x.shape)}."
+                )
+            return self._mona_inside(site, adapter, x, grid, num_prefix, order)
         height, width = grid
         if self.architecture.spec.prefix_grows and x.shape[1] > num_prefix + height * width:
             num_prefix = x.shape[1] - height * width  # tokens that joined in front (EoMT's queries)
@@ -355,7 +372,7 @@ class MonaLayer(nn.Module, WrappingLayer):
         site: str,
         adapter: str,
         x: torch.Tensor,
-        grid: tuple[int, int],
+        grid: Grid,
         num_prefix: int,
         order: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
@@ -379,7 +396,7 @@ class MonaLayer(nn.Module, WrappingLayer):
         return z
 
     def _site_delta(
-        self, site: str, x: torch.Tensor, grid: tuple[int, int], routing: list[str] | None
+        self, site: str, x: torch.Tensor, grid: Grid, routing: list[str] | None
     ) -> torch.Tensor | None:
         """Total contribution of the active adapters (applied one after another), or per-sample routing.
 
@@ -391,7 +408,8 @@ class MonaLayer(nn.Module, WrappingLayer):
                 if adapter == BASE_ADAPTER_NAME or not self.has_mona(adapter, site):
                     continue
                 rows = _select_rows(routing, adapter, x.device)
-                delta[rows] = self._mona_delta(site, adapter, x[rows], grid).to(x.dtype)
+                row_grid = [grid[row] for row in rows.tolist()] if isinstance(grid, list) else grid
+                delta[rows] = self._mona_delta(site, adapter, x[rows], row_grid).to(x.dtype)
             return delta
         delta = None
         for adapter in self._adapters_to_apply():
@@ -440,7 +458,7 @@ class MonaLayer(nn.Module, WrappingLayer):
             hidden = hidden + as_stream(mlp_delta)
         return (hidden,) + tuple(out[1:]) if isinstance(out, tuple) else hidden
 
-    def _as_tokens(self, hidden: torch.Tensor, grid: tuple[int, int]):
+    def _as_tokens(self, hidden: torch.Tensor, grid: Grid):
         """``hidden`` as tokens ``(batch, tokens, channels)``, its grid, and the map back to the block's layout (a map's
         grid is its own shape). A block may flatten its map to tokens between its adds (timm's Swin)."""
         if hidden.dim() == 3:
@@ -488,11 +506,17 @@ class TokenGrid:
 
     Plain ViTs run every block on the same grid, which only the input image determines (so
     non-square inputs with interpolated position embeddings work); ``MonaModel`` puts ``record`` as
-    a forward hook on the patch-embedding convolution for all of the model's Mona layers.
+    a forward hook on the patch-embedding convolution for all of the model's Mona layers, or ``record_shapes`` on the
+    embeddings of a model whose images each have their own grid (a list of grids, one per image).
     """
 
     def __init__(self) -> None:
-        self.size: tuple[int, int] | None = None
+        self.size: tuple[int, int] | list[tuple[int, int]] | None = None
 
     def record(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         self.size = (int(output.shape[-2]), int(output.shape[-1]))
+
+    def record_shapes(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """One grid per image: the ``spatial_shapes`` the embeddings are called with (SigLIP 2)."""
+        shapes = kwargs["spatial_shapes"] if "spatial_shapes" in kwargs else args[1]
+        self.size = [(int(height), int(width)) for height, width in shapes.tolist()]

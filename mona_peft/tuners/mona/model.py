@@ -35,7 +35,15 @@ class MonaModel(WrappingTuner):
         super()._pre_injection_hook(model, config, adapter_name)
         if not hasattr(self, "token_grid"):
             self.token_grid = TokenGrid()
-        if self.architecture.patch_projection is not None:
+        if self.architecture.spec.grid_source == "spatial_shapes":
+            self._hook_once(
+                "token_grid",
+                self.architecture.patch_projection,
+                lambda embeddings: embeddings.register_forward_pre_hook(
+                    self.token_grid.record_shapes, with_kwargs=True
+                ),
+            )
+        elif self.architecture.patch_projection is not None:
             self._hook_once(
                 "token_grid",
                 self.architecture.patch_projection,
