@@ -1,9 +1,11 @@
-"""Latency of a Mona-adapted Swin-T exported to ONNX against the bare Swin-T (onnxruntime and PyTorch, CPU).
+"""Latency of a Mona-adapted Swin-T exported to ONNX against the bare Swin-T (onnxruntime and PyTorch, CPU), and of
+one backbone serving 4 Mona adapters in one mixed batch against one batch per adapter.
 
     python scripts/benchmark_export.py --output benchmarks/export.json
 
 Random weights (offline); Swin-T at 224 px with eager attention (transformers' SDPA Swin does not export at that
-size). Run it on an idle machine: the variants of each runtime run interleaved, at 1 and at 2 threads.
+size). Run it on an idle machine: the variants of each part run interleaved, at 1 and at 2 threads. ``--part``
+measures one part and keeps the other's results (and their command) in the output file.
 """
 
 import argparse
@@ -14,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from harness.export_speed import measure_export  # noqa: E402
+from harness.export_speed import measure_export, measure_serving  # noqa: E402
 from harness.timing import environment  # noqa: E402
 
 
@@ -29,14 +31,21 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("benchmarks/export.json"))
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--part", choices=["all", "export", "serving"], default="all")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        rows = measure_export(
-            swin_t(args.image_size), args.image_size, Path(folder), ["classifier"], repeats=args.repeats
-        )
-    result = {"command": "python " + " ".join(sys.argv), "environment": environment(), "swin_t": rows}
+    result = json.loads(args.output.read_text()) if args.part != "all" and args.output.exists() else {}
+    measured = {"command": "python " + " ".join(sys.argv), "environment": environment()}
+    if args.part in ("all", "export"):
+        with tempfile.TemporaryDirectory() as folder:
+            rows = measure_export(
+                swin_t(args.image_size), args.image_size, Path(folder), ["classifier"], repeats=args.repeats
+            )
+        result |= {**measured, "swin_t": rows}
+    if args.part in ("all", "serving"):
+        rows = measure_serving(swin_t(args.image_size), args.image_size, ["classifier"], repeats=args.repeats)
+        result["serving"] = {**measured, "swin_t": rows}
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(rows, indent=2))
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

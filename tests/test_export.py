@@ -137,3 +137,15 @@ def test_the_export_benchmark_reports_every_ratio_side_by_side(tmp_path):
         ratios = rows[f"threads_{count}"]
         assert set(ratios) == {"onnxruntime_mona_over_bare", "torch_mona_over_bare", "mona_onnxruntime_over_torch"}
         assert all(row["ratio"] > 0 for row in ratios.values())
+
+
+def test_the_serving_benchmark_compares_a_mixed_batch_with_one_batch_per_adapter():
+    """benchmarks/harness/export_speed.py's serving part on a tiny Swin: 4 adapters, both thread counts."""
+    from harness.export_speed import measure_serving
+
+    rows = measure_serving(lambda: build_tiny_model("swin"), 32, ["classifier"], warmup=1, repeats=2)
+    assert (rows["adapters"], rows["images"]) == (4, 8)
+    for count in (1, 2):
+        ratios = rows[f"threads_{count}"]
+        assert set(ratios) == {"mixed_over_separate_latency", "mixed_over_bare_latency"}
+        assert all(row["ratio"] > 0 for row in ratios.values())

@@ -86,3 +86,61 @@ def measure_export(
             "mona_onnxruntime_over_torch": summarize(times, "ort_mona", "torch_mona"),
         }
     return rows
+
+
+def measure_serving(
+    build: Callable[[], torch.nn.Module],
+    image_size: int,
+    head: list[str],
+    adapters: int = 4,
+    images_per_adapter: int = 2,
+    threads: tuple[int, ...] = (1, 2),
+    warmup: int = 2,
+    repeats: int = 10,
+) -> dict[str, object]:
+    """One frozen backbone serving ``adapters`` Mona adapters (randomised, PyTorch eager): a mixed batch of
+    ``adapters * images_per_adapter`` images routed with ``adapter_names=`` against the same images run as one batch
+    per adapter (``set_adapter`` before each), and the bare backbone on the whole batch; the throughput ratio mixed /
+    separate is the inverse of their latency ratio."""
+    from peft import get_peft_model
+
+    import mona_peft
+
+    bare = build().eval()
+    model = get_peft_model(copy.deepcopy(bare), mona_peft.MonaConfig(modules_to_save=head), adapter_name="adapter_0")
+    names = [f"adapter_{index}" for index in range(adapters)]
+    for name in names[1:]:
+        model.add_adapter(name, mona_peft.MonaConfig(modules_to_save=head))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "mona_" in name:
+                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    model.eval()
+    x = torch.randn(adapters * images_per_adapter, 3, image_size, image_size, generator=generator)
+    routing = names * images_per_adapter  # interleaved: every adapter's rows are scattered through the batch
+    rows = {name: [i for i, routed in enumerate(routing) if routed == name] for name in names}
+
+    def mixed() -> None:
+        with torch.inference_mode():
+            model(pixel_values=x, adapter_names=routing)
+
+    def separate() -> None:
+        with torch.inference_mode():
+            for name in names:
+                model.set_adapter(name)
+                model(pixel_values=x[rows[name]])
+
+    def backbone() -> None:
+        with torch.inference_mode():
+            bare(pixel_values=x)
+
+    result: dict[str, object] = {"image_size": image_size, "adapters": adapters, "images": len(routing)}
+    for count in threads:
+        torch.set_num_threads(count)
+        times = timed_pair({"separate": separate, "mixed": mixed, "bare": backbone}, warmup, repeats)
+        result[f"threads_{count}"] = {
+            "mixed_over_separate_latency": summarize(times, "mixed", "separate"),
+            "mixed_over_bare_latency": summarize(times, "mixed", "bare"),
+        }
+    return result
