@@ -405,9 +405,11 @@ def test_segmentation_adapter_is_pushed_and_its_cards_snippet_reloads_it_in_a_fr
     card = Path(HfApi(endpoint=hub.url, token=TOKEN).hf_hub_download(repo_id, "README.md", cache_dir=tmp_path / "c"))
     snippet = card_snippet(card, "load_segmentation_base")
     assert repo_id in snippet
+    # the pipeline answers with the trained class names (every class of this random model's prediction is one)
     script = (
         "import sys\nfrom PIL import Image\nimage = Image.open(sys.argv[1])\n"
         + snippet
+        + "assert segments and {s['label'] for s in segments} <= {'background', 'a', 'b'}, segments\n"
         + "torch.save(outputs.logits, sys.argv[-1])\n"
     )
     torch.testing.assert_close(logits_in_fresh_process(hub, tmp_path, script, str(image_path)), expected)
@@ -463,9 +465,18 @@ def test_detection_adapters_are_pushed_and_their_cards_snippets_reload_them_in_a
     card = Path(HfApi(endpoint=hub.url, token=TOKEN).hf_hub_download(repo_id, "README.md", cache_dir=tmp_path / "c"))
     snippet = card_snippet(card, load_base.__name__)
     assert repo_id in snippet
+    # the pipeline answers with the trained class names (at threshold 0, every query is an answer)
+    from mona_peft.tasks.object_detection.data import DETECTION_CLASSES  # the classes write_digit_coco_folders writes
+
+    answers = {
+        "object-detection": "pipeline('object-detection', model=model, image_processor=processor)(image, threshold=0)",
+        "instance-segmentation": "segmenter(image, subtask='instance', threshold=0)",
+    }[task_name]
     script = (
         "import sys\nfrom PIL import Image\nimage = Image.open(sys.argv[1]).convert('RGB')\n"
         + snippet
+        + f"labels = {{answer['label'] for answer in {answers}}}\n"
+        + f"assert labels and labels <= {set(DETECTION_CLASSES)!r}, labels\n"
         + f"torch.save(outputs.{output}, sys.argv[-1])\n"
     )
     torch.testing.assert_close(logits_in_fresh_process(hub, tmp_path, script, str(image_path)), expected)
