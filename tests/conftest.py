@@ -222,6 +222,16 @@ def tiny_pixel_values():
     return build_tiny_pixel_values
 
 
+def run_in_fresh_process(code: str, *argv: object) -> None:
+    """Run ``python -c code argv...`` offline, with this checkout importable (as a user's process that installed it),
+    and fail with its stderr unless it exits 0."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def card_snippet(card: Path, marker: str) -> str:
     """The card's first ```python block that contains ``marker`` (the loading snippet a user copies)."""
     blocks = card.read_text().split("```python\n")[1:]

@@ -7,14 +7,10 @@ full, and a Mona adapter reloads in a fresh process.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import transformers as tf
+from conftest import run_in_fresh_process
 from mona_reference import reference_monas, reference_pre_norm_block
 from peft import get_peft_model
 
@@ -24,7 +20,6 @@ from mona_peft.tuners.methods import build_method
 from mona_peft.tuners.mona.layer import MonaLayer
 from mona_peft.tuners.registry import methods
 
-REPO = Path(__file__).resolve().parents[1]
 #: Three blocks on a 4x4 grid, CLS and 2 registers; 5 queries join before the last block.
 TINY_EOMT = dict(
     hidden_size=32, num_hidden_layers=3, num_attention_heads=2, mlp_ratio=2, image_size=32, patch_size=8,
@@ -114,8 +109,5 @@ def test_a_mona_adapted_eomt_reloads_in_a_fresh_process(tmp_path):
         "torch.save(torch.cat([out.class_queries_logits.flatten(1), out.masks_queries_logits.flatten(1)], 1),\n"
         "           adapter + '/out.pt')\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    argv = [str(tmp_path / "base"), str(tmp_path / "adapter"), str(tmp_path / "x.pt")]
-    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_in_fresh_process(code, tmp_path / "base", tmp_path / "adapter", tmp_path / "x.pt")
     torch.testing.assert_close(torch.load(tmp_path / "adapter" / "out.pt"), expected, rtol=1e-6, atol=1e-6)

@@ -3,14 +3,10 @@ encoder and mask decoder on top."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import transformers as tf
+from conftest import run_in_fresh_process
 from mona_reference import post_attention_stream, reference_monas
 from peft import PeftModel, get_peft_model
 
@@ -20,7 +16,6 @@ from mona_peft.tuners.methods import build_method
 from mona_peft.tuners.mona.layer import MonaLayer
 from mona_peft.tuners.registry import methods
 
-REPO = Path(__file__).resolve().parents[1]
 #: Two blocks on an 8x8 map: the first attends in 3x3 windows (the map is padded to 9x9), the second globally.
 #: initializer_range: SAM's default (1e-10) gives a random encoder whose embeddings do not depend on the image.
 TINY_SAM = dict(
@@ -110,9 +105,6 @@ def test_a_mona_adapted_sam_reloads_in_a_fresh_process(tmp_path):
         "with torch.no_grad():\n"
         "    torch.save(model(pixel_values=torch.load(x), input_boxes=boxes).pred_masks, adapter + '/masks.pt')\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    argv = [str(tmp_path / "base"), str(tmp_path / "adapter"), str(tmp_path / "x.pt")]
-    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_in_fresh_process(code, tmp_path / "base", tmp_path / "adapter", tmp_path / "x.pt")
     assert PeftModel  # the reload above is PEFT's own path, in a process that only imported mona_peft
     torch.testing.assert_close(torch.load(tmp_path / "adapter" / "masks.pt"), expected)

@@ -9,15 +9,11 @@ imported: ``scripts/test_timm.sh`` runs them in a venv of their own (README, "ti
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import TIMM_MISSING, TINY_TIMM_MODELS, build_tiny_pixel_values
+from conftest import TIMM_MISSING, TINY_TIMM_MODELS, build_tiny_pixel_values, run_in_fresh_process
 from mona_reference import post_attention_stream, reference_cnn_block, reference_monas, reference_pre_norm_block
 from peft import get_peft_model
 
@@ -25,7 +21,6 @@ import mona_peft
 from mona_peft.tuners.architectures import UnsupportedArchitectureError, head_modules
 from mona_peft.tuners.mona.layer import MonaLayer
 
-ROOT = Path(__file__).resolve().parents[1]
 needs_timm = pytest.mark.skipif(bool(TIMM_MISSING), reason=TIMM_MISSING or "")
 
 
@@ -56,9 +51,7 @@ def test_importing_mona_peft_never_needs_timm():
         assert not {"timm", "torchvision"} & imported
         """
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_in_fresh_process(code)
 
 
 @needs_timm
@@ -115,12 +108,7 @@ def test_a_plain_timm_model_trains_saves_and_reloads_in_a_fresh_process(key, tmp
     torch.save(x, tmp_path / "x.pt")
     settings = TINY_TIMM_MODELS[key]
     argv = [settings["architecture"], repr(settings["model_args"]), tmp_path / "base.pt", tmp_path / "adapter"]
-    argv += [tmp_path / "x.pt", tmp_path / "out.pt"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", _RELOAD, *map(str, argv)], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_in_fresh_process(_RELOAD, *argv, tmp_path / "x.pt", tmp_path / "out.pt")
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, rtol=1e-6, atol=1e-7)
 
 
