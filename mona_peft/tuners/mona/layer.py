@@ -340,15 +340,15 @@ class MonaLayer(nn.Module, WrappingLayer):
                     f"Mona expected {len(grid)} images of patch grids {grid} within their hidden states, but the "
                     f"block's hidden states have shape {tuple(x.shape)}."
                 )
-            return self._mona_inside(site, adapter, x, grid, num_prefix, order)
-        height, width = grid
-        if self.architecture.spec.prefix_grows and x.shape[1] > num_prefix + height * width:
-            num_prefix = x.shape[1] - height * width  # tokens that joined in front (EoMT's queries)
-        if x.shape[1] != num_prefix + height * width:
-            raise ValueError(
-                f"Mona expected {num_prefix} prefix tokens + a {height}x{width} patch grid = "
-                f"{num_prefix + height * width} tokens, but the block's hidden states have shape {tuple(x.shape)}."
-            )
+        else:
+            height, width = grid
+            if self.architecture.spec.prefix_grows and x.shape[1] > num_prefix + height * width:
+                num_prefix = x.shape[1] - height * width  # tokens that joined in front (EoMT's queries)
+            if x.shape[1] != num_prefix + height * width:
+                raise ValueError(
+                    f"Mona expected {num_prefix} prefix tokens + a {height}x{width} patch grid = "
+                    f"{num_prefix + height * width} tokens, but the block's hidden states have shape {tuple(x.shape)}."
+                )
         if self.mona_gradient_checkpointing.get(adapter, False) and torch.is_grad_enabled():
             # Only x is kept for backward; the inside (about 5 token-sized tensors per Mona) is recomputed then, with
             # the same dropout mask (checkpoint restores the RNG state).
@@ -395,9 +395,7 @@ class MonaLayer(nn.Module, WrappingLayer):
             z = F.pad(z, (0, 0, num_prefix, 0))
         return z
 
-    def _site_delta(
-        self, site: str, x: torch.Tensor, grid: Grid, routing: list[str] | None
-    ) -> torch.Tensor | None:
+    def _site_delta(self, site: str, x: torch.Tensor, grid: Grid, routing: list[str] | None) -> torch.Tensor | None:
         """Total contribution of the active adapters (applied one after another), or per-sample routing.
 
         ``None`` when no adapter has a Mona at this site (e.g. MiMi removed it).
