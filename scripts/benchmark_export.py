@@ -1,5 +1,6 @@
 """Latency of a Mona-adapted Swin-T exported to ONNX against the bare Swin-T (onnxruntime and PyTorch, CPU), and of
-one backbone serving 4 Mona adapters in one mixed batch against one batch per adapter.
+one backbone serving 4 Mona adapters in one mixed batch against one batch per adapter, and onnxruntime's profile of
+both graphs by operator type.
 
     python scripts/benchmark_export.py --output benchmarks/export.json
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from harness.export_speed import measure_export, measure_serving  # noqa: E402
+from harness.export_speed import measure_export, measure_serving, profile_onnx  # noqa: E402
 from harness.timing import environment  # noqa: E402
 
 
@@ -31,7 +32,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("benchmarks/export.json"))
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--part", choices=["all", "export", "serving"], default="all")
+    parser.add_argument("--part", choices=["all", "export", "serving", "profile"], default="all")
     args = parser.parse_args()
     result = json.loads(args.output.read_text()) if args.part != "all" and args.output.exists() else {}
     measured = {"command": "python " + " ".join(sys.argv), "environment": environment()}
@@ -44,6 +45,12 @@ def main() -> None:
     if args.part in ("all", "serving"):
         rows = measure_serving(swin_t(args.image_size), args.image_size, ["classifier"], repeats=args.repeats)
         result["serving"] = {**measured, "swin_t": rows}
+    if args.part in ("all", "profile"):
+        with tempfile.TemporaryDirectory() as folder:
+            rows = profile_onnx(
+                swin_t(args.image_size), args.image_size, Path(folder), ["classifier"], repeats=args.repeats
+            )
+        result["onnxruntime_profile"] = {**measured, "swin_t": rows}
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

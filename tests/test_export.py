@@ -149,3 +149,14 @@ def test_the_serving_benchmark_compares_a_mixed_batch_with_one_batch_per_adapter
         ratios = rows[f"threads_{count}"]
         assert set(ratios) == {"mixed_over_separate_latency", "mixed_over_bare_latency"}
         assert all(row["ratio"] > 0 for row in ratios.values())
+
+
+def test_the_profile_sums_each_graphs_kernel_time_by_operator(tmp_path):
+    """onnxruntime's own profile of the bare and the Mona graph (tiny Swin): Mona's depthwise filter adds Conv time."""
+    from harness.export_speed import profile_onnx
+
+    rows = profile_onnx(lambda: build_tiny_model("swin"), 32, tmp_path, ["classifier"], repeats=2, warmup=1)
+    assert rows["kernel_total_ms"]["mona"] > rows["kernel_total_ms"]["bare"] > 0
+    assert rows["profiled_run_median_ms"]["mona"] > 0
+    by_op = {row["op"]: row for row in rows["by_operator_ms"]}
+    assert "Conv" in by_op and by_op["Conv"]["mona"] > by_op["Conv"]["bare"]

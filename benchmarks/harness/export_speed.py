@@ -10,6 +10,7 @@ form (``mona_peft.prepare_for_inference``). The variants of one runtime run inte
 from __future__ import annotations
 
 import copy
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 
@@ -144,3 +145,67 @@ def measure_serving(
             "mixed_over_bare_latency": summarize(times, "mixed", "bare"),
         }
     return result
+
+
+def profile_onnx(
+    build: Callable[[], torch.nn.Module],
+    image_size: int,
+    folder: Path,
+    head: list[str],
+    batch: int = 2,
+    repeats: int = 10,
+    top: int = 8,
+    warmup: int = 3,
+) -> dict[str, object]:
+    """Where the Mona graph spends its extra time: onnxruntime's own profile (one thread) of the bare and the Mona
+    graph, ``repeats`` runs each after ``warmup`` runs, kernel time summed per operator type in milliseconds per run;
+    ``top`` types by the Mona graph's excess over the bare one. The profiled runs' median wall time is reported
+    beside it (profiling adds a timer per node, and the Mona graph has more nodes)."""
+    import json
+
+    import onnxruntime
+
+    from mona_peft.export import export_onnx
+
+    bare = build().eval()
+    models = {"bare": bare, "mona": _mona(bare, head)}
+    x = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    per_op: dict[str, dict[str, float]] = {}
+    wall: dict[str, float] = {}
+    for name, model in models.items():
+        path = export_onnx(model, folder / f"{name}.onnx", x)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+        options.enable_profiling, options.profile_file_prefix = True, str(folder / f"profile_{name}")
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for _ in range(warmup + repeats):
+            session.run(None, {"pixel_values": x.numpy()})
+        events = json.loads(Path(session.end_profiling()).read_text())
+        runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+        warmup_end = runs[warmup - 1]["ts"] + runs[warmup - 1]["dur"]
+        wall[name] = statistics.median(run["dur"] / 1e3 for run in runs[warmup:])
+        totals: dict[str, float] = {}
+        for event in events:
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] > warmup_end:
+                op = event.get("args", {}).get("op_name", "?")
+                totals[op] = totals.get(op, 0.0) + event["dur"] / 1e3 / repeats
+        per_op[name] = totals
+    ops = set(per_op["bare"]) | set(per_op["mona"])
+    excess = {op: per_op["mona"].get(op, 0.0) - per_op["bare"].get(op, 0.0) for op in ops}
+    ranked = sorted(ops, key=lambda op: -excess[op])[:top]
+    return {
+        "image_size": image_size,
+        "batch": batch,
+        "threads": 1,
+        "kernel_total_ms": {name: round(sum(totals.values()), 2) for name, totals in per_op.items()},
+        "profiled_run_median_ms": {name: round(ms, 2) for name, ms in wall.items()},
+        "by_operator_ms": [
+            {
+                "op": op,
+                "bare": round(per_op["bare"].get(op, 0.0), 2),
+                "mona": round(per_op["mona"].get(op, 0.0), 2),
+                "excess": round(excess[op], 2),
+            }
+            for op in ranked
+        ],
+    }
