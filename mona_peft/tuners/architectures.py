@@ -63,9 +63,10 @@ class ArchitectureSpec:
             (a CNN block: ConvNeXt's depthwise convolution and MLP share it), which gets one Mona, after it.
         grid_source: ``"input_dimensions"`` when the block receives its ``(height, width)`` as second
             argument (Swin), ``"patch_embedding"`` when the grid is read off the patch projection's
-            output (plain ViTs, where every block sees the same grid), ``"feature_map"`` when the block's
-            output is a map whose own shape is the grid, ``"spatial_shapes"`` when every image has a grid of its own,
-            given to the patch embedding as ``spatial_shapes`` (SigLIP 2: each image's tokens first, then padding).
+            output (plain ViTs, where every block sees the same grid), ``"feature_map"`` when the block takes
+            a map whose own shape is the grid (and keeps it), ``"spatial_shapes"`` when every image has a grid of
+            its own, given to the patch embedding as ``spatial_shapes`` (SigLIP 2: each image's tokens first, then
+            padding).
         layout: how the block's output stream is laid out (:data:`StreamLayout`).
         patch_projection: name suffix of the patch-embedding convolution (for ``"patch_embedding"``), or of the
             embedding module that takes ``spatial_shapes`` (for ``"spatial_shapes"``).
