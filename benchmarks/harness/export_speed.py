@@ -25,12 +25,16 @@ def _mona(bare: torch.nn.Module, head: list[str]) -> torch.nn.Module:
     import mona_peft
 
     model = get_peft_model(copy.deepcopy(bare), mona_peft.MonaConfig(modules_to_save=head)).eval()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # trained-looking adapters (a fresh Mona is near the identity)
+    _trained_looking(model, torch.Generator().manual_seed(1))
+    return mona_peft.prepare_for_inference(model)
+
+
+def _trained_looking(model: torch.nn.Module, generator: torch.Generator) -> None:
+    """Seeded noise on every Mona parameter: a fresh Mona is near the identity, a trained one is not."""
+    with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "mona_" in name:
                 parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-    return mona_peft.prepare_for_inference(model)
 
 
 def measure_export(
@@ -113,10 +117,7 @@ def measure_serving(
     for name in names[1:]:
         model.add_adapter(name, mona_peft.MonaConfig(modules_to_save=head))
     generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "mona_" in name:
-                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    _trained_looking(model, generator)
     model.eval()
     x = torch.randn(adapters * images_per_adapter, 3, image_size, image_size, generator=generator)
     routing = names * images_per_adapter  # interleaved: every adapter's rows are scattered through the batch
