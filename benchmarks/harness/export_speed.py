@@ -37,6 +37,19 @@ def _trained_looking(model: torch.nn.Module, generator: torch.Generator) -> None
                 parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
 
 
+def _exported_pair(
+    build: Callable[[], torch.nn.Module], image_size: int, batch: int, folder: Path, head: list[str]
+) -> tuple[dict[str, torch.nn.Module], torch.Tensor, dict[str, Path]]:
+    """The bare model and its Mona-adapted copy (inference form), the seeded images they are traced on, and their ONNX
+    files in ``folder`` (``bare.onnx``, ``mona.onnx``)."""
+    from mona_peft.export import export_onnx
+
+    bare = build().eval()
+    models = {"bare": bare, "mona": _mona(bare, head)}
+    x = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    return models, x, {name: export_onnx(model, folder / f"{name}.onnx", x) for name, model in models.items()}
+
+
 def measure_export(
     build: Callable[[], torch.nn.Module],
     image_size: int,
@@ -51,12 +64,7 @@ def measure_export(
     ONNX file sizes, at each of ``threads``."""
     import onnxruntime
 
-    from mona_peft.export import export_onnx
-
-    bare = build().eval()
-    models = {"bare": bare, "mona": _mona(bare, head)}
-    x = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    files = {name: export_onnx(model, folder / f"{name}.onnx", x) for name, model in models.items()}
+    models, x, files = _exported_pair(build, image_size, batch, folder, head)
     rows = {
         "image_size": image_size,
         "batch": batch,
@@ -166,15 +174,10 @@ def profile_onnx(
 
     import onnxruntime
 
-    from mona_peft.export import export_onnx
-
-    bare = build().eval()
-    models = {"bare": bare, "mona": _mona(bare, head)}
-    x = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    _, x, files = _exported_pair(build, image_size, batch, folder, head)
     per_op: dict[str, dict[str, float]] = {}
     wall: dict[str, float] = {}
-    for name, model in models.items():
-        path = export_onnx(model, folder / f"{name}.onnx", x)
+    for name, path in files.items():
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
         options.enable_profiling, options.profile_file_prefix = True, str(folder / f"profile_{name}")
