@@ -361,19 +361,27 @@ def test_hub_server_errors_match_the_hub(hub, tmp_path):
     assert hub.state.unhandled == []
 
 
-def test_segmentation_adapter_is_pushed_and_its_cards_snippet_reloads_it_in_a_fresh_process(hub, tmp_path):
+@pytest.mark.parametrize(
+    ("segmenter", "model_type", "overrides"),
+    [("upernet", "swin", dict(depths=[1, 1, 1], num_heads=[2, 2, 4])), ("eomt", "vit", dict(num_hidden_layers=3))],
+)
+def test_segmentation_adapter_is_pushed_and_its_cards_snippet_reloads_it_in_a_fresh_process(
+    segmenter, model_type, overrides, hub, tmp_path
+):
+    """UperNet around a Swin and EoMT around a plain ViT: pushed, and the card's snippet (its own forward and
+    transformers' pipeline, which for EoMT slides the processor's windows) reloads the adapter in a fresh process."""
     import numpy as np
     from conftest import build_tiny_model, card_snippet
     from peft import PeftModel
     from PIL import Image
     from transformers import AutoImageProcessor, ViTImageProcessor
 
-    from mona_peft.tasks.semantic_segmentation.model import load_segmentation_base
+    from mona_peft.tasks.semantic_segmentation.model import load_segmentation_base, semantic_logits
     from mona_peft.tasks.semantic_segmentation.task import SemanticSegmentationTask
     from mona_peft.training import main
 
     backbone = tmp_path / "backbone"
-    build_tiny_model("swin", depths=[1, 1, 1], num_heads=[2, 2, 4]).save_pretrained(backbone)
+    build_tiny_model(model_type, **overrides).save_pretrained(backbone)
     ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
         backbone
     )
@@ -384,12 +392,12 @@ def test_segmentation_adapter_is_pushed_and_its_cards_snippet_reloads_it_in_a_fr
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(data / "images" / f"{i}.png")
         Image.fromarray(rng.integers(0, 3, (32, 32), dtype=np.uint8), mode="L").save(data / "masks" / f"{i}.png")
     (data / "id2label.json").write_text(json.dumps({0: "background", 1: "a", 2: "b"}))
-    out, repo_id = tmp_path / "out", f"{USER}/mona-tiny-upernet"
+    out, repo_id = tmp_path / "out", f"{USER}/mona-tiny-{segmenter}"
     main(
         ["--model_name_or_path", str(backbone), "--train_dir", str(data), "--output_dir", str(out),
          "--max_train_steps", "2", "--per_device_train_batch_size", "2", "--report_to", "none",
-         "--image_size", "32", "--decoder_hidden_size", "16", "--push_to_hub", "--hub_model_id", repo_id,
-         "--hub_token", TOKEN],
+         "--image_size", "32", "--decoder_hidden_size", "16", "--num_queries", "4", "--segmenter", segmenter,
+         "--push_to_hub", "--hub_model_id", repo_id, "--hub_token", TOKEN],
         task=SemanticSegmentationTask,
     )  # fmt: skip
     assert {"segmentation_config.json", "preprocessor_config.json", "adapter_model.safetensors"} <= set(
@@ -399,7 +407,7 @@ def test_segmentation_adapter_is_pushed_and_its_cards_snippet_reloads_it_in_a_fr
     model = PeftModel.from_pretrained(load_segmentation_base(out), out).eval()
     with torch.no_grad():
         pixels = AutoImageProcessor.from_pretrained(out)(images=Image.open(image_path), return_tensors="pt")
-        expected = model(**pixels).logits
+        expected = semantic_logits(model(**pixels))
 
     # The card's own snippet, as a user copies it from the Hub, in a fresh process that only knows the test Hub.
     card = Path(HfApi(endpoint=hub.url, token=TOKEN).hf_hub_download(repo_id, "README.md", cache_dir=tmp_path / "c"))
@@ -410,7 +418,8 @@ def test_segmentation_adapter_is_pushed_and_its_cards_snippet_reloads_it_in_a_fr
         "import sys\nfrom PIL import Image\nimage = Image.open(sys.argv[1])\n"
         + snippet
         + "assert segments and {s['label'] for s in segments} <= {'background', 'a', 'b'}, segments\n"
-        + "torch.save(outputs.logits, sys.argv[-1])\n"
+        + "from mona_peft.tasks.semantic_segmentation.model import semantic_logits\n"
+        + "torch.save(semantic_logits(outputs), sys.argv[-1])\n"
     )
     torch.testing.assert_close(logits_in_fresh_process(hub, tmp_path, script, str(image_path)), expected)
     assert hub.state.unhandled == []

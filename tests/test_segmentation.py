@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from mona_peft import SUPPORTED_ARCHITECTURES
+from mona_peft.backbones import backbone_path
 from mona_peft.data import ImageDataError
 from mona_peft.tasks.semantic_segmentation.data import (
     BACKGROUND_BANDS,
@@ -308,6 +309,41 @@ def test_the_script_trains_upernet_around_convnext(checkpoints, tmp_path):
     config = json.loads((out / SEGMENTATION_CONFIG_FILE).read_text())
     assert config["backbone_config"]["model_type"] == "convnext"
     assert json.loads((out / "adapter_config.json").read_text())["base_model_type"] == "convnext"
+
+
+def test_the_script_trains_eomt_around_the_shipped_vit(tmp_path):
+    """A plain ViT becomes EoMT's encoder (the default segmenter for it): the queries and heads train, the config
+    beside the adapter rebuilds it, and the saved processor is EoMT's windowed one, for the pipeline."""
+    train, val = _write_folder(tmp_path / "train", 4), _write_folder(tmp_path / "val", 2)
+    data = ["--train_dir", str(train), "--validation_dir", str(val), "--max_train_steps", "2", "--num_queries", "6"]
+    out = tmp_path / "out"
+    results = main(_args(str(backbone_path("vit")), out, *data), task=SemanticSegmentationTask)
+    assert len(results["eval_per_category_iou"]) == 3
+    config = json.loads((out / SEGMENTATION_CONFIG_FILE).read_text())
+    assert (config["model_type"], config["num_queries"], config["backbone_checkpoint"]) == ("eomt", 6, "mona_peft:vit")
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_type"] == "eomt"
+    processor = json.loads((out / "preprocessor_config.json").read_text())
+    assert (processor["image_processor_type"], processor["do_split_image"]) == ("EomtImageProcessor", True)
+    saved = load_file(out / "adapter_model.safetensors")
+    assert any("mona" in key for key in saved) and any("class_predictor" in key for key in saved)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "segmenter", "message"),
+    [
+        ("swin", "eomt", r"--segmenter eomt around a 'swin' checkpoint: .*eomt \(vit, dinov2"),
+        ("vit", "upernet", r"--segmenter upernet around a 'vit' checkpoint: .*upernet \(swin, swinv2"),
+        ("vit", "fcn", r"--segmenter fcn around a 'vit' checkpoint: the segmenters"),
+    ],
+)
+def test_a_segmenter_that_does_not_take_the_backbone_is_named(model_type, segmenter, message, checkpoints, tmp_path):
+    path = str(backbone_path("vit")) if model_type == "vit" else checkpoints[model_type]
+    train = _write_folder(tmp_path / "train", 2)
+    with pytest.raises(SystemExit, match=message):
+        main(
+            _args(path, tmp_path / "out", "--train_dir", str(train), "--segmenter", segmenter),
+            task=SemanticSegmentationTask,
+        )
 
 
 def test_script_end_to_end_and_resume_equals_an_uninterrupted_run(checkpoints, tmp_path):

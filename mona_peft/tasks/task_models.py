@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import nn
-from transformers import CONFIG_MAPPING, AutoConfig, AutoModel, PretrainedConfig
+from transformers import CONFIG_MAPPING, AutoConfig, AutoModel, EomtForUniversalSegmentation, PretrainedConfig
 
 from ..backbones import checkpoint_path, portable_checkpoint
 from ..tuners.architectures import resolve_architecture
@@ -71,11 +74,15 @@ _ONLY_AFTER_THE_LAST_BLOCK = ("layernorm.", "layer_norm.", "pooler.")
 
 
 def load_pretrained_backbone(model: nn.Module, backbone: str) -> None:
-    """Copy the weights of the checkpoint ``backbone`` into the matching sub-module of ``model``'s backbone.
+    """Copy the weights of the checkpoint ``backbone`` into the matching sub-module of ``model``'s backbone (EoMT:
+    into the model itself, :func:`load_plain_vit`).
 
     Every tensor must land, except a final norm or pooler the backbone does not have. Raises ``ValueError`` naming
     the checkpoint when no sub-module fits.
     """
+    if isinstance(model, EomtForUniversalSegmentation):
+        load_plain_vit(model, backbone)
+        return
     pretrained = AutoModel.from_pretrained(checkpoint_path(backbone)).state_dict()
     for module in model.modules():
         own = module.state_dict()
@@ -85,6 +92,51 @@ def load_pretrained_backbone(model: nn.Module, backbone: str) -> None:
             module.load_state_dict(landing, strict=False)
             return
     raise ValueError(f"No part of {type(model).__name__} has the shapes of the weights in {backbone}.")
+
+
+#: EoMT's parts that do not come from the ViT: the heads (trained with every method), and its loss's and mask
+#: annealing's buffers.
+EOMT_FRESH = ("query.", "upscale_block.", "mask_head.", "class_predictor.", "criterion.", "attn_mask_probs")
+
+
+#: A plain ViT's block names and EoMT's (the blocks' prefix aside).
+_EOMT_NAMES = {"layernorm_before.": "norm1.", "layernorm_after.": "norm2.", "attention.o_proj.": "attention.out_proj."}
+
+
+def load_plain_vit(model: EomtForUniversalSegmentation, backbone: str) -> None:
+    """Copy the plain ViT checkpoint ``backbone`` into EoMT's encoder, which computes what the ViT computes.
+
+    The ViT adds a position to its CLS token and EoMT does not: EoMT's CLS token is the ViT's plus that position.
+    The patch positions are resized (bicubic) when EoMT's grid is not the checkpoint's. Every tensor of EoMT outside
+    its fresh heads must come from the checkpoint (a ViT without LayerScale keeps EoMT's ones, a ViT without query,
+    key and value biases gets zeros); ``ValueError`` names any other.
+    """
+    state = {}
+    for key, value in AutoModel.from_pretrained(checkpoint_path(backbone)).state_dict().items():
+        key = re.sub(r"^(?:encoder\.)?layers?\.(\d+)\.", r"layers.\1.", key)
+        state[next((key.replace(a, b) for a, b in _EOMT_NAMES.items() if a in key), key)] = value
+    positions = state.pop("embeddings.position_embeddings")
+    state["embeddings.cls_token"] = state["embeddings.cls_token"] + positions[:, :1]
+    state["embeddings.position_embeddings.weight"] = _resized_positions(positions[0, 1:], model.grid_size)
+    own = model.state_dict()
+    for key in own:
+        if key.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")) and key not in state:
+            state[key] = torch.zeros_like(own[key])
+    fresh = [k for k in own if k.startswith(EOMT_FRESH) or "layer_scale" in k or not own[k].numel()]
+    unfilled = [k for k in own if k not in state and k not in fresh]
+    if unfilled:
+        raise ValueError(f"{backbone} has no weights for EoMT's {', '.join(unfilled[:5])}: it is not a plain ViT.")
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+
+
+def _resized_positions(positions: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """A square grid's position table ``(cells, channels)`` resized to ``grid`` (bicubic), row-major."""
+    side = int(len(positions) ** 0.5)
+    if (side, side) == tuple(grid):
+        return positions
+    square = positions.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    resized = F.interpolate(square, size=tuple(grid), mode="bicubic", align_corners=False)
+    return resized.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
 
 
 def head_config(
