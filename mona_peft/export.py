@@ -24,8 +24,11 @@ Example (needs the ``onnx`` extra):
 
 from __future__ import annotations
 
+import builtins
 import copy
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -57,32 +60,41 @@ class _NamedOutputs(nn.Module):
         return tuple(getattr(output, name) for name in self.names)
 
 
+def output_names(model: nn.Module, task: str) -> tuple[str, ...]:
+    """The output fields the graph of ``model`` returns for ``task`` (:data:`TASK_OUTPUTS`; a semantic segmenter that
+    classifies masks, EoMT, returns its queries' class and mask logits)."""
+    if task == "semantic_segmentation" and getattr(model.config, "model_type", None) == "eomt":
+        return TASK_OUTPUTS["instance_segmentation"]
+    return TASK_OUTPUTS[task]
+
+
 def load_adapted(folder: str | Path, base_model: str | None = None) -> tuple[nn.Module, str]:
-    """The adapted model a training run saved in ``folder``, and its task: a semantic-segmentation adapter (the folder
-    has ``segmentation_config.json``) on the UperNet it was trained in, else a classification adapter on its base
-    model (``base_model``, default ``base_model_name_or_path`` of ``adapter_config.json``) with the trained class
-    names (``labels.json``). Detection and instance-segmentation folders are refused: their export is not built yet.
-    """
+    """The adapted model a training run saved in ``folder``, and its task: a dense adapter on the model it was trained
+    in (the folder's ``segmentation_config.json``, ``detection_config.json`` or
+    ``instance_segmentation_config.json`` says which), else a classification adapter on its base model
+    (``base_model``, default ``base_model_name_or_path`` of ``adapter_config.json``) with the trained class names
+    (``labels.json``)."""
     import json
 
     from peft import PeftModel
     from transformers import AutoModelForImageClassification
 
-    from .tasks.instance_segmentation.model import INSTANCE_SEGMENTATION_CONFIG_FILE
-    from .tasks.object_detection.model import DETECTION_CONFIG_FILE
+    from .tasks.instance_segmentation.model import INSTANCE_SEGMENTATION_CONFIG_FILE, load_instance_segmentation_base
+    from .tasks.object_detection.model import DETECTION_CONFIG_FILE, load_detection_base
     from .tasks.semantic_segmentation.model import SEGMENTATION_CONFIG_FILE, load_segmentation_base
 
     folder = Path(folder)
     config_file = folder / "adapter_config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder} has no adapter_config.json: it is not an adapter folder.")
-    for dense in (DETECTION_CONFIG_FILE, INSTANCE_SEGMENTATION_CONFIG_FILE):
-        if (folder / dense).is_file():
-            raise ExportError(
-                f"{folder} is a {dense.removesuffix('_config.json')} adapter: its export is not built yet."
-            )
-    if (folder / SEGMENTATION_CONFIG_FILE).is_file():
-        return PeftModel.from_pretrained(load_segmentation_base(folder), folder).eval(), "semantic_segmentation"
+    dense = {
+        SEGMENTATION_CONFIG_FILE: ("semantic_segmentation", load_segmentation_base),
+        DETECTION_CONFIG_FILE: ("object_detection", load_detection_base),
+        INSTANCE_SEGMENTATION_CONFIG_FILE: ("instance_segmentation", load_instance_segmentation_base),
+    }
+    for file_name, (task, load_base) in dense.items():
+        if (folder / file_name).is_file():
+            return PeftModel.from_pretrained(load_base(folder), folder).eval(), task
     from .sharing.labels import load_labels
 
     base_model = base_model or json.loads(config_file.read_text())["base_model_name_or_path"]
@@ -115,6 +127,32 @@ def deployable(model: nn.Module) -> nn.Module:
     return prepare_for_inference(model)
 
 
+@contextmanager
+def _traceable(model: nn.Module) -> Iterator[None]:
+    """``model`` (a copy) made traceable by PyTorch's exporter, for the time of the export.
+
+    Its transformers models take eager attention (Swin's SDPA path reshapes a transposed view the exporter cannot
+    trace), and a ``len(tensor)`` in their modules' code gives the tensor's first dimension as the exporter sees it:
+    transformers' RT-DETR reads its batch size with ``len``, which the exporter would otherwise fix to the example's.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(base, "set_attn_implementation"):
+        base.set_attn_implementation("eager")
+    names = {type(m).__module__ for m in model.modules() if type(m).__module__.startswith("transformers.models.")}
+    patched = [sys.modules[name] for name in names if "len" not in vars(sys.modules[name])]
+    for module in patched:
+        module.len = _first_dimension_len
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.len
+
+
+def _first_dimension_len(obj: object) -> int:
+    return obj.shape[0] if isinstance(obj, torch.Tensor) else builtins.len(obj)
+
+
 def _mergeable(config) -> bool:
     from peft.utils import PeftType
 
@@ -141,10 +179,13 @@ def export_onnx(
         dynamic_batch: the batch size is free in the graph (else fixed to the example's).
         dynamic_size: height and width are free too. ConvNeXt's graphs take other sizes; transformers' Swin and ViTs
             bake their patch grid into the graph (Swin's window partition, ViT's position table), so for them the
-            check below refuses it.
-        check: run the graph with onnxruntime (when installed) against PyTorch at the example, at one more image
+            check below refuses it; so does RT-DETR, whose anchors come from its feature maps' sizes as Python
+            numbers.
+        check: run the graph with onnxruntime (when installed) against PyTorch at the example, with one more image
             (dynamic batch) and at twice the height and width (dynamic size); a dimension the graph does not take,
-            or a relative error above ``1e-4``, raises.
+            or a relative error above ``1e-4``, raises. Give real images as the example where the model's choices
+            can tie: a barely trained RT-DETR scores many proposals exactly alike on noise, and PyTorch and
+            onnxruntime break the tie of its top-k differently.
 
     Raises:
         ImportError: ``onnx`` or ``onnxscript`` is missing (the ``onnx`` extra).
@@ -163,7 +204,7 @@ def export_onnx(
     if dynamic_size:
         dims |= {2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _traceable(wrapper.model):
             torch.onnx.export(
                 wrapper,
                 (example_inputs,),
@@ -183,12 +224,13 @@ def export_onnx(
 
 
 def _check_inputs(example: torch.Tensor, dynamic_batch: bool, dynamic_size: bool) -> list[torch.Tensor]:
-    batch, channels, height, width = example.shape
-    generator = torch.Generator().manual_seed(0)
-    shapes = [(batch, channels, height, width)]
-    shapes += [(batch + 1, channels, height, width)] if dynamic_batch else []
-    shapes += [(batch, channels, 2 * height, 2 * width)] if dynamic_size else []
-    return [torch.randn(shape, generator=generator, dtype=example.dtype) for shape in shapes]
+    """The example, the example with its first image once more (dynamic batch) and the example at twice its height and
+    width (dynamic size): what the user traced with, so real images check the graph on real images."""
+    inputs = [example]
+    inputs += [torch.cat([example, example[:1]])] if dynamic_batch else []
+    if dynamic_size:
+        inputs.append(torch.nn.functional.interpolate(example, scale_factor=2.0, mode="bilinear", align_corners=False))
+    return inputs
 
 
 def _check_onnx(model: _NamedOutputs, path: Path, inputs: Sequence[torch.Tensor], tolerance: float = 1e-4) -> None:
@@ -217,4 +259,4 @@ def _check_onnx(model: _NamedOutputs, path: Path, inputs: Sequence[torch.Tensor]
                 raise ExportError(f"{path}: output {name} differs from PyTorch's by {error:.2e} at shape {shape}.")
 
 
-__all__ = ["TASK_OUTPUTS", "ExportError", "deployable", "export_onnx", "load_adapted"]
+__all__ = ["TASK_OUTPUTS", "ExportError", "deployable", "export_onnx", "load_adapted", "output_names"]

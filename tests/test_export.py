@@ -92,13 +92,127 @@ def test_the_script_exports_a_training_runs_adapter_folder(task, tmp_path):
     assert loaded_task == task and _relative_error(_run(tmp_path / "m.onnx", x), expected) <= 1e-4
 
 
-def test_a_detection_folder_is_refused_naming_what_is_missing(tmp_path):
+def _trained_looking_run(task: str, folder, markers: tuple[str, ...], scale: float) -> None:
+    """The offline default run of a dense task, one (warm-up) step, into ``folder``, then its adapter saved again with
+    the parameters whose names hold one of ``markers`` moved by ``scale`` times Gaussian noise: at their
+    initialisation, Mask2Former's heads predict no mask."""
+    import importlib
+
     from mona_peft.export import load_adapted
 
-    (tmp_path / "adapter_config.json").write_text("{}")
-    (tmp_path / "detection_config.json").write_text("{}")
-    with pytest.raises(ExportError, match="is a detection adapter: its export is not built yet"):
-        load_adapted(tmp_path)
+    argv = ["--output_dir", str(folder), "--max_train_steps", "1", "--report_to", "none"]
+    importlib.import_module(f"mona_peft.tasks.{task}").main(argv)
+    model, _ = load_adapted(folder)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad and any(marker in name for marker in markers):
+                parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+    model.save_pretrained(folder)
+
+
+def _real_scenes(folder, count: int = 3) -> list:
+    """``count`` validation scenes of the offline instance task (digits on real photographs), also written to
+    ``folder`` as PNG files."""
+    from mona_peft.tasks.object_detection.data import load_detection_task
+
+    folder.mkdir()
+    images = [row["image"].convert("RGB") for row in load_detection_task("digit-instances")[0]["validation"]][:count]
+    for index, image in enumerate(images):
+        image.save(folder / f"{index}.png")
+    return images
+
+
+def _export_with_the_script(run, output, images) -> None:
+    """scripts/export_onnx.py on a run's folder, tracing and checking with ``images``, in a fresh process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(repo / "scripts" / "export_onnx.py"), "--adapter", str(run), "--output", str(output)]
+    done = subprocess.run([*command, "--images", str(images)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _onnx_outputs(path, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [torch.from_numpy(x) for x in session.run(None, {"pixel_values": pixel_values.numpy()})]
+
+
+def _same_outputs(path, model, pixel_values: torch.Tensor, names: tuple[str, ...]) -> tuple[list, list]:
+    """The graph's and PyTorch's outputs ``names`` on ``pixel_values``, checked to agree to 1e-4 relative."""
+    with torch.no_grad():
+        output = model(pixel_values=pixel_values)
+    expected, got = [getattr(output, name) for name in names], _onnx_outputs(path, pixel_values)
+    for name, mine, theirs in zip(names, expected, got, strict=True):
+        assert _relative_error(theirs, mine) <= 1e-4, (tuple(pixel_values.shape), name)
+    return expected, got
+
+
+def test_the_script_exports_an_instance_segmentation_folder_with_the_same_masks_on_real_images(tmp_path):
+    """Mask2Former with Mona, from a training run's folder through the script: on real scenes, at another batch size
+    than the traced one, the graph's query logits are PyTorch's and the task's post-processing (the one its
+    evaluation scores) draws the same instance masks from both."""
+    import numpy as np
+    from transformers import AutoImageProcessor
+
+    from mona_peft.export import TASK_OUTPUTS, load_adapted
+    from mona_peft.tasks.instance_segmentation.task import instance_predictions
+
+    _trained_looking_run("instance_segmentation", tmp_path / "run", ("mona_", "decoder", "predictor"), 0.05)
+    images = _real_scenes(tmp_path / "images")
+    _export_with_the_script(tmp_path / "run", tmp_path / "m.onnx", tmp_path / "images")
+    model, task = load_adapted(tmp_path / "run")
+    pixel_values = AutoImageProcessor.from_pretrained(tmp_path / "run")(images=images * 2, return_tensors="pt")
+    sizes = [image.size[::-1] for image in images * 2]
+    expected, got = _same_outputs(tmp_path / "m.onnx", model, pixel_values["pixel_values"], TASK_OUTPUTS[task])
+    for mine, theirs in zip(instance_predictions(*expected, sizes), instance_predictions(*got, sizes), strict=True):
+        assert len(mine["masks"]) and np.array_equal(mine["masks"], theirs["masks"])
+        assert np.array_equal(mine["labels"], theirs["labels"])
+
+
+def test_a_detection_adapter_exports_with_the_same_boxes_at_two_resolutions(tmp_path):
+    """RT-DETR around a Swin with Mona: a dynamic batch (transformers reads RT-DETR's batch size with len(), which
+    the export keeps symbolic), one resolution per graph (its anchors come from the feature maps' sizes). At 64 and
+    96 px, on real scenes at another batch size than the traced one, the graph's logits and boxes are PyTorch's, and
+    so are the post-processed detections. The detector's weights are spread as a trained one's: its score head's
+    bias (the class prior) far below what its features add, so no two proposals score exactly alike (a barely
+    trained RT-DETR scores many alike, and PyTorch and onnxruntime break the tie of its top-k differently)."""
+    import numpy as np
+    import torch.nn.functional as F
+    from test_detection_models import base_facts, build
+    from transformers import RTDetrImageProcessorPil
+    from transformers.models.rt_detr.modeling_rt_detr import RTDetrObjectDetectionOutput
+
+    from mona_peft.export import TASK_OUTPUTS
+
+    model = build_method(build("rt_detr"), "mona", base_facts("rt_detr").heads).eval()
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+        model.get_base_model().model.enc_score_head.bias.fill_(-10.0)
+    scenes = _real_scenes(tmp_path / "images")
+    pixels = torch.from_numpy(np.stack([np.asarray(image) for image in scenes])).permute(0, 3, 1, 2) / 127.5 - 1
+    names, processor = TASK_OUTPUTS["object_detection"], RTDetrImageProcessorPil()
+    for side in (64, 96):
+        pixel_values = F.interpolate(pixels, size=(side, side), mode="bilinear", align_corners=False)
+        export_onnx(model, tmp_path / f"{side}.onnx", pixel_values[:2], output_names=names)
+        expected, got = _same_outputs(tmp_path / f"{side}.onnx", model, pixel_values, names)
+        found = [
+            processor.post_process_object_detection(
+                RTDetrObjectDetectionOutput(**dict(zip(names, outputs, strict=True))),
+                threshold=0.0,
+                target_sizes=[(side, side)] * len(pixel_values),
+            )
+            for outputs in (expected, got)
+        ]
+        for mine, theirs in zip(*found, strict=True):
+            assert torch.equal(mine["labels"], theirs["labels"])
+            torch.testing.assert_close(mine["boxes"], theirs["boxes"], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("arch", ["swin", "vit", "convnext"])
