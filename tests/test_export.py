@@ -274,3 +274,14 @@ def test_the_profile_sums_each_graphs_kernel_time_by_operator(tmp_path):
     assert rows["profiled_run_median_ms"]["mona"] > 0
     by_op = {row["op"]: row for row in rows["by_operator_ms"]}
     assert "Conv" in by_op and by_op["Conv"]["mona"] > by_op["Conv"]["bare"]
+
+
+def test_each_models_graph_returns_its_tasks_outputs():
+    """EoMT segments semantically by classifying masks: its graph returns its queries' logits, as Mask2Former's."""
+    import transformers as tf
+
+    from mona_peft.export import TASK_OUTPUTS, output_names
+
+    eomt = tf.EomtForUniversalSegmentation(tf.EomtConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2))
+    assert output_names(eomt, "semantic_segmentation") == TASK_OUTPUTS["instance_segmentation"]
+    assert output_names(build_tiny_model("swin"), "semantic_segmentation") == ("logits",)
