@@ -137,3 +137,13 @@ def test_detector_speed_runs_train_on_random_objects_and_compare_every_method(mo
     assert max(rows["mona"]["trainable_params"], rows["lora"]["trainable_params"]) < rows["full"]["trainable_params"]
     assert all(row["train_step_median_ms"] > 0 and row["infer_latency_ratio_vs_base"] > 0 for row in rows.values())
     assert report["mona_targets"] == {} and report["mona_meets_targets"] == {}
+
+
+def test_each_dense_kind_defaults_to_its_own_folders():
+    """A run of one kind with the default --work_dir and --output_dir never writes into another kind's results."""
+    from harness.cli import DENSE_FOLDERS, build_dense_parser
+    from harness.kinds import DENSE_KINDS
+
+    assert sorted(DENSE_FOLDERS) == sorted(DENSE_KINDS) and len(set(DENSE_FOLDERS.values())) == len(DENSE_KINDS)
+    args = build_dense_parser().parse_args(["--kind", "object-detection"])
+    assert args.work_dir is None and args.output_dir is None  # dense_main fills in the kind's folders

@@ -142,9 +142,18 @@ def build_dense_parser() -> argparse.ArgumentParser:
     add("--num_train_epochs", type=int, default=None, help="Schedule length (default: the task's epochs).")
     add("--max_train_steps", type=int, default=None, help="Cut runs short (quick checks).")
     add("--report_only", action="store_true", help="Train nothing: report the runs in --work_dir.")
-    add("--work_dir", default="runs/segmentation")
-    add("--output_dir", default="benchmarks/segmentation")
+    add("--work_dir", default=None, help="Default: runs/<the kind's folder> (runs/detection, ...).")
+    add("--output_dir", default=None, help="Default: benchmarks/<the kind's folder> (benchmarks/detection, ...).")
     return parser
+
+
+#: Each dense kind's folder under benchmarks/ (its committed results) and runs/ (its default work dir): a run of one
+#: kind never writes into another's.
+DENSE_FOLDERS = {
+    "semantic-segmentation": "segmentation",
+    "object-detection": "detection",
+    "instance-segmentation": "instance_segmentation",
+}
 
 
 def dense_main(argv: list[str] | None = None) -> dict:
@@ -160,7 +169,8 @@ def dense_main(argv: list[str] | None = None) -> dict:
         threads=args.threads,
         max_train_steps=args.max_train_steps,
         num_train_epochs=args.num_train_epochs,
-        work_dir=args.work_dir,
+        work_dir=args.work_dir or f"runs/{DENSE_FOLDERS[args.kind]}",
     )
     command = shlex.join(["python", "scripts/benchmark_dense.py", *(sys.argv[1:] if argv is None else argv)])
-    return run_benchmark(config, output_dir=args.output_dir, command=command, report_only=args.report_only)
+    output_dir = args.output_dir or f"benchmarks/{DENSE_FOLDERS[args.kind]}"
+    return run_benchmark(config, output_dir=output_dir, command=command, report_only=args.report_only)
