@@ -179,13 +179,11 @@ def export_onnx(
         dynamic_batch: the batch size is free in the graph (else fixed to the example's).
         dynamic_size: height and width are free too. ConvNeXt's graphs take other sizes; transformers' Swin and ViTs
             bake their patch grid into the graph (Swin's window partition, ViT's position table), so for them the
-            check below refuses it; so does RT-DETR, whose anchors come from its feature maps' sizes as Python
-            numbers.
+            check below refuses it; so does RT-DETR (its anchors come from the feature maps' sizes).
         check: run the graph with onnxruntime (when installed) against PyTorch at the example, with one more image
             (dynamic batch) and at twice the height and width (dynamic size); a dimension the graph does not take,
-            or a relative error above ``1e-4``, raises. Give real images as the example where the model's choices
-            can tie: a barely trained RT-DETR scores many proposals exactly alike on noise, and PyTorch and
-            onnxruntime break the tie of its top-k differently.
+            or a relative error above ``1e-4``, raises. Give real images where the model's choices can tie (a barely
+            trained RT-DETR's top-k: docs/deploy.md).
 
     Raises:
         ImportError: ``onnx`` or ``onnxscript`` is missing (the ``onnx`` extra).
