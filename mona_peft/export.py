@@ -182,19 +182,17 @@ def export_onnx(
             check below refuses it; so does RT-DETR (its anchors come from the feature maps' sizes).
         check: run the graph with onnxruntime (when installed) against PyTorch at the example, with one more image
             (dynamic batch) and at twice the height and width (dynamic size); a dimension the graph does not take,
-            or a relative error above ``1e-4``, raises. Give real images where the model's choices can tie (a barely
-            trained RT-DETR's top-k: docs/deploy.md).
+            or a relative error above ``1e-4``, raises. Give real images where choices can tie (docs/deploy.md).
 
     Raises:
         ImportError: ``onnx`` or ``onnxscript`` is missing (the ``onnx`` extra).
+        ValueError: a dynamic batch traced on one image (the exporter would fix the batch to 1).
         ExportError: the exporter refused the model (the message names the operator or module it stopped at), or the
             check failed (naming the inputs' shape).
     """
-    for package in ("onnx", "onnxscript"):
-        try:
-            __import__(package)
-        except ImportError as error:
-            raise ImportError(f'export_onnx needs {package}: pip install "mona-peft[onnx]"') from error
+    _require_exporter()
+    if dynamic_batch and len(example_inputs) < 2:  # torch.export fixes a dimension of size 1 to 1
+        raise ValueError("A dynamic batch needs an example of at least 2 images: one image fixes the batch to 1.")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = _NamedOutputs(deployable(model), output_names).eval()
@@ -219,6 +217,14 @@ def export_onnx(
     if check:
         _check_onnx(wrapper, path, _check_inputs(example_inputs, dynamic_batch, dynamic_size))
     return path
+
+
+def _require_exporter() -> None:
+    for package in ("onnx", "onnxscript"):
+        try:
+            __import__(package)
+        except ImportError as error:
+            raise ImportError(f'export_onnx needs {package}: pip install "mona-peft[onnx]"') from error
 
 
 def _check_inputs(example: torch.Tensor, dynamic_batch: bool, dynamic_size: bool) -> list[torch.Tensor]:

@@ -285,3 +285,9 @@ def test_each_models_graph_returns_its_tasks_outputs():
     eomt = tf.EomtForUniversalSegmentation(tf.EomtConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2))
     assert output_names(eomt, "semantic_segmentation") == TASK_OUTPUTS["instance_segmentation"]
     assert output_names(build_tiny_model("swin"), "semantic_segmentation") == ("logits",)
+
+
+def test_a_dynamic_batch_traced_on_one_image_is_refused_before_exporting(tmp_path):
+    with pytest.raises(ValueError, match="at least 2 images: one image fixes the batch to 1"):
+        export_onnx(build_tiny_model("swin"), tmp_path / "m.onnx", torch.randn(1, 3, 32, 32))
+    assert not (tmp_path / "m.onnx").exists()
