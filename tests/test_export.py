@@ -15,8 +15,8 @@ pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
 
 
 def _run(path, pixel_values: torch.Tensor) -> torch.Tensor:
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(["logits"], {"pixel_values": pixel_values.numpy()})[0])
+    """The graph's first output (a classifier's or UperNet's logits)."""
+    return _onnx_outputs(path, pixel_values)[0]
 
 
 def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
